@@ -1,0 +1,53 @@
+# TempoTrain developer entry points. `make demo` and `make test` are all a new machine needs
+# (with Go and Python 3.11 installed); everything else is built or installed on first use.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+EXTRAS ?= operator,workers,dev
+STATE_DIR ?= .tempotrain/platform
+DEV := PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m tempotrain_dev --state-dir $(STATE_DIR)
+PYTEST_ARGS ?=
+
+.PHONY: help venv tools up down status demo test lint crds
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
+	@touch $@
+
+venv: $(VENV)/.installed ## create .venv and install tempotrain with its extras
+
+tools: ## build (or find cached) etcd, Kubernetes, kwok, helm under ~/.cache/tempotrain
+	bash dev/build-tools.sh >/dev/null
+
+up: venv tools ## start the local control plane and Temporal (no-op when up)
+	$(DEV) up
+
+down: ## stop everything `up` started
+	@if [ -x $(PY) ]; then $(DEV) down; fi
+
+status: venv ## which platform processes run
+	$(DEV) status
+
+demo: up ## bring the platform up and show it working
+	@source $(STATE_DIR)/env.sh && \
+	  echo "== kubectl version" && kubectl version && \
+	  echo "== kubectl get nodes" && kubectl get nodes \
+	    -o custom-columns='NAME:.metadata.name,POOL:.metadata.labels.tempotrain\.dev/node-pool,CPU:.status.capacity.cpu,GPUS:.status.capacity.nvidia\.com/gpu,READY:.status.conditions[?(@.type=="Ready")].status' && \
+	  echo "== temporal operator cluster health" && $(VENV)/bin/temporal operator cluster health --address "$$TEMPORAL_ADDRESS"
+	@echo; echo "Platform is up. Use it with:  source $(STATE_DIR)/env.sh   Stop it with:  make down"
+
+test: venv tools ## run the whole test suite against a platform of its own
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest $(PYTEST_ARGS)
+
+lint: venv ## ruff
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .

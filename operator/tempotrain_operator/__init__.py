@@ -1,0 +1,1 @@
+"""The TempoTrain operator: kopf handlers reconciling tempotrain.dev custom resources."""

@@ -1,0 +1,103 @@
+"""Session fixtures: a real Kubernetes control plane and a real Temporal dev server.
+
+Set TEMPOTRAIN_KUBECONFIG and/or TEMPOTRAIN_TEMPORAL_ADDRESS to run against an already
+running platform (`make up`, or a kind cluster); otherwise the session starts its own in a
+temporary directory and stops it at the end, failing if any of its processes is left.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import kr8s.asyncio
+import pytest
+import pytest_asyncio
+from kr8s.asyncio.objects import Namespace
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from tempotrain_dev.platform import Platform
+from tempotrain_dev.tools import Tools, ensure_tools
+
+from tests.support import Kubectl
+
+
+@dataclass(frozen=True)
+class ClusterHandle:
+    kubeconfig: Path
+    api: kr8s.asyncio.Api
+    kubectl: Kubectl
+
+
+@dataclass(frozen=True)
+class TemporalHandle:
+    address: str
+    client: Client
+
+
+@pytest.fixture(scope="session")
+def tools() -> Tools:
+    return ensure_tools()
+
+
+@pytest.fixture(scope="session")
+def own_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    """A platform of this session's own; only the parts a test asks for are started."""
+    platform = Platform(tmp_path_factory.mktemp("tempotrain-platform"))
+    yield platform
+    platform.down(log=lambda _: None)
+    left = platform.leftovers()
+    assert not left, f"platform processes left running after down: {left}"
+
+
+@pytest.fixture(scope="session")
+def kubeconfig(request: pytest.FixtureRequest) -> Iterator[Path]:
+    existing = os.environ.get("TEMPOTRAIN_KUBECONFIG")
+    if existing:
+        yield Path(existing)
+        return
+    platform: Platform = request.getfixturevalue("own_platform")
+    platform.up(temporal=False, log=lambda _: None)
+    yield platform.cluster.kubeconfig
+    platform.cluster.down(log=lambda _: None)
+
+
+@pytest_asyncio.fixture(scope="session")
+async def cluster(kubeconfig: Path, tools: Tools) -> ClusterHandle:
+    api = await kr8s.asyncio.api(kubeconfig=str(kubeconfig))
+    return ClusterHandle(kubeconfig, api, Kubectl(tools.kubectl, kubeconfig))
+
+
+@pytest.fixture(scope="session")
+def temporal_address(request: pytest.FixtureRequest) -> Iterator[str]:
+    existing = os.environ.get("TEMPOTRAIN_TEMPORAL_ADDRESS")
+    if existing:
+        yield existing
+        return
+    platform: Platform = request.getfixturevalue("own_platform")
+    platform.up(cluster=False, log=lambda _: None)
+    yield platform.temporal.address
+    platform.temporal.down(log=lambda _: None)
+
+
+@pytest_asyncio.fixture(scope="session")
+async def temporal(temporal_address: str) -> TemporalHandle:
+    client = await Client.connect(temporal_address, data_converter=pydantic_data_converter)
+    return TemporalHandle(temporal_address, client)
+
+
+@pytest_asyncio.fixture
+async def namespace(cluster: ClusterHandle, request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    """A fresh namespace named after the test; deleted (without waiting) afterwards."""
+    stem = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    name = f"{stem}-{uuid.uuid4().hex[:6]}"
+    ns = await Namespace(
+        {"metadata": {"name": name, "labels": {"tempotrain.dev/test": "true"}}}, api=cluster.api
+    )
+    await ns.create()
+    yield name
+    await ns.delete()

@@ -1,0 +1,60 @@
+"""`up` is idempotent, `down` leaves no process, and a second build is all cache hits."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tempotrain_dev.platform import Platform
+from tempotrain_dev.processes import leftovers
+from tempotrain_dev.tools import BUILD_SCRIPT
+
+
+def _cli(state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tempotrain_dev", "--state-dir", str(state_dir), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def _pids(state_dir: Path) -> dict[str, int | None]:
+    platform = Platform(state_dir)
+    pids = {name: p.pid() for name, p in platform.cluster.processes.items()}
+    return pids | {"temporal": platform.temporal.process.pid()}
+
+
+def test_up_twice_is_a_no_op_and_down_stops_everything(tmp_path: Path) -> None:
+    state = tmp_path / "platform"
+    try:
+        first = _cli(state, "up")
+        assert first.returncode == 0, first.stderr
+        pids = _pids(state)
+        assert all(pids.values()), pids
+        assert (state / "env.sh").read_text().count("export") >= 4
+
+        second = _cli(state, "up")
+        assert second.returncode == 0, second.stderr
+        assert "cluster: already up" in second.stdout
+        assert "temporal: already up" in second.stdout
+        assert _pids(state) == pids
+
+        down = _cli(state, "down")
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert not any(_pids(state).values())
+        assert leftovers(state.resolve()) == []
+    finally:
+        _cli(state, "down")
+
+
+def test_second_tool_build_is_all_cache_hits() -> None:
+    # The session already built (or found) every tool, so nothing may be rebuilt now.
+    result = subprocess.run(
+        ["bash", str(BUILD_SCRIPT)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("[build-tools]")]
+    assert len(lines) == 5, result.stderr
+    assert all("cache hit" in line for line in lines), result.stderr

@@ -1,0 +1,48 @@
+"""Helpers shared by the tests: kubectl with the session's kubeconfig, bounded async waits."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Kubectl:
+    binary: Path
+    kubeconfig: Path
+
+    def run(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(self.binary), "--kubeconfig", str(self.kubeconfig), *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    def __call__(self, *args: str, input: str | None = None) -> str:
+        result = self.run(*args, input=input)
+        if result.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed:\n{result.stderr}")
+        return result.stdout
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T | None]], *, within: float, what: str, interval: float = 0.25
+) -> T:
+    """Await ``probe`` until it returns something truthy, or fail after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = await probe()
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out after {within}s waiting for {what}; last value: {last!r}")

@@ -1,0 +1,1 @@
+"""TempoTrain workers: the API contract, Temporal workflows and activities."""
