@@ -1,0 +1,73 @@
+"""`python -m tempotrain_workers --queue ...`: run Temporal workers until SIGTERM/SIGINT.
+
+On shutdown, running activities are cancelled at once: the trainer saves a checkpoint and
+exits, and the retried activity resumes from it on another worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from datetime import timedelta
+
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Worker
+
+from tempotrain_workers.activities import BertActivities, StorageRoots
+from tempotrain_workers.api import TRAINING_QUEUE
+from tempotrain_workers.settings import WorkerSettings, parse_worker_settings
+from tempotrain_workers.workflows import ALL_WORKFLOWS
+
+log = logging.getLogger("tempotrain_workers")
+
+
+async def run_workers(settings: WorkerSettings, stop: asyncio.Event) -> None:
+    client = await Client.connect(settings.address, namespace=settings.namespace,
+                                  data_converter=pydantic_data_converter)
+    settings.snapshots_root.mkdir(parents=True, exist_ok=True)
+    settings.runs_root.mkdir(parents=True, exist_ok=True)
+    activities = BertActivities(StorageRoots(settings.snapshots_root, settings.runs_root))
+    workers = [
+        Worker(
+            client,
+            task_queue=queue,
+            workflows=ALL_WORKFLOWS,
+            activities=activities.all(),
+            max_concurrent_activities=settings.max_concurrent_activities
+            or (1 if queue == TRAINING_QUEUE else 8),
+            graceful_shutdown_timeout=timedelta(seconds=0),
+        )
+        for queue in settings.queues
+    ]
+    log.info("polling %s at %s (snapshots %s, runs %s)", ", ".join(settings.queues),
+             settings.address, settings.snapshots_root, settings.runs_root)
+    running = [asyncio.create_task(w.run()) for w in workers]
+    stopped = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([*running, stopped], return_when=asyncio.FIRST_COMPLETED)
+    log.info("shutting down")
+    await asyncio.gather(*(w.shutdown() for w in workers))
+    for task in done:
+        if task is not stopped and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = parse_worker_settings(argv)
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run_workers(settings, stop)
+
+    asyncio.run(serve())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""The activities a TempoTrain worker hosts; roots for snapshots and runs come from the worker."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+
+from temporalio import activity
+
+from tempotrain_workers.api import (
+    BertEvalRequest,
+    BertEvalResult,
+    BertFineTuneRequest,
+    BertFineTuneResult,
+    BertInferenceRequest,
+    BertInferenceResult,
+    DatasetSnapshotRequest,
+    DatasetSnapshotResult,
+)
+
+
+@dataclass(frozen=True)
+class StorageRoots:
+    snapshots: Path
+    runs: Path
+
+
+class BertActivities:
+    def __init__(self, roots: StorageRoots) -> None:
+        self.roots = roots
+
+    def _snapshots_root(self, override: str | None) -> Path:
+        return Path(override) if override else self.roots.snapshots
+
+    def _runs_root(self, override: str | None) -> Path:
+        return Path(override) if override else self.roots.runs
+
+    @activity.defn(name="create_dataset_snapshot")
+    async def create_dataset_snapshot(self, request: DatasetSnapshotRequest) -> DatasetSnapshotResult:
+        from tempotrain_workers.snapshots import create_snapshot
+
+        root = self._snapshots_root(request.snapshots_root)
+        result = await asyncio.to_thread(create_snapshot, request, root)
+        activity.logger.info("snapshot %s (%s)", result.snapshot_id,
+                             "reused" if result.reused else "written")
+        return result
+
+    @activity.defn(name="fine_tune_bert")
+    async def fine_tune_bert(self, request: BertFineTuneRequest) -> BertFineTuneResult:
+        from tempotrain_workers.fine_tune import TrainerSupervisor
+
+        return await TrainerSupervisor(request, self._runs_root(request.runs_root)).run()
+
+    @activity.defn(name="run_bert_evaluation")
+    async def run_bert_evaluation(self, request: BertEvalRequest) -> BertEvalResult:
+        from tempotrain_workers.evaluation import evaluate
+
+        return await asyncio.to_thread(
+            evaluate, request, self._runs_root(request.runs_root),
+            self._snapshots_root(request.snapshots_root),
+        )
+
+    @activity.defn(name="run_bert_inference")
+    async def run_bert_inference(self, request: BertInferenceRequest) -> BertInferenceResult:
+        from tempotrain_workers.evaluation import infer
+
+        return await asyncio.to_thread(infer, request, self._runs_root(request.runs_root))
+
+    def all(self) -> list[object]:
+        return [self.create_dataset_snapshot, self.fine_tune_bert, self.run_bert_evaluation,
+                self.run_bert_inference]

@@ -1,0 +1,299 @@
+"""The contract shared by workflows, activities, the operator and the tests.
+
+Pydantic v2 models only: no ML imports, no I/O. Field constraints carry the validation, so a
+bad request fails when it is built (or when the workflow rejects it), never deep in a GPU job.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+# -- task queues (DESIGN.md §1) ---------------------------------------------------------------
+TRAINING_QUEUE = "tempotrain-training"  # GPU: fine-tuning
+EVAL_QUEUE = "tempotrain-eval"  # CPU: coordinator, evaluation, snapshots, inference
+RAY_QUEUE = "tempotrain-ray"
+OPERATOR_QUEUE = "tempotrain-operator"  # status sink hosted by the operator
+
+PUBLISH_STATUS_ACTIVITY = "publish_status"
+
+# A DNS-1123 label: usable as a directory name, a label value and part of a workflow id,
+# and never a path (no "/", no "..").
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+RunId = Annotated[
+    str, StringConstraints(pattern=DNS_LABEL_PATTERN, min_length=1, max_length=63)
+]
+
+DEFAULT_MODEL = "bert-base-uncased"
+DEFAULT_DATASET = "glue"
+DEFAULT_DATASET_CONFIG = "sst2"
+
+
+class Contract(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# -- checkpoints ------------------------------------------------------------------------------
+class CheckpointInfo(Contract):
+    """A complete checkpoint: its marker was written last and verified."""
+
+    step: int = Field(ge=0)
+    epoch: float = Field(ge=0)
+    loss: float | None = None
+    path: str
+    snapshot_hash: str
+    saved_at: datetime
+
+
+# -- dataset snapshots -----------------------------------------------------------------------
+class DatasetSnapshotRequest(Contract):
+    dataset_name: str = Field(
+        min_length=1,
+        description="A Hub dataset name, or a local .json/.jsonl/.csv/.parquet file or folder",
+    )
+    dataset_config: str | None = None
+    train_split: str = "train"
+    eval_split: str = "validation"
+    # When the eval split does not exist (a single local file), hold out this share of train.
+    eval_holdout_fraction: float = Field(default=0.1, gt=0, lt=1)
+    text_field: str | None = None
+    label_field: str | None = None
+    max_train_samples: int | None = Field(default=None, gt=0)
+    max_eval_samples: int | None = Field(default=None, gt=0)
+    seed: int = 42
+    snapshots_root: str | None = None  # default: the worker's --snapshots-root
+
+
+class DatasetSchema(Contract):
+    text_field: str
+    label_field: str
+    num_labels: int = Field(ge=2)
+    label_names: list[str] | None = None
+
+
+class DatasetSnapshotResult(Contract):
+    snapshot_id: str
+    snapshot_hash: str
+    path: str
+    schema_: DatasetSchema = Field(alias="schema")
+    num_train_examples: int
+    num_eval_examples: int
+    reused: bool
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+# -- fine-tuning ------------------------------------------------------------------------------
+class BertFineTuneConfig(Contract):
+    run_id: RunId | None = None
+    model_name: str = Field(default=DEFAULT_MODEL, min_length=1)
+    dataset_name: str = Field(default=DEFAULT_DATASET, min_length=1)
+    dataset_config: str | None = DEFAULT_DATASET_CONFIG
+    train_split: str = "train"
+    eval_split: str = "validation"
+    text_field: str | None = None
+    label_field: str | None = None
+    max_seq_length: int = Field(default=128, ge=8, le=512)
+    num_epochs: float = Field(default=3.0, gt=0, le=100)
+    batch_size: int = Field(default=32, ge=1, le=4096)
+    learning_rate: float = Field(default=2e-5, gt=0, lt=1)
+    seed: int = 42
+    max_train_samples: int | None = Field(default=None, gt=0)
+    max_eval_samples: int | None = Field(default=None, gt=0)
+    save_steps: int | None = Field(default=500, gt=0)
+    save_interval_minutes: float | None = Field(default=None, gt=0)
+    save_total_limit: int | None = Field(default=3, gt=0)
+    # A lost worker is noticed after this long without a heartbeat, then the work is retried.
+    heartbeat_timeout_seconds: int = Field(default=120, ge=5, le=3600)
+
+    @model_validator(mode="after")
+    def _some_save_cadence(self) -> BertFineTuneConfig:
+        if self.save_steps is None and self.save_interval_minutes is None:
+            raise ValueError("set save_steps and/or save_interval_minutes: a run must checkpoint")
+        return self
+
+    def snapshot_request(self, snapshots_root: str | None = None) -> DatasetSnapshotRequest:
+        return DatasetSnapshotRequest(
+            dataset_name=self.dataset_name,
+            dataset_config=self.dataset_config,
+            train_split=self.train_split,
+            eval_split=self.eval_split,
+            text_field=self.text_field,
+            label_field=self.label_field,
+            max_train_samples=self.max_train_samples,
+            max_eval_samples=self.max_eval_samples,
+            seed=self.seed,
+            snapshots_root=snapshots_root,
+        )
+
+
+class StatusTarget(Contract):
+    """The custom resource whose `.status` a workflow reports to (via the operator)."""
+
+    api_version: str = "tempotrain.dev/v1alpha1"
+    kind: str
+    namespace: str
+    name: str
+    uid: str | None = None
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"
+    SNAPSHOTTING = "Snapshotting"
+    TRAINING = "Training"
+    EVALUATING = "Evaluating"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+
+
+class Progress(Contract):
+    step: int = Field(ge=0)
+    total_steps: int | None = Field(default=None, ge=0)
+    epoch: float | None = None
+    loss: float | None = None
+
+
+class StatusUpdate(Contract):
+    """A partial status: fields left None are not changed by the operator."""
+
+    target: StatusTarget
+    phase: Phase | None = None
+    run_id: str | None = None
+    workflow_id: str | None = None
+    snapshot: DatasetSnapshotResult | None = None
+    latest_checkpoint: CheckpointInfo | None = None
+    checkpoints_saved: int | None = None
+    progress: Progress | None = None
+    metrics: dict[str, float] | None = None
+    message: str | None = None
+    at: datetime
+
+
+class BertTrainingInput(Contract):
+    config: BertFineTuneConfig
+    status_target: StatusTarget | None = None
+    snapshot_queue: str = EVAL_QUEUE  # snapshots are CPU work, next to evaluation
+
+
+class BertFineTuneRequest(Contract):
+    config: BertFineTuneConfig  # run_id is always set here
+    snapshot: DatasetSnapshotResult
+    resume_from: CheckpointInfo | None = None  # a hint: the run directory is the truth
+    runs_root: str | None = None  # default: the worker's --runs-root
+
+    @model_validator(mode="after")
+    def _run_id_is_set(self) -> BertFineTuneRequest:
+        if self.config.run_id is None:
+            raise ValueError("config.run_id must be set before fine-tuning")
+        return self
+
+
+class BertFineTuneResult(Contract):
+    run_id: str
+    model_path: str
+    snapshot_id: str
+    snapshot_hash: str
+    schema_: DatasetSchema = Field(alias="schema")
+    global_step: int
+    total_steps: int
+    train_loss: float | None
+    losses: list[float]  # logged training losses, in order
+    eval_loss: float | None
+    eval_accuracy: float | None
+    checkpoints_saved: int
+    latest_checkpoint: CheckpointInfo | None
+    resumed_from_step: int | None
+    device: str
+    train_seconds: float
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+# -- evaluation and inference ---------------------------------------------------------------
+class BertEvalRequest(Contract):
+    run_id: RunId | None = None  # None inside a coordinator: the training run's id
+    dataset_name: str | None = None  # None: the eval split of the run's training snapshot
+    dataset_config: str | None = None
+    split: str = "validation"
+    text_field: str | None = None
+    label_field: str | None = None
+    max_eval_samples: int | None = Field(default=None, gt=0)
+    batch_size: int = Field(default=64, ge=1, le=4096)
+    max_seq_length: int = Field(default=128, ge=8, le=512)
+    runs_root: str | None = None
+    snapshots_root: str | None = None
+    snapshot_id: str | None = None  # set by the coordinator
+
+
+class BertEvalResult(Contract):
+    run_id: str
+    dataset: str
+    split: str
+    num_examples: int
+    accuracy: float
+    loss: float
+    confusion: list[list[int]]
+
+
+class BertInferenceRequest(Contract):
+    run_id: RunId
+    texts: list[str] = Field(min_length=1, max_length=10_000)
+    batch_size: int = Field(default=64, ge=1, le=4096)
+    max_seq_length: int = Field(default=128, ge=8, le=512)
+    runs_root: str | None = None
+
+
+class Prediction(Contract):
+    text: str
+    label: int
+    label_name: str | None
+    confidence: float
+
+
+class BertInferenceResult(Contract):
+    run_id: str
+    predictions: list[Prediction]
+
+
+# -- coordinator ------------------------------------------------------------------------------
+class CoordinatorWorkflowConfig(Contract):
+    fine_tune: BertFineTuneConfig
+    evaluation: BertEvalRequest = BertEvalRequest()
+
+
+class CoordinatorWorkflowInput(Contract):
+    configs: list[CoordinatorWorkflowConfig] = Field(min_length=1, max_length=64)
+    status_target: StatusTarget | None = None
+    training_queue: str = TRAINING_QUEUE
+    eval_queue: str = EVAL_QUEUE
+
+
+class CoordinatorRunResult(Contract):
+    training: BertFineTuneResult
+    evaluation: BertEvalResult
+
+
+class CoordinatorWorkflowResult(Contract):
+    runs: list[CoordinatorRunResult]
+
+
+# -- error types (ApplicationError.type): non-retryable -----------------------------------------
+class ErrorType(StrEnum):
+    INVALID_INPUT = "InvalidInput"
+    DATASET_NOT_FOUND = "DatasetNotFound"
+    DATASET_SCHEMA = "DatasetSchemaError"
+    MODEL_NOT_FOUND = "ModelNotFound"
+    RUN_NOT_FOUND = "RunNotFound"
+    DEPENDENCY_MISSING = "DependencyMissing"
+
+
+NON_RETRYABLE_ERRORS = [str(e) for e in ErrorType]
+
+
+def workflow_id_for(kind: str, namespace: str, name: str, uid: str) -> str:
+    """`<kind-lowercase>-<namespace>-<name>-<uid[:8]>`: the same CR always maps to one id."""
+    return f"{kind.lower()}-{namespace}-{name}-{uid[:8]}"

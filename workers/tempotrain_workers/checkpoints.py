@@ -1,0 +1,91 @@
+"""Checkpoints that can be trusted (DESIGN.md §4).
+
+A checkpoint directory counts only once its marker, written LAST and atomically, lists every
+file with its size and sha256, the step/epoch/loss, and the dataset snapshot hash. Resume
+takes the newest checkpoint whose marker verifies and whose snapshot hash matches; a torn
+save (killed mid-write, or a file changed since) falls back to the previous one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+
+from tempotrain_workers.api import CheckpointInfo
+
+MARKER_FILE = "tempotrain-checkpoint.json"
+CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
+_CHUNK = 1 << 20
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_marker(
+    checkpoint_dir: Path, *, step: int, epoch: float, loss: float | None, snapshot_hash: str
+) -> CheckpointInfo:
+    files = {
+        str(p.relative_to(checkpoint_dir)): {"size": p.stat().st_size, "sha256": file_digest(p)}
+        for p in sorted(checkpoint_dir.rglob("*"))
+        if p.is_file() and p.name != MARKER_FILE and not p.name.startswith(".")
+    }
+    info = CheckpointInfo(
+        step=step,
+        epoch=epoch,
+        loss=loss,
+        path=str(checkpoint_dir),
+        snapshot_hash=snapshot_hash,
+        saved_at=datetime.now(UTC),
+    )
+    marker = json.loads(info.model_dump_json()) | {"files": files}
+    staging = checkpoint_dir / f".{MARKER_FILE}.tmp"
+    with staging.open("w") as f:
+        json.dump(marker, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(staging, checkpoint_dir / MARKER_FILE)
+    return info
+
+
+def verify(checkpoint_dir: Path, snapshot_hash: str | None = None) -> CheckpointInfo | None:
+    """The checkpoint's info if its marker verifies (and matches snapshot_hash), else None."""
+    try:
+        marker = json.loads((checkpoint_dir / MARKER_FILE).read_text())
+        files: dict[str, dict[str, object]] = marker.pop("files")
+        info = CheckpointInfo.model_validate(marker | {"path": str(checkpoint_dir)})
+    except (FileNotFoundError, json.JSONDecodeError, KeyError, ValueError):
+        return None
+    if snapshot_hash is not None and info.snapshot_hash != snapshot_hash:
+        return None
+    for name, expected in files.items():
+        path = checkpoint_dir / name
+        if not path.is_file() or path.stat().st_size != expected["size"]:
+            return None
+        if file_digest(path) != expected["sha256"]:
+            return None
+    return info
+
+
+def checkpoint_dirs(run_dir: Path) -> list[Path]:
+    """checkpoint-<step> directories, newest (highest step) first."""
+    if not run_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in run_dir.iterdir() if (m := CHECKPOINT_DIR.match(p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def latest_verified(run_dir: Path, snapshot_hash: str) -> CheckpointInfo | None:
+    for candidate in checkpoint_dirs(run_dir):
+        info = verify(candidate, snapshot_hash)
+        if info is not None:
+            return info
+    return None

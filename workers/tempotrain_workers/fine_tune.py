@@ -1,0 +1,180 @@
+"""`fine_tune_bert`: supervises the trainer process, heartbeats, relays checkpoints.
+
+Resume point: the newest checkpoint in the run directory whose marker verifies and whose
+snapshot hash matches. The workflow's `resume_from` is only a hint; the directory is the truth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import signal
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from temporalio import activity
+
+from tempotrain_workers.api import (
+    BertFineTuneRequest,
+    BertFineTuneResult,
+    CheckpointInfo,
+    ErrorType,
+    Progress,
+)
+from tempotrain_workers.checkpoints import latest_verified
+from tempotrain_workers.errors import non_retryable
+from tempotrain_workers.trainer_main import EVENT_PREFIX, EXIT_BAD_INPUT, EXIT_STOPPED, TrainerJob
+
+log = logging.getLogger(__name__)
+GRACEFUL_STOP_SECONDS = 120
+PROGRESS_SIGNAL_EVERY = timedelta(seconds=15)  # keeps workflow history small on long runs
+
+
+def _die_with_parent() -> None:
+    # Linux: if the worker is SIGKILLed, the trainer gets SIGKILL too instead of training on
+    # as an orphan that keeps writing checkpoints into the run directory.
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def trainer_command(job_file: Path) -> list[str]:
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    module = ["-m", "tempotrain_workers.trainer_main", str(job_file)]
+    if gpus > 1:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                f"--nproc_per_node={gpus}", *module]
+    return [sys.executable, *module]
+
+
+class TrainerSupervisor:
+    def __init__(self, request: BertFineTuneRequest, runs_root: Path) -> None:
+        self.request = request
+        self.config = request.config
+        self.run_dir = runs_root / str(self.config.run_id)
+        self.latest: CheckpointInfo | None = None
+        self.progress: Progress | None = None
+        self.error: dict[str, Any] | None = None
+        self._last_progress_signal: float = 0.0
+
+    async def run(self) -> BertFineTuneResult:
+        snapshot = self.request.snapshot
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "result.json").unlink(missing_ok=True)
+        resume = await asyncio.to_thread(latest_verified, self.run_dir, snapshot.snapshot_hash)
+        self.latest = resume
+        attempt = activity.info().attempt
+        job_file = self.run_dir / f".job-attempt-{attempt}.json"
+        job = TrainerJob(
+            config=self.config,
+            run_dir=str(self.run_dir),
+            snapshot_dir=snapshot.path,
+            snapshot_hash=snapshot.snapshot_hash,
+            schema_=snapshot.schema_,
+            resume_from=resume.path if resume else None,
+            resumed_from_step=resume.step if resume else None,
+        )
+        job_file.write_text(job.model_dump_json())
+        log_file = self.run_dir / "logs" / f"trainer-attempt-{attempt}.log"
+        log_file.parent.mkdir(exist_ok=True)
+        activity.logger.info(
+            "fine-tuning run %s attempt %d, resuming from %s",
+            self.config.run_id, attempt, resume.path if resume else "scratch",
+        )
+        command = await asyncio.to_thread(trainer_command, job_file)  # imports torch
+        with log_file.open("ab") as stderr:
+            process = await asyncio.create_subprocess_exec(
+                *command,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=stderr,
+                preexec_fn=_die_with_parent,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"},
+            )
+        heartbeats = asyncio.create_task(self._heartbeat_forever())
+        try:
+            await self._relay_events(process)
+            returncode = await process.wait()
+        except asyncio.CancelledError:
+            await self._stop_gracefully(process)
+            raise
+        finally:
+            heartbeats.cancel()
+        return self._result(returncode, log_file)
+
+    async def _relay_events(self, process: asyncio.subprocess.Process) -> None:
+        assert process.stdout is not None
+        async for raw in process.stdout:
+            line = raw.decode(errors="replace").rstrip()
+            if not line.startswith(EVENT_PREFIX):
+                continue
+            event = json.loads(line[len(EVENT_PREFIX):])
+            kind = event.pop("event")
+            if kind == "checkpoint":
+                self.latest = CheckpointInfo.model_validate(event["checkpoint"])
+                self.progress = Progress(step=self.latest.step, total_steps=event["total_steps"],
+                                         epoch=self.latest.epoch, loss=self.latest.loss)
+                activity.heartbeat(self._heartbeat_details())
+                await self._signal("update_checkpoint", self.latest)
+            elif kind == "progress":
+                self.progress = Progress.model_validate(event)
+                await self._maybe_signal_progress()
+            elif kind == "error":
+                self.error = event
+
+    async def _maybe_signal_progress(self) -> None:
+        loop = asyncio.get_running_loop()
+        due = loop.time() - self._last_progress_signal >= PROGRESS_SIGNAL_EVERY.total_seconds()
+        if self.progress and due:
+            self._last_progress_signal = loop.time()
+            await self._signal("update_progress", self.progress)
+
+    async def _signal(self, name: str, payload: Any) -> None:
+        info = activity.info()
+        try:
+            handle = activity.client().get_workflow_handle(info.workflow_id)
+            await handle.signal(name, payload)
+        except Exception as err:  # status is best effort; the checkpoint is on disk regardless
+            activity.logger.warning("signal %s to %s failed: %s", name, info.workflow_id, err)
+
+    def _heartbeat_details(self) -> dict[str, Any]:
+        return {
+            "step": self.progress.step if self.progress else None,
+            "checkpoint": self.latest.path if self.latest else None,
+        }
+
+    async def _heartbeat_forever(self) -> None:
+        interval = max(1.0, min(30.0, self.config.heartbeat_timeout_seconds / 4))
+        while True:
+            activity.heartbeat(self._heartbeat_details())
+            await asyncio.sleep(interval)
+
+    async def _stop_gracefully(self, process: asyncio.subprocess.Process) -> None:
+        if process.returncode is not None:
+            return
+        activity.logger.info("cancelled: asking the trainer to save a checkpoint and stop")
+        process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.shield(process.wait()), GRACEFUL_STOP_SECONDS)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+    def _result(self, returncode: int, log_file: Path) -> BertFineTuneResult:
+        if returncode == EXIT_BAD_INPUT and self.error:
+            raise non_retryable(ErrorType(self.error["type"]), self.error["message"])
+        if returncode == EXIT_STOPPED:
+            raise RuntimeError("the trainer stopped on request before finishing")
+        if returncode != 0:
+            tail = "\n".join(log_file.read_text(errors="replace").splitlines()[-20:])
+            raise RuntimeError(f"trainer exited with {returncode}; last log lines:\n{tail}")
+        result = BertFineTuneResult.model_validate_json((self.run_dir / "result.json").read_text())
+        if result.latest_checkpoint is None and self.latest is not None:
+            result = result.model_copy(update={"latest_checkpoint": self.latest})
+        return result

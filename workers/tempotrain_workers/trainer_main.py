@@ -1,0 +1,247 @@
+"""The Hugging Face Trainer run, as a process of its own: `python -m tempotrain_workers.trainer_main JOB`.
+
+The `fine_tune_bert` activity supervises this process: it reads one JSON event per line
+from stdout (progress, checkpoint, error), heartbeats to Temporal, and sends SIGTERM on
+cancellation, upon which the trainer finishes its step, saves a checkpoint and exits with
+EXIT_STOPPED. A separate process keeps a CUDA crash or OOM from taking the worker down,
+and lets torchrun start one rank per GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from tempotrain_workers.api import (
+    BertFineTuneConfig,
+    BertFineTuneResult,
+    DatasetSchema,
+    ErrorType,
+)
+from tempotrain_workers.checkpoints import write_marker
+
+EVENT_PREFIX = "@tempotrain "
+EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped on request after saving; not a failure
+EXIT_BAD_INPUT = 64  # EX_USAGE: an error event with a non-retryable type was emitted
+PROGRESS_EVERY_SECONDS = 2.0
+
+
+class TrainerJob(BaseModel):
+    config: BertFineTuneConfig
+    run_dir: str
+    snapshot_dir: str
+    snapshot_hash: str
+    schema_: DatasetSchema
+    resume_from: str | None = None
+    resumed_from_step: int | None = None
+
+
+def emit(event: str, **fields: Any) -> None:
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    sys.stdout.write(EVENT_PREFIX + json.dumps({"event": event, **fields}, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def pick_device() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def _write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
+    staging = path.with_name(f".{path.name}.tmp")
+    staging.write_text(json.dumps(payload, default=str))
+    os.replace(staging, path)
+
+
+def build_callback(job: TrainerJob) -> Any:
+    from transformers import TrainerCallback
+
+    run_dir = Path(job.run_dir)
+    interval = (job.config.save_interval_minutes or 0) * 60
+    run_state_file = run_dir / "tempotrain-run.json"
+
+    class CheckpointCallback(TrainerCallback):  # type: ignore[misc]
+        """Markers after saves, time-based saves, graceful stop on SIGTERM, progress events."""
+
+        def __init__(self) -> None:
+            self.stop_requested = False
+            self.last_save = time.monotonic()
+            self.last_progress = 0.0
+            self.last_loss: float | None = None
+            self.losses: list[float] = []
+            self.parent = os.getppid()
+            state = json.loads(run_state_file.read_text()) if run_state_file.exists() else {}
+            self.checkpoints_saved = int(state.get("checkpoints_saved", 0))
+            self.latest: dict[str, Any] | None = None
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **_: Any) -> None:
+            if logs and "loss" in logs:
+                self.last_loss = float(logs["loss"])
+                self.losses.append(self.last_loss)
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            if os.getppid() != self.parent:  # the supervising worker died: stop, don't orphan
+                self.stop_requested = True
+            if self.stop_requested:
+                control.should_save = True
+                control.should_training_stop = True
+            elif interval and time.monotonic() - self.last_save >= interval:
+                control.should_save = True
+            if state.is_world_process_zero:
+                _write_json_atomically(
+                    run_dir / "progress.json",
+                    {"step": state.global_step, "total_steps": state.max_steps,
+                     "epoch": state.epoch, "loss": self.last_loss},
+                )
+                now = time.monotonic()
+                if now - self.last_progress >= PROGRESS_EVERY_SECONDS:
+                    self.last_progress = now
+                    emit("progress", step=state.global_step, total_steps=state.max_steps,
+                         epoch=state.epoch, loss=self.last_loss)
+
+        def on_save(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            self.last_save = time.monotonic()
+            if not state.is_world_process_zero:
+                return
+            checkpoint = run_dir / f"checkpoint-{state.global_step}"
+            info = write_marker(checkpoint, step=state.global_step, epoch=state.epoch or 0.0,
+                                loss=self.last_loss, snapshot_hash=job.snapshot_hash)
+            self.checkpoints_saved += 1
+            _write_json_atomically(run_state_file, {"checkpoints_saved": self.checkpoints_saved})
+            self.latest = json.loads(info.model_dump_json())
+            emit("checkpoint", checkpoint=self.latest, total_steps=state.max_steps)
+
+    return CheckpointCallback()
+
+
+def tokenized(rows: list[dict[str, Any]], tokenizer: Any, max_length: int) -> Any:
+    from datasets import Dataset
+
+    encoded = tokenizer([r["text"] for r in rows], truncation=True, max_length=max_length)
+    return Dataset.from_dict({**encoded, "labels": [r["label"] for r in rows]})
+
+
+def accuracy(eval_prediction: Any) -> dict[str, float]:
+    import numpy as np
+
+    logits, labels = eval_prediction
+    return {"accuracy": float((np.argmax(logits, axis=-1) == labels).mean())}
+
+
+def load_model(config: BertFineTuneConfig, schema: DatasetSchema) -> tuple[Any, Any]:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    names = schema.label_names or [str(i) for i in range(schema.num_labels)]
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(config.model_name)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            config.model_name,
+            num_labels=schema.num_labels,
+            id2label=dict(enumerate(names)),
+            label2id={n: i for i, n in enumerate(names)},
+        )
+    except OSError as err:
+        emit("error", type=str(ErrorType.MODEL_NOT_FOUND),
+             message=f"cannot load model {config.model_name!r}: {err}")
+        sys.exit(EXIT_BAD_INPUT)
+    return tokenizer, model
+
+
+def run(job: TrainerJob) -> int:
+    from transformers import Trainer, TrainingArguments, set_seed
+
+    from tempotrain_workers.snapshots import read_split
+
+    config = job.config
+    set_seed(config.seed)
+    callback = build_callback(job)
+    signal.signal(signal.SIGTERM, lambda *_: setattr(callback, "stop_requested", True))
+
+    tokenizer, model = load_model(config, job.schema_)
+    snapshot_dir = Path(job.snapshot_dir)
+    train = tokenized(read_split(snapshot_dir, "train"), tokenizer, config.max_seq_length)
+    evaluation = tokenized(read_split(snapshot_dir, "eval"), tokenizer, config.max_seq_length)
+    steps_per_epoch = math.ceil(len(train) / config.batch_size)
+    args = TrainingArguments(
+        output_dir=job.run_dir,
+        num_train_epochs=config.num_epochs,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=max(config.batch_size, 32),
+        learning_rate=config.learning_rate,
+        seed=config.seed,
+        data_seed=config.seed,
+        save_strategy="steps",
+        # Time-based saves come from the callback; without save_steps, never by count.
+        save_steps=config.save_steps or 10**9,
+        save_total_limit=config.save_total_limit,
+        logging_strategy="steps",
+        logging_steps=max(1, min(10, config.save_steps or 10, steps_per_epoch)),
+        eval_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=evaluation,
+        processing_class=tokenizer,
+        compute_metrics=accuracy,
+        callbacks=[callback],
+    )
+    started = time.monotonic()
+    output = trainer.train(resume_from_checkpoint=job.resume_from)
+    train_seconds = time.monotonic() - started
+    if callback.stop_requested:
+        emit("stopped", step=trainer.state.global_step)
+        return EXIT_STOPPED
+
+    trainer.save_model(job.run_dir)  # final weights + tokenizer at the run root
+    metrics = trainer.evaluate() if len(evaluation) else {}
+    if trainer.is_world_process_zero():
+        result = BertFineTuneResult(
+            run_id=config.run_id or "",
+            model_path=job.run_dir,
+            snapshot_id=Path(job.snapshot_dir).name,
+            snapshot_hash=job.snapshot_hash,
+            schema=job.schema_,
+            global_step=trainer.state.global_step,
+            total_steps=trainer.state.max_steps,
+            train_loss=output.training_loss,
+            losses=callback.losses,
+            eval_loss=metrics.get("eval_loss"),
+            eval_accuracy=metrics.get("eval_accuracy"),
+            checkpoints_saved=callback.checkpoints_saved,
+            latest_checkpoint=callback.latest,
+            resumed_from_step=job.resumed_from_step,
+            device=pick_device(),
+            train_seconds=train_seconds,
+        )
+        _write_json_atomically(Path(job.run_dir) / "result.json",
+                               json.loads(result.model_dump_json(by_alias=True)))
+        emit("finished", step=trainer.state.global_step)
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    job = TrainerJob.model_validate_json(Path(argv[1]).read_text())
+    return run(job)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

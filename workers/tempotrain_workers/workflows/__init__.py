@@ -1,0 +1,20 @@
+"""Temporal workflows: deterministic orchestration only; all I/O happens in activities."""
+
+from tempotrain_workers.workflows.coordinator import CoordinatorWorkflow
+from tempotrain_workers.workflows.evaluation import BertEvalWorkflow, BertInferenceWorkflow
+from tempotrain_workers.workflows.training import CheckpointedBertTrainingWorkflow
+
+ALL_WORKFLOWS = [
+    CheckpointedBertTrainingWorkflow,
+    BertEvalWorkflow,
+    BertInferenceWorkflow,
+    CoordinatorWorkflow,
+]
+
+__all__ = [
+    "ALL_WORKFLOWS",
+    "BertEvalWorkflow",
+    "BertInferenceWorkflow",
+    "CheckpointedBertTrainingWorkflow",
+    "CoordinatorWorkflow",
+]

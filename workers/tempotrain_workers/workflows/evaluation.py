@@ -1,0 +1,40 @@
+"""BertEvalWorkflow and BertInferenceWorkflow: thin wrappers over their activities."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from pydantic import ValidationError
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+
+with workflow.unsafe.imports_passed_through():
+    from tempotrain_workers.api import (
+        NON_RETRYABLE_ERRORS,
+        BertEvalRequest,
+        BertEvalResult,
+        BertInferenceRequest,
+        BertInferenceResult,
+    )
+
+RETRY = RetryPolicy(maximum_attempts=3, non_retryable_error_types=NON_RETRYABLE_ERRORS)
+
+
+@workflow.defn(failure_exception_types=[ValidationError])
+class BertEvalWorkflow:
+    @workflow.run
+    async def run(self, request: BertEvalRequest) -> BertEvalResult:
+        return await workflow.execute_activity(
+            "run_bert_evaluation", request, result_type=BertEvalResult,
+            start_to_close_timeout=timedelta(hours=2), retry_policy=RETRY,
+        )
+
+
+@workflow.defn(failure_exception_types=[ValidationError])
+class BertInferenceWorkflow:
+    @workflow.run
+    async def run(self, request: BertInferenceRequest) -> BertInferenceResult:
+        return await workflow.execute_activity(
+            "run_bert_inference", request, result_type=BertInferenceResult,
+            start_to_close_timeout=timedelta(hours=1), retry_policy=RETRY,
+        )
