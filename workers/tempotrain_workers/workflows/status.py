@@ -17,7 +17,6 @@ from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from tempotrain_workers.api import (
-        OPERATOR_QUEUE,
         PUBLISH_STATUS_ACTIVITY,
         StatusTarget,
         StatusUpdate,
@@ -54,7 +53,7 @@ class StatusReporter:
                 await workflow.execute_activity(
                     PUBLISH_STATUS_ACTIVITY,
                     StatusUpdate(target=self._target, at=workflow.now(), **fields),
-                    task_queue=OPERATOR_QUEUE,
+                    task_queue=self._target.queue,
                     schedule_to_close_timeout=timedelta(minutes=1),
                     retry_policy=RetryPolicy(maximum_attempts=5,
                                              maximum_interval=timedelta(seconds=10)),
