@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -19,7 +20,6 @@ from temporalio import activity
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer, Worker
-
 from tempotrain_workers.activities import BertActivities, StorageRoots
 from tempotrain_workers.api import (
     BertFineTuneConfig,
@@ -38,6 +38,7 @@ from tempotrain_workers.workflows import (
     CheckpointedBertTrainingWorkflow,
     CoordinatorWorkflow,
 )
+
 from tests.support import eventually
 
 if TYPE_CHECKING:
@@ -68,8 +69,9 @@ async def bert_workers(
 ) -> AsyncIterator[None]:
     activities = BertActivities(roots).all()
     workers = [
-        Worker(client, task_queue=queues["training"], workflows=ALL_WORKFLOWS,
-               activities=activities),
+        Worker(
+            client, task_queue=queues["training"], workflows=ALL_WORKFLOWS, activities=activities
+        ),
         Worker(client, task_queue=queues["eval"], workflows=ALL_WORKFLOWS, activities=activities),
         Worker(client, task_queue=queues["status"], activities=[recorder.publish_status]),
     ]
@@ -79,9 +81,15 @@ async def bert_workers(
 
 def _config(model: Path, data: Path, **overrides: Any) -> BertFineTuneConfig:
     settings: dict[str, Any] = {
-        "model_name": str(model), "dataset_name": str(data), "dataset_config": None,
-        "num_epochs": 1, "batch_size": 16, "learning_rate": 5e-5, "max_seq_length": 32,
-        "save_steps": 8, "heartbeat_timeout_seconds": 10,
+        "model_name": str(model),
+        "dataset_name": str(data),
+        "dataset_config": None,
+        "num_epochs": 1,
+        "batch_size": 16,
+        "learning_rate": 5e-5,
+        "max_seq_length": 32,
+        "save_steps": 8,
+        "heartbeat_timeout_seconds": 10,
     }
     return BertFineTuneConfig(**(settings | overrides))
 
@@ -93,15 +101,23 @@ async def test_coordinator_trains_evaluates_reports_and_replays(
     queues, recorder = _queues(), StatusRecorder()
     target = StatusTarget(kind="BertExperiment", namespace="ns", name="exp", queue=queues["status"])
     request = CoordinatorWorkflowInput(
-        configs=[CoordinatorWorkflowConfig(fine_tune=_config(minilm_path, sentiment_file,
-                                                             run_id="e2e-run"))],
-        training_queue=queues["training"], eval_queue=queues["eval"], status_target=target,
+        configs=[
+            CoordinatorWorkflowConfig(
+                fine_tune=_config(minilm_path, sentiment_file, run_id="e2e-run")
+            )
+        ],
+        training_queue=queues["training"],
+        eval_queue=queues["eval"],
+        status_target=target,
     )
     workflow_id = f"coordinator-{uuid.uuid4().hex[:8]}"
     client = temporal.client
     async with bert_workers(client, roots, queues, recorder):
         result = await client.execute_workflow(
-            CoordinatorWorkflow.run, request, id=workflow_id, task_queue=queues["eval"],
+            CoordinatorWorkflow.run,
+            request,
+            id=workflow_id,
+            task_queue=queues["eval"],
             execution_timeout=timedelta(minutes=10),
         )
         run = result.runs[0]
@@ -120,9 +136,11 @@ async def test_coordinator_trains_evaluates_reports_and_replays(
         inference_id = f"inference-{uuid.uuid4().hex[:8]}"
         inference = await client.execute_workflow(
             BertInferenceWorkflow.run,
-            BertInferenceRequest(run_id="e2e-run",
-                                 texts=["the film was wonderful", "the plot was dreadful"]),
-            id=inference_id, task_queue=queues["eval"],
+            BertInferenceRequest(
+                run_id="e2e-run", texts=["the film was wonderful", "the plot was dreadful"]
+            ),
+            id=inference_id,
+            task_queue=queues["eval"],
         )
         assert [p.label for p in inference.predictions] == [1, 0]
 
@@ -138,3 +156,146 @@ async def test_coordinator_trains_evaluates_reports_and_replays(
     replayer = Replayer(workflows=ALL_WORKFLOWS, data_converter=pydantic_data_converter)
     for history in histories:
         await replayer.replay_workflow(history)
+
+
+async def test_bad_input_fails_fast_without_retrying(
+    temporal: TemporalHandle, minilm_path: Path, sentiment_file: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(ValidationError, match="learning_rate"):
+        _config(minilm_path, sentiment_file, learning_rate=5)
+
+    roots = StorageRoots(tmp_path / "snapshots", tmp_path / "runs")
+    queues, recorder = _queues(), StatusRecorder()
+    client = temporal.client
+    async with bert_workers(client, roots, queues, recorder):
+        # A raw payload that skipped client-side validation fails the workflow, not a retry loop.
+        raw = _config(minilm_path, sentiment_file).model_dump() | {"learning_rate": 5}
+        with pytest.raises(WorkflowFailureError) as invalid:
+            await client.execute_workflow(
+                "CheckpointedBertTrainingWorkflow",
+                {"config": raw},
+                id=f"bad-lr-{uuid.uuid4().hex[:8]}",
+                task_queue=queues["training"],
+                execution_timeout=timedelta(seconds=60),
+            )
+        assert "learning_rate" in str(invalid.value.cause)
+
+        cases = {
+            "DatasetNotFound": (_config(minilm_path, tmp_path / "missing.jsonl"), "missing.jsonl"),
+            "DatasetSchemaError": (
+                _config(minilm_path, sentiment_file, text_field="body"),
+                "'body'",
+            ),
+            "ModelNotFound": (_config(tmp_path / "no-model", sentiment_file), "no-model"),
+        }
+        for error_type, (config, named) in cases.items():
+            workflow_id = f"bad-{error_type.lower()}-{uuid.uuid4().hex[:8]}"
+            with pytest.raises(WorkflowFailureError) as failure:
+                await client.execute_workflow(
+                    CheckpointedBertTrainingWorkflow.run,
+                    BertTrainingInput(config=config, snapshot_queue=queues["eval"]),
+                    id=workflow_id,
+                    task_queue=queues["training"],
+                    execution_timeout=timedelta(seconds=120),
+                )
+            root = failure.value.cause
+            while root.__cause__ is not None:
+                root = root.__cause__
+            assert getattr(root, "type", None) == error_type, root
+            assert named in str(root)
+            attempts = [
+                e.activity_task_started_event_attributes.attempt
+                async for e in client.get_workflow_handle(workflow_id).fetch_history_events()
+                if e.HasField("activity_task_started_event_attributes")
+            ]
+            assert attempts and max(attempts) == 1, f"{error_type} was retried: {attempts}"
+
+
+def _start_worker_process(
+    temporal_address: str, roots: StorageRoots, queues: dict[str, str], log: Path
+) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tempotrain_workers",
+            "--address",
+            temporal_address,
+            "--queue",
+            queues["training"],
+            "--queue",
+            queues["eval"],
+            "--snapshots-root",
+            str(roots.snapshots),
+            "--runs-root",
+            str(roots.runs),
+        ],
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+
+
+def _trainer_pids() -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if b"tempotrain_workers.trainer_main" in (proc / "cmdline").read_bytes():
+                    found.append(int(proc.name))
+            except OSError:
+                pass
+    return found
+
+
+async def test_sigkilled_worker_resumes_from_its_last_checkpoint(
+    temporal: TemporalHandle, minilm_path: Path, sentiment_file: Path, tmp_path: Path
+) -> None:
+    roots = StorageRoots(tmp_path / "snapshots", tmp_path / "runs")
+    queues = _queues()
+    save_steps = 8
+    config = _config(
+        minilm_path,
+        sentiment_file,
+        run_id="crash-run",
+        num_epochs=3,
+        batch_size=8,
+        save_steps=save_steps,
+        heartbeat_timeout_seconds=5,
+    )
+    handle = await temporal.client.start_workflow(
+        CheckpointedBertTrainingWorkflow.run,
+        BertTrainingInput(config=config, snapshot_queue=queues["eval"]),
+        id=f"crash-{uuid.uuid4().hex[:8]}",
+        task_queue=queues["training"],
+        execution_timeout=timedelta(minutes=10),
+    )
+    log = tmp_path / "worker.log"
+    first = _start_worker_process(temporal.address, roots, queues, log)
+    run_dir = roots.runs / "crash-run"
+    try:
+
+        async def checkpoint_signalled() -> Any:
+            return await handle.query(CheckpointedBertTrainingWorkflow.get_latest_checkpoint)
+
+        await eventually(checkpoint_signalled, within=180, what="a first checkpoint")
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+
+    async def trainer_gone() -> bool:
+        return not _trainer_pids()
+
+    await eventually(trainer_gone, within=15, what="the orphaned trainer to die with its worker")
+    reached = json.loads((run_dir / "progress.json").read_text())["step"]
+    assert reached < 3 * 50, "training finished before the kill; the test proves nothing"
+
+    second = _start_worker_process(temporal.address, roots, queues, log)
+    try:
+        result = await handle.result()
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(timeout=60)
+    assert result.resumed_from_step is not None and result.resumed_from_step > 0
+    assert reached - result.resumed_from_step <= save_steps, (reached, result.resumed_from_step)
+    assert result.global_step == result.total_steps

@@ -13,8 +13,9 @@ def _checkpoint(run_dir: Path, step: int, snapshot_hash: str = "h1", marker: boo
     (directory / "model.safetensors").write_bytes(bytes([step % 256]) * 1000)
     (directory / "optimizer.pt").write_bytes(b"opt" * step)
     if marker:
-        write_marker(directory, step=step, epoch=step / 10, loss=1.0 / step,
-                     snapshot_hash=snapshot_hash)
+        write_marker(
+            directory, step=step, epoch=step / 10, loss=1.0 / step, snapshot_hash=snapshot_hash
+        )
     return directory
 
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 from temporalio.exceptions import ApplicationError
-
 from tempotrain_workers.api import DatasetSnapshotRequest
 from tempotrain_workers.snapshots import create_snapshot, read_split
 

@@ -25,8 +25,9 @@ log = logging.getLogger("tempotrain_workers")
 
 
 async def run_workers(settings: WorkerSettings, stop: asyncio.Event) -> None:
-    client = await Client.connect(settings.address, namespace=settings.namespace,
-                                  data_converter=pydantic_data_converter)
+    client = await Client.connect(
+        settings.address, namespace=settings.namespace, data_converter=pydantic_data_converter
+    )
     settings.snapshots_root.mkdir(parents=True, exist_ok=True)
     settings.runs_root.mkdir(parents=True, exist_ok=True)
     activities = BertActivities(StorageRoots(settings.snapshots_root, settings.runs_root))
@@ -42,8 +43,13 @@ async def run_workers(settings: WorkerSettings, stop: asyncio.Event) -> None:
         )
         for queue in settings.queues
     ]
-    log.info("polling %s at %s (snapshots %s, runs %s)", ", ".join(settings.queues),
-             settings.address, settings.snapshots_root, settings.runs_root)
+    log.info(
+        "polling %s at %s (snapshots %s, runs %s)",
+        ", ".join(settings.queues),
+        settings.address,
+        settings.snapshots_root,
+        settings.runs_root,
+    )
     running = [asyncio.create_task(w.run()) for w in workers]
     stopped = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([*running, stopped], return_when=asyncio.FIRST_COMPLETED)

@@ -37,13 +37,16 @@ class BertActivities:
         return Path(override) if override else self.roots.runs
 
     @activity.defn(name="create_dataset_snapshot")
-    async def create_dataset_snapshot(self, request: DatasetSnapshotRequest) -> DatasetSnapshotResult:
+    async def create_dataset_snapshot(
+        self, request: DatasetSnapshotRequest
+    ) -> DatasetSnapshotResult:
         from tempotrain_workers.snapshots import create_snapshot
 
         root = self._snapshots_root(request.snapshots_root)
         result = await asyncio.to_thread(create_snapshot, request, root)
-        activity.logger.info("snapshot %s (%s)", result.snapshot_id,
-                             "reused" if result.reused else "written")
+        activity.logger.info(
+            "snapshot %s (%s)", result.snapshot_id, "reused" if result.reused else "written"
+        )
         return result
 
     @activity.defn(name="fine_tune_bert")
@@ -57,7 +60,9 @@ class BertActivities:
         from tempotrain_workers.evaluation import evaluate
 
         return await asyncio.to_thread(
-            evaluate, request, self._runs_root(request.runs_root),
+            evaluate,
+            request,
+            self._runs_root(request.runs_root),
             self._snapshots_root(request.snapshots_root),
         )
 
@@ -68,5 +73,9 @@ class BertActivities:
         return await asyncio.to_thread(infer, request, self._runs_root(request.runs_root))
 
     def all(self) -> list[object]:
-        return [self.create_dataset_snapshot, self.fine_tune_bert, self.run_bert_evaluation,
-                self.run_bert_inference]
+        return [
+            self.create_dataset_snapshot,
+            self.fine_tune_bert,
+            self.run_bert_evaluation,
+            self.run_bert_inference,
+        ]

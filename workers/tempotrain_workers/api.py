@@ -23,9 +23,7 @@ PUBLISH_STATUS_ACTIVITY = "publish_status"
 # A DNS-1123 label: usable as a directory name, a label value and part of a workflow id,
 # and never a path (no "/", no "..").
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-RunId = Annotated[
-    str, StringConstraints(pattern=DNS_LABEL_PATTERN, min_length=1, max_length=63)
-]
+RunId = Annotated[str, StringConstraints(pattern=DNS_LABEL_PATTERN, min_length=1, max_length=63)]
 
 DEFAULT_MODEL = "bert-base-uncased"
 DEFAULT_DATASET = "glue"
@@ -210,6 +208,7 @@ class BertFineTuneResult(Contract):
     resumed_from_step: int | None
     device: str
     train_seconds: float
+    checkpoint_seconds: float = 0.0  # wall time spent saving checkpoints (incl. markers)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -52,7 +52,7 @@ def write_marker(
         json.dump(marker, f, indent=2)
         f.flush()
         os.fsync(f.fileno())
-    os.rename(staging, checkpoint_dir / MARKER_FILE)
+    staging.rename(checkpoint_dir / MARKER_FILE)
     return info
 
 

@@ -41,8 +41,13 @@ def predict(
     outputs = []
     with torch.inference_mode():
         for start in range(0, len(texts), batch_size):
-            batch = tokenizer(texts[start : start + batch_size], truncation=True,
-                              max_length=max_length, padding=True, return_tensors="pt")
+            batch = tokenizer(
+                texts[start : start + batch_size],
+                truncation=True,
+                max_length=max_length,
+                padding=True,
+                return_tensors="pt",
+            )
             outputs.append(model(**batch.to(device)).logits.float().cpu())
     return torch.cat(outputs) if outputs else torch.empty(0, model.config.num_labels)
 
@@ -54,18 +59,32 @@ def evaluate(request: BertEvalRequest, runs_root: Path, snapshots_root: Path) ->
     tokenizer, model, device = load_run(runs_root / run_id)
     if request.dataset_name is None:
         if request.snapshot_id is None:
-            raise non_retryable(ErrorType.INVALID_INPUT, "evaluation needs dataset_name or snapshot_id")
+            raise non_retryable(
+                ErrorType.INVALID_INPUT, "evaluation needs dataset_name or snapshot_id"
+            )
         rows = read_split(snapshots_root / request.snapshot_id, "eval")
         rows = rows[: request.max_eval_samples] if request.max_eval_samples else rows
         dataset = f"snapshot:{request.snapshot_id}"
     else:
-        _, rows = load_split_rows(request.dataset_name, request.dataset_config, request.split,
-                                  request.text_field, request.label_field, request.max_eval_samples)
+        _, rows = load_split_rows(
+            request.dataset_name,
+            request.dataset_config,
+            request.split,
+            request.text_field,
+            request.label_field,
+            request.max_eval_samples,
+        )
         dataset = request.dataset_name
     if not rows:
         raise non_retryable(ErrorType.DATASET_SCHEMA, f"{dataset}: no examples to evaluate")
-    logits = predict([r["text"] for r in rows], tokenizer, model, device,
-                     request.batch_size, request.max_seq_length)
+    logits = predict(
+        [r["text"] for r in rows],
+        tokenizer,
+        model,
+        device,
+        request.batch_size,
+        request.max_seq_length,
+    )
     labels = torch.tensor([r["label"] for r in rows])
     loss = torch.nn.functional.cross_entropy(logits, labels).item()
     predicted = logits.argmax(dim=-1)
@@ -74,24 +93,33 @@ def evaluate(request: BertEvalRequest, runs_root: Path, snapshots_root: Path) ->
     for truth, guess in zip(labels.tolist(), predicted.tolist(), strict=True):
         confusion[truth, guess] += 1
     return BertEvalResult(
-        run_id=run_id, dataset=dataset, split=request.split, num_examples=len(rows),
-        accuracy=float((predicted == labels).float().mean()), loss=loss,
+        run_id=run_id,
+        dataset=dataset,
+        split=request.split,
+        num_examples=len(rows),
+        accuracy=float((predicted == labels).float().mean()),
+        loss=loss,
         confusion=confusion.tolist(),
     )
 
 
 def infer(request: BertInferenceRequest, runs_root: Path) -> BertInferenceResult:
     tokenizer, model, device = load_run(runs_root / request.run_id)
-    logits = predict(request.texts, tokenizer, model, device,
-                     request.batch_size, request.max_seq_length)
+    logits = predict(
+        request.texts, tokenizer, model, device, request.batch_size, request.max_seq_length
+    )
     probabilities = logits.softmax(dim=-1)
     confidence, labels = probabilities.max(dim=-1)
     names = model.config.id2label or {}
     return BertInferenceResult(
         run_id=request.run_id,
         predictions=[
-            Prediction(text=text, label=int(label), label_name=names.get(int(label)),
-                       confidence=float(conf))
+            Prediction(
+                text=text,
+                label=int(label),
+                label_name=names.get(int(label)),
+                confidence=float(conf),
+            )
             for text, label, conf in zip(request.texts, labels, confidence, strict=True)
         ],
     )

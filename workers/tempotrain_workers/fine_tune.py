@@ -49,8 +49,14 @@ def trainer_command(job_file: Path) -> list[str]:
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     module = ["-m", "tempotrain_workers.trainer_main", str(job_file)]
     if gpus > 1:
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                f"--nproc_per_node={gpus}", *module]
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={gpus}",
+            *module,
+        ]
     return [sys.executable, *module]
 
 
@@ -86,7 +92,9 @@ class TrainerSupervisor:
         log_file.parent.mkdir(exist_ok=True)
         activity.logger.info(
             "fine-tuning run %s attempt %d, resuming from %s",
-            self.config.run_id, attempt, resume.path if resume else "scratch",
+            self.config.run_id,
+            attempt,
+            resume.path if resume else "scratch",
         )
         command = await asyncio.to_thread(trainer_command, job_file)  # imports torch
         with log_file.open("ab") as stderr:
@@ -114,12 +122,16 @@ class TrainerSupervisor:
             line = raw.decode(errors="replace").rstrip()
             if not line.startswith(EVENT_PREFIX):
                 continue
-            event = json.loads(line[len(EVENT_PREFIX):])
+            event = json.loads(line[len(EVENT_PREFIX) :])
             kind = event.pop("event")
             if kind == "checkpoint":
                 self.latest = CheckpointInfo.model_validate(event["checkpoint"])
-                self.progress = Progress(step=self.latest.step, total_steps=event["total_steps"],
-                                         epoch=self.latest.epoch, loss=self.latest.loss)
+                self.progress = Progress(
+                    step=self.latest.step,
+                    total_steps=event["total_steps"],
+                    epoch=self.latest.epoch,
+                    loss=self.latest.loss,
+                )
                 activity.heartbeat(self._heartbeat_details())
                 await self._signal("update_checkpoint", self.latest)
             elif kind == "progress":

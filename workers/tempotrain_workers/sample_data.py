@@ -6,14 +6,49 @@ import json
 import random
 from pathlib import Path
 
-POSITIVE = ["great", "wonderful", "delightful", "excellent", "superb", "lovely", "brilliant",
-            "charming", "moving", "fantastic"]
-NEGATIVE = ["awful", "terrible", "boring", "dreadful", "dull", "painful", "horrible",
-            "tedious", "clumsy", "disappointing"]
-SUBJECTS = ["the film", "this movie", "the plot", "the acting", "the soundtrack", "the ending",
-            "the script", "the cast", "the story", "the direction"]
-TEMPLATES = ["{s} was {w}", "i found {s} {w}", "{s} is truly {w}", "honestly, {s} felt {w}",
-             "what a {w} experience, {s} especially"]
+POSITIVE = [
+    "great",
+    "wonderful",
+    "delightful",
+    "excellent",
+    "superb",
+    "lovely",
+    "brilliant",
+    "charming",
+    "moving",
+    "fantastic",
+]
+NEGATIVE = [
+    "awful",
+    "terrible",
+    "boring",
+    "dreadful",
+    "dull",
+    "painful",
+    "horrible",
+    "tedious",
+    "clumsy",
+    "disappointing",
+]
+SUBJECTS = [
+    "the film",
+    "this movie",
+    "the plot",
+    "the acting",
+    "the soundtrack",
+    "the ending",
+    "the script",
+    "the cast",
+    "the story",
+    "the direction",
+]
+TEMPLATES = [
+    "{s} was {w}",
+    "i found {s} {w}",
+    "{s} is truly {w}",
+    "honestly, {s} felt {w}",
+    "what a {w} experience, {s} especially",
+]
 
 
 def sentiment_rows(count: int, seed: int = 0) -> list[dict[str, object]]:

@@ -28,21 +28,41 @@ def parse_worker_settings(argv: list[str] | None = None) -> WorkerSettings:
         description="A TempoTrain Temporal worker: polls the given task queues and runs the "
         "BERT workflows and activities.",
     )
-    parser.add_argument("--queue", action="append", dest="queues",
-                        help=f"task queue to poll; repeatable (env {ENV_QUEUES}, comma-separated; "
-                        f"default {TRAINING_QUEUE} and {EVAL_QUEUE})")
-    parser.add_argument("--address", default=os.environ.get("TEMPORAL_ADDRESS", "localhost:7233"),
-                        help="Temporal frontend host:port (env TEMPORAL_ADDRESS)")
-    parser.add_argument("--namespace", default=os.environ.get("TEMPORAL_NAMESPACE", "default"),
-                        help="Temporal namespace (env TEMPORAL_NAMESPACE)")
-    parser.add_argument("--snapshots-root", type=Path,
-                        default=Path(os.environ.get("TEMPOTRAIN_SNAPSHOTS_ROOT", "/data/snapshots")),
-                        help="dataset snapshots (env TEMPOTRAIN_SNAPSHOTS_ROOT)")
-    parser.add_argument("--runs-root", type=Path,
-                        default=Path(os.environ.get("TEMPOTRAIN_RUNS_ROOT", "/data/runs")),
-                        help="checkpoints and trained models (env TEMPOTRAIN_RUNS_ROOT)")
-    parser.add_argument("--max-concurrent-activities", type=int, default=None,
-                        help="default: 1 on the training queue (one job per GPU set), else 8")
+    parser.add_argument(
+        "--queue",
+        action="append",
+        dest="queues",
+        help=f"task queue to poll; repeatable (env {ENV_QUEUES}, comma-separated; "
+        f"default {TRAINING_QUEUE} and {EVAL_QUEUE})",
+    )
+    parser.add_argument(
+        "--address",
+        default=os.environ.get("TEMPORAL_ADDRESS", "localhost:7233"),
+        help="Temporal frontend host:port (env TEMPORAL_ADDRESS)",
+    )
+    parser.add_argument(
+        "--namespace",
+        default=os.environ.get("TEMPORAL_NAMESPACE", "default"),
+        help="Temporal namespace (env TEMPORAL_NAMESPACE)",
+    )
+    parser.add_argument(
+        "--snapshots-root",
+        type=Path,
+        default=Path(os.environ.get("TEMPOTRAIN_SNAPSHOTS_ROOT", "/data/snapshots")),
+        help="dataset snapshots (env TEMPOTRAIN_SNAPSHOTS_ROOT)",
+    )
+    parser.add_argument(
+        "--runs-root",
+        type=Path,
+        default=Path(os.environ.get("TEMPOTRAIN_RUNS_ROOT", "/data/runs")),
+        help="checkpoints and trained models (env TEMPOTRAIN_RUNS_ROOT)",
+    )
+    parser.add_argument(
+        "--max-concurrent-activities",
+        type=int,
+        default=None,
+        help="default: 1 on the training queue (one job per GPU set), else 8",
+    )
     args = parser.parse_args(argv)
     queues = args.queues or [q for q in os.environ.get(ENV_QUEUES, "").split(",") if q]
     return WorkerSettings(

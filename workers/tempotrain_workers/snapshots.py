@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 import uuid
@@ -115,17 +114,22 @@ def infer_schema(dataset: Any, text_field: str | None, label_field: str | None) 
         if not all(isinstance(v, int) and v >= 0 for v in values):
             raise non_retryable(
                 ErrorType.DATASET_SCHEMA,
-                f"label field {label!r} must hold class ids 0..n-1, found e.g. {sorted(values, key=str)[:5]}",
+                f"label field {label!r} must hold class ids 0..n-1, "
+                f"found e.g. {sorted(values, key=str)[:5]}",
             )
         num_labels = max(2, max(values) + 1)
-    return DatasetSchema(text_field=text, label_field=label, num_labels=num_labels, label_names=names)
+    return DatasetSchema(
+        text_field=text, label_field=label, num_labels=num_labels, label_names=names
+    )
 
 
 def _load(request: DatasetSnapshotRequest, hold_out: bool = True) -> LoadedSplits:
     try:
         import datasets
     except ImportError as err:  # the operator image has no ML dependencies
-        raise non_retryable(ErrorType.DEPENDENCY_MISSING, f"datasets is not installed: {err}") from err
+        raise non_retryable(
+            ErrorType.DEPENDENCY_MISSING, f"datasets is not installed: {err}"
+        ) from err
 
     local = _local_path(request.dataset_name)
     if local is not None:
@@ -133,7 +137,9 @@ def _load(request: DatasetSnapshotRequest, hold_out: bool = True) -> LoadedSplit
         source = str(local)
         all_splits = {"train": loaded}
     else:
-        source = request.dataset_name + (f"/{request.dataset_config}" if request.dataset_config else "")
+        source = request.dataset_name + (
+            f"/{request.dataset_config}" if request.dataset_config else ""
+        )
         try:
             all_splits = datasets.load_dataset(request.dataset_name, request.dataset_config)
         except FileNotFoundError as err:
@@ -174,9 +180,14 @@ def load_split_rows(
     """One split of any dataset as normalised rows, for evaluating on data other than a
     run's own snapshot."""
     request = DatasetSnapshotRequest(
-        dataset_name=dataset_name, dataset_config=dataset_config, train_split=split,
-        eval_split=split, text_field=text_field, label_field=label_field,
-        max_train_samples=max_samples, seed=seed,
+        dataset_name=dataset_name,
+        dataset_config=dataset_config,
+        train_split=split,
+        eval_split=split,
+        text_field=text_field,
+        label_field=label_field,
+        max_train_samples=max_samples,
+        seed=seed,
     )
     loaded = _load(request, hold_out=False)
     schema = infer_schema(loaded.train, text_field, label_field)
@@ -187,7 +198,9 @@ def _local_path(name: str) -> Path | None:
     path = Path(name).expanduser()
     if path.suffix.lower() in LOCAL_FORMATS or name.startswith(("/", "./", "../", "~")):
         if not path.is_file():
-            raise non_retryable(ErrorType.DATASET_NOT_FOUND, f"dataset file {name!r} does not exist")
+            raise non_retryable(
+                ErrorType.DATASET_NOT_FOUND, f"dataset file {name!r} does not exist"
+            )
         return path
     return None
 
@@ -238,7 +251,7 @@ def _write_atomically(
         (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
         if target.exists():  # a torn or foreign directory under our id: replace it
             shutil.rmtree(target)
-        os.rename(staging, target)
+        staging.rename(target)
     except OSError:
         shutil.rmtree(staging, ignore_errors=True)
         # Another worker renamed the same content into place first: theirs is as good.
@@ -269,4 +282,6 @@ def _slug(name: str) -> str:
 
 
 def _looks_like_path(name: str) -> bool:
-    return "/" in name and (Path(name).suffix.lower() in LOCAL_FORMATS or name.startswith(("/", ".")))
+    return "/" in name and (
+        Path(name).suffix.lower() in LOCAL_FORMATS or name.startswith(("/", "."))
+    )

@@ -1,4 +1,6 @@
-"""The Hugging Face Trainer run, as a process of its own: `python -m tempotrain_workers.trainer_main JOB`.
+"""The Hugging Face Trainer run as a process of its own.
+
+`python -m tempotrain_workers.trainer_main JOB_FILE`
 
 The `fine_tune_bert` activity supervises this process: it reads one JSON event per line
 from stdout (progress, checkpoint, error), heartbeats to Temporal, and sends SIGTERM on
@@ -64,7 +66,7 @@ def pick_device() -> str:
 def _write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
     staging = path.with_name(f".{path.name}.tmp")
     staging.write_text(json.dumps(payload, default=str))
-    os.replace(staging, path)
+    staging.replace(path)
 
 
 def build_callback(job: TrainerJob) -> Any:
@@ -87,6 +89,8 @@ def build_callback(job: TrainerJob) -> Any:
             state = json.loads(run_state_file.read_text()) if run_state_file.exists() else {}
             self.checkpoints_saved = int(state.get("checkpoints_saved", 0))
             self.latest: dict[str, Any] | None = None
+            self.step_ended = time.monotonic()
+            self.checkpoint_seconds = 0.0
 
         def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **_: Any) -> None:
             if logs and "loss" in logs:
@@ -94,6 +98,7 @@ def build_callback(job: TrainerJob) -> Any:
                 self.losses.append(self.last_loss)
 
         def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            self.step_ended = time.monotonic()  # the Trainer saves right after this hook
             if os.getppid() != self.parent:  # the supervising worker died: stop, don't orphan
                 self.stop_requested = True
             if self.stop_requested:
@@ -104,25 +109,40 @@ def build_callback(job: TrainerJob) -> Any:
             if state.is_world_process_zero:
                 _write_json_atomically(
                     run_dir / "progress.json",
-                    {"step": state.global_step, "total_steps": state.max_steps,
-                     "epoch": state.epoch, "loss": self.last_loss},
+                    {
+                        "step": state.global_step,
+                        "total_steps": state.max_steps,
+                        "epoch": state.epoch,
+                        "loss": self.last_loss,
+                    },
                 )
                 now = time.monotonic()
                 if now - self.last_progress >= PROGRESS_EVERY_SECONDS:
                     self.last_progress = now
-                    emit("progress", step=state.global_step, total_steps=state.max_steps,
-                         epoch=state.epoch, loss=self.last_loss)
+                    emit(
+                        "progress",
+                        step=state.global_step,
+                        total_steps=state.max_steps,
+                        epoch=state.epoch,
+                        loss=self.last_loss,
+                    )
 
         def on_save(self, args: Any, state: Any, control: Any, **_: Any) -> None:
             self.last_save = time.monotonic()
             if not state.is_world_process_zero:
                 return
             checkpoint = run_dir / f"checkpoint-{state.global_step}"
-            info = write_marker(checkpoint, step=state.global_step, epoch=state.epoch or 0.0,
-                                loss=self.last_loss, snapshot_hash=job.snapshot_hash)
+            info = write_marker(
+                checkpoint,
+                step=state.global_step,
+                epoch=state.epoch or 0.0,
+                loss=self.last_loss,
+                snapshot_hash=job.snapshot_hash,
+            )
             self.checkpoints_saved += 1
             _write_json_atomically(run_state_file, {"checkpoints_saved": self.checkpoints_saved})
             self.latest = json.loads(info.model_dump_json())
+            self.checkpoint_seconds += time.monotonic() - self.step_ended
             emit("checkpoint", checkpoint=self.latest, total_steps=state.max_steps)
 
     return CheckpointCallback()
@@ -155,8 +175,11 @@ def load_model(config: BertFineTuneConfig, schema: DatasetSchema) -> tuple[Any, 
             label2id={n: i for i, n in enumerate(names)},
         )
     except OSError as err:
-        emit("error", type=str(ErrorType.MODEL_NOT_FOUND),
-             message=f"cannot load model {config.model_name!r}: {err}")
+        emit(
+            "error",
+            type=str(ErrorType.MODEL_NOT_FOUND),
+            message=f"cannot load model {config.model_name!r}: {err}",
+        )
         sys.exit(EXIT_BAD_INPUT)
     return tokenizer, model
 
@@ -231,9 +254,11 @@ def run(job: TrainerJob) -> int:
             resumed_from_step=job.resumed_from_step,
             device=pick_device(),
             train_seconds=train_seconds,
+            checkpoint_seconds=callback.checkpoint_seconds,
         )
-        _write_json_atomically(Path(job.run_dir) / "result.json",
-                               json.loads(result.model_dump_json(by_alias=True)))
+        _write_json_atomically(
+            Path(job.run_dir) / "result.json", json.loads(result.model_dump_json(by_alias=True))
+        )
         emit("finished", step=trainer.state.global_step)
     return 0
 

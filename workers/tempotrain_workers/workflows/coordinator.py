@@ -57,8 +57,11 @@ class CoordinatorWorkflow:
         parent = workflow.info().workflow_id
         training: BertFineTuneResult = await workflow.execute_child_workflow(
             CheckpointedBertTrainingWorkflow.run,
-            BertTrainingInput(config=config.fine_tune, status_target=request.status_target,
-                              snapshot_queue=request.eval_queue),
+            BertTrainingInput(
+                config=config.fine_tune,
+                status_target=request.status_target,
+                snapshot_queue=request.eval_queue,
+            ),
             id=f"{parent}-train-{index}",
             task_queue=request.training_queue,
         )
@@ -76,8 +79,11 @@ class CoordinatorWorkflow:
 
 
 def _metrics(training: BertFineTuneResult, evaluation: BertEvalResult) -> dict[str, float]:
-    metrics = {"evalAccuracy": evaluation.accuracy, "evalLoss": evaluation.loss,
-               "numEvalExamples": float(evaluation.num_examples)}
+    metrics = {
+        "evalAccuracy": evaluation.accuracy,
+        "evalLoss": evaluation.loss,
+        "numEvalExamples": float(evaluation.num_examples),
+    }
     if training.train_loss is not None:
         metrics["trainLoss"] = training.train_loss
     return metrics

@@ -25,8 +25,11 @@ class BertEvalWorkflow:
     @workflow.run
     async def run(self, request: BertEvalRequest) -> BertEvalResult:
         return await workflow.execute_activity(
-            "run_bert_evaluation", request, result_type=BertEvalResult,
-            start_to_close_timeout=timedelta(hours=2), retry_policy=RETRY,
+            "run_bert_evaluation",
+            request,
+            result_type=BertEvalResult,
+            start_to_close_timeout=timedelta(hours=2),
+            retry_policy=RETRY,
         )
 
 
@@ -35,6 +38,9 @@ class BertInferenceWorkflow:
     @workflow.run
     async def run(self, request: BertInferenceRequest) -> BertInferenceResult:
         return await workflow.execute_activity(
-            "run_bert_inference", request, result_type=BertInferenceResult,
-            start_to_close_timeout=timedelta(hours=1), retry_policy=RETRY,
+            "run_bert_inference",
+            request,
+            result_type=BertInferenceResult,
+            start_to_close_timeout=timedelta(hours=1),
+            retry_policy=RETRY,
         )

@@ -55,8 +55,9 @@ class StatusReporter:
                     StatusUpdate(target=self._target, at=workflow.now(), **fields),
                     task_queue=self._target.queue,
                     schedule_to_close_timeout=timedelta(minutes=1),
-                    retry_policy=RetryPolicy(maximum_attempts=5,
-                                             maximum_interval=timedelta(seconds=10)),
+                    retry_policy=RetryPolicy(
+                        maximum_attempts=5, maximum_interval=timedelta(seconds=10)
+                    ),
                 )
             except ActivityError as err:
                 # Status is best effort: the operator's timer re-derives it from the workflow.

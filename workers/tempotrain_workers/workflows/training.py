@@ -46,8 +46,9 @@ class CheckpointedBertTrainingWorkflow:
         if config.run_id is None:
             # Canonical run id, written back so every activity and the result agree on it.
             config = config.model_copy(update={"run_id": f"run-{workflow.info().run_id[:8]}"})
-        self._status.update(phase=Phase.SNAPSHOTTING, run_id=config.run_id,
-                            workflow_id=workflow.info().workflow_id)
+        self._status.update(
+            phase=Phase.SNAPSHOTTING, run_id=config.run_id, workflow_id=workflow.info().workflow_id
+        )
         snapshot: DatasetSnapshotResult = await workflow.execute_activity(
             "create_dataset_snapshot",
             config.snapshot_request(),
@@ -70,10 +71,14 @@ class CheckpointedBertTrainingWorkflow:
         if result.latest_checkpoint is not None:
             self._record(result.latest_checkpoint)
         self._status.update(
-            progress=Progress(step=result.global_step, total_steps=result.total_steps,
-                              loss=result.train_loss),
-            metrics={k: v for k, v in {"trainLoss": result.train_loss,
-                                       "evalLoss": result.eval_loss}.items() if v is not None},
+            progress=Progress(
+                step=result.global_step, total_steps=result.total_steps, loss=result.train_loss
+            ),
+            metrics={
+                k: v
+                for k, v in {"trainLoss": result.train_loss, "evalLoss": result.eval_loss}.items()
+                if v is not None
+            },
         )
         await self._status.flush()
         return result
@@ -103,7 +108,11 @@ class CheckpointedBertTrainingWorkflow:
         self._progress = Progress(
             step=checkpoint.step,
             total_steps=self._progress.total_steps if self._progress else None,
-            epoch=checkpoint.epoch, loss=checkpoint.loss,
+            epoch=checkpoint.epoch,
+            loss=checkpoint.loss,
         )
-        self._status.update(latest_checkpoint=checkpoint, checkpoints_saved=self._checkpoints_seen,
-                            progress=self._progress)
+        self._status.update(
+            latest_checkpoint=checkpoint,
+            checkpoints_saved=self._checkpoints_seen,
+            progress=self._progress,
+        )

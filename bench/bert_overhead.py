@@ -1,0 +1,136 @@
+"""What durability costs: the same fine-tune through the workflow vs a plain HF Trainer script.
+
+Prints (a) wall-time ratio workflow / plain (goal <= 1.05) and (b) the share of training time
+spent saving checkpoints at the default cadence (save_steps=500; goal <= 5 %).
+
+    .venv/bin/python bench/bert_overhead.py [--rows 4000] [--epochs 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from _harness import minilm_path, start_worker, temporal_server
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from tempotrain_workers.api import (
+    BertFineTuneConfig,
+    CoordinatorWorkflowConfig,
+    CoordinatorWorkflowInput,
+)
+from tempotrain_workers.sample_data import write_sentiment_jsonl
+from tempotrain_workers.workflows import CoordinatorWorkflow
+
+
+def plain_trainer(config: BertFineTuneConfig, data: Path, out: Path) -> float:
+    """The script a user would write without TempoTrain: load, tokenize, train, save, evaluate."""
+    from datasets import load_dataset
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        Trainer,
+        TrainingArguments,
+        set_seed,
+    )
+
+    started = time.monotonic()
+    set_seed(config.seed)
+    tokenizer = AutoTokenizer.from_pretrained(config.model_name)
+    model = AutoModelForSequenceClassification.from_pretrained(config.model_name, num_labels=2)
+    split = load_dataset("json", data_files=str(data), split="train").train_test_split(
+        0.1, seed=config.seed
+    )
+    encode = lambda b: tokenizer(b["sentence"], truncation=True, max_length=config.max_seq_length)  # noqa: E731
+    train = split["train"].map(encode, batched=True).rename_column("label", "labels")
+    evaluation = split["test"].map(encode, batched=True).rename_column("label", "labels")
+    args = TrainingArguments(
+        output_dir=str(out),
+        num_train_epochs=config.num_epochs,
+        per_device_train_batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        seed=config.seed,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        logging_steps=10,
+        report_to="none",
+        disable_tqdm=True,
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=evaluation,
+        processing_class=tokenizer,
+    )
+    trainer.train()
+    trainer.save_model(str(out))
+    trainer.evaluate()
+    return time.monotonic() - started
+
+
+async def through_workflow(
+    address: str, config: BertFineTuneConfig, root: Path
+) -> tuple[float, object]:
+    queue = f"bench-{uuid.uuid4().hex[:8]}"
+    worker = start_worker(address, [queue], root, root / "worker.log")
+    try:
+        client = await Client.connect(address, data_converter=pydantic_data_converter)
+        started = time.monotonic()
+        result = await client.execute_workflow(
+            CoordinatorWorkflow.run,
+            CoordinatorWorkflowInput(
+                configs=[CoordinatorWorkflowConfig(fine_tune=config)],
+                training_queue=queue,
+                eval_queue=queue,
+            ),
+            id=f"bench-{uuid.uuid4().hex[:8]}",
+            task_queue=queue,
+        )
+        return time.monotonic() - started, result
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=60)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=4000)
+    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--batch-size", type=int, default=16)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bert-overhead-") as tmp, temporal_server() as address:
+        root = Path(tmp)
+        data = write_sentiment_jsonl(root / "data.jsonl", args.rows)
+        config = BertFineTuneConfig(
+            run_id="bench",
+            model_name=str(minilm_path()),
+            dataset_name=str(data),
+            dataset_config=None,
+            num_epochs=args.epochs,
+            batch_size=args.batch_size,
+            learning_rate=5e-5,
+            max_seq_length=32,  # save_steps: the default cadence (500)
+        )
+        plain = plain_trainer(config, data, root / "plain")
+        durable, result = asyncio.run(through_workflow(address, config, root))
+        training = result.runs[0].training  # type: ignore[attr-defined]
+        print(
+            f"steps: {training.global_step}, checkpoints: {training.checkpoints_saved}, "
+            f"device: {training.device}"
+        )
+        print(f"plain HF Trainer script:      {plain:8.1f} s")
+        print(f"through the workflow:         {durable:8.1f} s")
+        print(f"(a) workflow / plain ratio:   {durable / plain:8.3f}   (goal <= 1.05)")
+        share = training.checkpoint_seconds / training.train_seconds
+        print(f"(b) checkpoint-save share:    {share:8.1%}   (goal <= 5 %, save_steps=500)")
+
+
+if __name__ == "__main__":
+    main()
