@@ -31,7 +31,7 @@ from tempotrain_workers.api import (
     StatusTarget,
     StatusUpdate,
 )
-from tempotrain_workers.checkpoints import checkpoint_dirs
+from tempotrain_workers.checkpoints import checkpoint_dirs, verify
 from tempotrain_workers.workflows import (
     ALL_WORKFLOWS,
     BertInferenceWorkflow,
@@ -299,3 +299,55 @@ async def test_sigkilled_worker_resumes_from_its_last_checkpoint(
     assert result.resumed_from_step is not None and result.resumed_from_step > 0
     assert reached - result.resumed_from_step <= save_steps, (reached, result.resumed_from_step)
     assert result.global_step == result.total_steps
+
+
+async def test_cancellation_saves_a_final_checkpoint_and_stops_the_trainer(
+    temporal: TemporalHandle, minilm_path: Path, sentiment_file: Path, tmp_path: Path
+) -> None:
+    roots = StorageRoots(tmp_path / "snapshots", tmp_path / "runs")
+    queues, recorder = _queues(), StatusRecorder()
+    # save_steps far beyond the run: any checkpoint on disk must come from the SIGTERM save.
+    config = _config(
+        minilm_path,
+        sentiment_file,
+        run_id="cancel-run",
+        num_epochs=3,
+        batch_size=8,
+        save_steps=10_000,
+    )
+    client = temporal.client
+    run_dir = roots.runs / "cancel-run"
+    async with bert_workers(client, roots, queues, recorder):
+        handle = await client.start_workflow(
+            CheckpointedBertTrainingWorkflow.run,
+            BertTrainingInput(config=config, snapshot_queue=queues["eval"]),
+            id=f"cancel-{uuid.uuid4().hex[:8]}",
+            task_queue=queues["training"],
+            execution_timeout=timedelta(minutes=10),
+        )
+
+        async def training_underway() -> bool:
+            progress = run_dir / "progress.json"
+            return progress.exists() and json.loads(progress.read_text())["step"] >= 5
+
+        await eventually(training_underway, within=120, what="training to pass step 5")
+        await handle.cancel()
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+
+    saved = checkpoint_dirs(run_dir)
+    assert len(saved) == 1, saved
+    info = verify(saved[0])
+    assert info is not None and info.step >= 5
+    assert _trainer_pids_for(run_dir) == []
+
+
+def _trainer_pids_for(run_dir: Path) -> list[int]:
+    found = []
+    for pid in _trainer_pids():
+        try:
+            if str(run_dir).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+        except OSError:
+            pass
+    return found
