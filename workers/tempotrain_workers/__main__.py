@@ -43,6 +43,8 @@ async def run_workers(settings: WorkerSettings, stop: asyncio.Event) -> None:
         )
         for queue in settings.queues
     ]
+    # Import the ML stack while polling starts, so the first job does not pay for it.
+    warming = asyncio.create_task(asyncio.to_thread(_warm_imports))
     log.info(
         "polling %s at %s (snapshots %s, runs %s)",
         ", ".join(settings.queues),
@@ -55,9 +57,18 @@ async def run_workers(settings: WorkerSettings, stop: asyncio.Event) -> None:
     done, _ = await asyncio.wait([*running, stopped], return_when=asyncio.FIRST_COMPLETED)
     log.info("shutting down")
     await asyncio.gather(*(w.shutdown() for w in workers))
+    warming.cancel()
     for task in done:
         if task is not stopped and task.exception() is not None:
             raise task.exception()  # type: ignore[misc]
+
+
+def _warm_imports() -> None:
+    try:
+        import datasets  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError:  # an operator-only install: activities will report what is missing
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:
