@@ -40,7 +40,7 @@ class LoadedSplits:
 
 
 def create_snapshot(request: DatasetSnapshotRequest, snapshots_root: Path) -> DatasetSnapshotResult:
-    splits = _load(request)
+    splits = _load(request, base=snapshots_root)
     schema = infer_schema(splits.train, request.text_field, request.label_field)
     train_rows = _rows(splits.train, schema)
     eval_rows = _rows(splits.eval, schema)
@@ -123,7 +123,9 @@ def infer_schema(dataset: Any, text_field: str | None, label_field: str | None) 
     )
 
 
-def _load(request: DatasetSnapshotRequest, hold_out: bool = True) -> LoadedSplits:
+def _load(
+    request: DatasetSnapshotRequest, hold_out: bool = True, base: Path | None = None
+) -> LoadedSplits:
     try:
         import datasets
     except ImportError as err:  # the operator image has no ML dependencies
@@ -131,7 +133,7 @@ def _load(request: DatasetSnapshotRequest, hold_out: bool = True) -> LoadedSplit
             ErrorType.DEPENDENCY_MISSING, f"datasets is not installed: {err}"
         ) from err
 
-    local = _local_path(request.dataset_name)
+    local = _local_path(request.dataset_name, base)
     if local is not None:
         loaded = datasets.load_dataset(_local_format(local), data_files=str(local), split="train")
         source = str(local)
@@ -194,8 +196,12 @@ def load_split_rows(
     return schema, _rows(loaded.train, schema)
 
 
-def _local_path(name: str) -> Path | None:
+def _local_path(name: str, base: Path | None = None) -> Path | None:
+    """A local data file, if the name is one; relative names are tried against base (the
+    snapshots volume, where a BertExperiment's `dataset.file` lives) first."""
     path = Path(name).expanduser()
+    if base is not None and not path.is_absolute() and (base / path).is_file():
+        return base / path
     if path.suffix.lower() in LOCAL_FORMATS or name.startswith(("/", "./", "../", "~")):
         if not path.is_file():
             raise non_retryable(

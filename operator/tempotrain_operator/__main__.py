@@ -1,0 +1,60 @@
+"""`python -m tempotrain_operator`: the kopf operator plus its Temporal status sink."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from typing import Any
+
+import kopf
+from tempotrain_workers.api import FINALIZER, GROUP
+
+from tempotrain_operator import bert_experiment  # noqa: F401  (registers the handlers)
+from tempotrain_operator.runtime import Runtime
+from tempotrain_operator.settings import parse_settings
+from tempotrain_operator.status_sink import run_status_sink
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    # Progress in annotations, not in .status: the status schema stays strict and ours.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = FINALIZER
+    settings.posting.level = logging.INFO
+    settings.watching.server_timeout = 300
+    settings.batching.worker_limit = 64
+    runtime: Runtime = memo.runtime
+    memo.sink_stop = asyncio.Event()
+    memo.sink = asyncio.create_task(
+        run_status_sink(runtime.client, runtime.settings.status_queue, memo.sink_stop)
+    )
+
+
+@kopf.on.cleanup()
+async def stop_sink(memo: kopf.Memo, **_: Any) -> None:
+    memo.sink_stop.set()
+    await asyncio.wait_for(memo.sink, timeout=30)
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = parse_settings(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    runtime = Runtime(settings)
+    asyncio.run(
+        kopf.operator(
+            standalone=True,
+            clusterwide=not settings.namespaces,
+            namespaces=settings.namespaces,
+            liveness_endpoint=settings.liveness_endpoint,
+            memo=kopf.Memo(runtime=runtime),
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""Pure builders of a BertExperiment's child objects: manifests in, nothing else.
+
+Owner references are added by the caller (kopf.adopt), except for PVCs whose reclaim policy
+is Retain: those are deliberately left unowned so garbage collection never deletes data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tempotrain_workers.api import (
+    LABEL_PREFIX,
+    BertExperimentSpec,
+    ReclaimPolicy,
+    VolumeSpec,
+)
+
+SNAPSHOTS_MOUNT = "/data/snapshots"
+RUNS_MOUNT = "/data/runs"
+GPU_RESOURCE = "nvidia.com/gpu"
+NON_ROOT_UID = 1000
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """What the builders need to know about the custom resource."""
+
+    name: str
+    namespace: str
+    uid: str
+    spec: BertExperimentSpec
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    image: str
+    temporal_address: str
+    temporal_namespace: str
+    training_queue: str
+    eval_queue: str
+
+
+def labels(experiment: Experiment, component: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "tempotrain",
+        "app.kubernetes.io/instance": experiment.name,
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/managed-by": "tempotrain-operator",
+        f"{LABEL_PREFIX}experiment": experiment.name,
+    }
+
+
+def worker_deployment_names(name: str) -> list[str]:
+    return [f"{name}-training", f"{name}-eval"]
+
+
+def claim_name(experiment: Experiment, volume: str) -> str:
+    spec: VolumeSpec = getattr(experiment.spec.storage, volume)
+    return spec.existing_claim or f"{experiment.name}-{volume}"
+
+
+def build_pvc(experiment: Experiment, volume: str) -> dict[str, Any] | None:
+    """The PVC for `snapshots` or `runs`; None when the user brings an existing claim."""
+    spec: VolumeSpec = getattr(experiment.spec.storage, volume)
+    if spec.existing_claim:
+        return None
+    pvc: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {
+            "name": claim_name(experiment, volume),
+            "namespace": experiment.namespace,
+            "labels": labels(experiment, f"{volume}-volume"),
+            "annotations": {f"{LABEL_PREFIX}reclaim-policy": spec.reclaim_policy.value},
+        },
+        "spec": {
+            # Several worker pods (training, eval) mount it; RWX where the class supports it.
+            "accessModes": ["ReadWriteMany"],
+            "resources": {"requests": {"storage": spec.size}},
+        },
+    }
+    if spec.storage_class_name:
+        pvc["spec"]["storageClassName"] = spec.storage_class_name
+    return pvc
+
+
+def pvc_is_owned(experiment: Experiment, volume: str) -> bool:
+    spec: VolumeSpec = getattr(experiment.spec.storage, volume)
+    return spec.reclaim_policy == ReclaimPolicy.DELETE and not spec.existing_claim
+
+
+def _volumes(experiment: Experiment) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    volumes = [
+        {"name": volume, "persistentVolumeClaim": {"claimName": claim_name(experiment, volume)}}
+        for volume in ("snapshots", "runs")
+    ]
+    mounts = [
+        {"name": "snapshots", "mountPath": SNAPSHOTS_MOUNT},
+        {"name": "runs", "mountPath": RUNS_MOUNT},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    return [*volumes, {"name": "tmp", "emptyDir": {}}], mounts
+
+
+def build_worker_deployment(
+    experiment: Experiment, workers: WorkerConfig, role: str
+) -> dict[str, Any]:
+    """`training` (GPU) or `eval` (CPU: coordinator, snapshots, evaluation) worker pods."""
+    spec = experiment.spec
+    training = role == "training"
+    queue = workers.training_queue if training else workers.eval_queue
+    component = f"{role}-worker"
+    pod_labels = labels(experiment, component)
+    volumes, mounts = _volumes(experiment)
+    resources: dict[str, Any] = {
+        "requests": {
+            "cpu": spec.resources.cpu if training else "1",
+            "memory": spec.resources.memory if training else "4Gi",
+        },
+    }
+    tolerations = [t.wire() for t in spec.resources.tolerations]
+    if training and spec.resources.gpus > 0:
+        resources["limits"] = {GPU_RESOURCE: str(spec.resources.gpus)}
+        tolerations.append({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
+    container = {
+        "name": "worker",
+        "image": spec.workers.image or workers.image,
+        "imagePullPolicy": spec.workers.image_pull_policy,
+        "args": ["python", "-m", "tempotrain_workers", "--queue", queue],
+        "env": [
+            {"name": "TEMPORAL_ADDRESS", "value": workers.temporal_address},
+            {"name": "TEMPORAL_NAMESPACE", "value": workers.temporal_namespace},
+            {"name": "TEMPOTRAIN_SNAPSHOTS_ROOT", "value": SNAPSHOTS_MOUNT},
+            {"name": "TEMPOTRAIN_RUNS_ROOT", "value": RUNS_MOUNT},
+            {"name": "HF_HOME", "value": f"{SNAPSHOTS_MOUNT}/.hf-cache"},
+        ],
+        "resources": resources,
+        "volumeMounts": mounts,
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    pod_spec: dict[str, Any] = {
+        "containers": [container],
+        "volumes": volumes,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": NON_ROOT_UID,
+            "fsGroup": NON_ROOT_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        # The trainer saves a checkpoint on SIGTERM; give it time to finish writing.
+        "terminationGracePeriodSeconds": 300 if training else 30,
+    }
+    if training and spec.resources.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.resources.node_selector)
+    if tolerations:
+        pod_spec["tolerations"] = tolerations
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": f"{experiment.name}-{role}",
+            "namespace": experiment.namespace,
+            "labels": pod_labels,
+        },
+        "spec": {
+            "replicas": 1,
+            # Never two trainers on one run directory: stop the old pod before the new one.
+            "strategy": {"type": "Recreate"},
+            "selector": {
+                "matchLabels": {
+                    k: pod_labels[k]
+                    for k in ("app.kubernetes.io/instance", "app.kubernetes.io/component")
+                }
+            },
+            "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec},
+        },
+    }

@@ -1,0 +1,46 @@
+"""metav1.Condition bookkeeping: `type` is the list-map key; a transition time changes only
+when the status does."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+
+def upsert(
+    conditions: list[dict[str, Any]] | None,
+    type_: str,
+    status: bool,
+    reason: str,
+    message: str,
+    generation: int | None,
+) -> list[dict[str, Any]]:
+    value = "True" if status else "False"
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    result = []
+    found = False
+    for condition in conditions or []:
+        if condition.get("type") == type_:
+            found = True
+            changed = condition.get("status") != value
+            condition = {
+                **condition,
+                "status": value,
+                "reason": reason,
+                "message": message,
+                "observedGeneration": generation,
+                "lastTransitionTime": now if changed else condition.get("lastTransitionTime", now),
+            }
+        result.append(condition)
+    if not found:
+        result.append(
+            {
+                "type": type_,
+                "status": value,
+                "reason": reason,
+                "message": message,
+                "observedGeneration": generation,
+                "lastTransitionTime": now,
+            }
+        )
+    return result

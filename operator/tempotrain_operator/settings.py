@@ -1,0 +1,107 @@
+"""Operator settings: flags, then environment variables, then defaults."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+
+from tempotrain_workers.api import EVAL_QUEUE, OPERATOR_QUEUE, TRAINING_QUEUE
+
+DEFAULT_WORKER_IMAGE = "ghcr.io/tempotrain/workers:0.1.0"
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    namespaces: list[str]  # empty: cluster-wide
+    temporal_address: str
+    temporal_namespace: str
+    temporal_tls_cert: str | None
+    temporal_tls_key: str | None
+    temporal_tls_ca: str | None
+    temporal_api_key_file: str | None
+    worker_image: str
+    status_queue: str
+    training_queue: str
+    eval_queue: str
+    per_experiment_queues: bool
+    liveness_endpoint: str | None
+    resync_seconds: float
+
+    def queues_for(self, uid: str) -> tuple[str, str]:
+        """(training, eval) queues of one experiment. Per-experiment queues keep a worker pod
+        from picking up an activity whose PVCs it has not mounted; shared queues suit host
+        workers that see every experiment's data (the local platform)."""
+        if not self.per_experiment_queues:
+            return self.training_queue, self.eval_queue
+        return f"{self.training_queue}-{uid[:8]}", f"{self.eval_queue}-{uid[:8]}"
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(name, default)
+
+
+def parse_settings(argv: list[str] | None = None) -> OperatorSettings:
+    parser = argparse.ArgumentParser(
+        prog="python -m tempotrain_operator", description="The TempoTrain operator (kopf)."
+    )
+    parser.add_argument(
+        "--namespace",
+        action="append",
+        dest="namespaces",
+        help="watch this namespace (repeatable; env TEMPOTRAIN_NAMESPACES, "
+        "comma-separated); default: all namespaces",
+    )
+    parser.add_argument("--temporal-address", default=_env("TEMPORAL_ADDRESS", "localhost:7233"))
+    parser.add_argument("--temporal-namespace", default=_env("TEMPORAL_NAMESPACE", "default"))
+    parser.add_argument(
+        "--temporal-tls-cert",
+        default=_env("TEMPORAL_TLS_CERT"),
+        help="client certificate file (mTLS)",
+    )
+    parser.add_argument("--temporal-tls-key", default=_env("TEMPORAL_TLS_KEY"))
+    parser.add_argument(
+        "--temporal-tls-ca", default=_env("TEMPORAL_TLS_CA"), help="CA bundle to verify the server"
+    )
+    parser.add_argument("--temporal-api-key-file", default=_env("TEMPORAL_API_KEY_FILE"))
+    parser.add_argument(
+        "--worker-image", default=_env("TEMPOTRAIN_WORKER_IMAGE", DEFAULT_WORKER_IMAGE)
+    )
+    parser.add_argument("--status-queue", default=_env("TEMPOTRAIN_STATUS_QUEUE", OPERATOR_QUEUE))
+    parser.add_argument(
+        "--training-queue", default=_env("TEMPOTRAIN_TRAINING_QUEUE", TRAINING_QUEUE)
+    )
+    parser.add_argument("--eval-queue", default=_env("TEMPOTRAIN_EVAL_QUEUE", EVAL_QUEUE))
+    parser.add_argument(
+        "--per-experiment-queues",
+        action="store_true",
+        default=_env("TEMPOTRAIN_PER_EXPERIMENT_QUEUES", "") == "true",
+    )
+    parser.add_argument(
+        "--liveness-endpoint",
+        default=_env("TEMPOTRAIN_LIVENESS_ENDPOINT"),
+        help="e.g. http://0.0.0.0:8080/healthz",
+    )
+    parser.add_argument(
+        "--resync-seconds", type=float, default=float(_env("TEMPOTRAIN_RESYNC_SECONDS", "60") or 60)
+    )
+    args = parser.parse_args(argv)
+    namespaces = args.namespaces or [
+        n for n in (_env("TEMPOTRAIN_NAMESPACES") or "").split(",") if n
+    ]
+    return OperatorSettings(
+        namespaces=namespaces,
+        temporal_address=args.temporal_address,
+        temporal_namespace=args.temporal_namespace,
+        temporal_tls_cert=args.temporal_tls_cert,
+        temporal_tls_key=args.temporal_tls_key,
+        temporal_tls_ca=args.temporal_tls_ca,
+        temporal_api_key_file=args.temporal_api_key_file,
+        worker_image=args.worker_image,
+        status_queue=args.status_queue,
+        training_queue=args.training_queue,
+        eval_queue=args.eval_queue,
+        per_experiment_queues=args.per_experiment_queues,
+        liveness_endpoint=args.liveness_endpoint,
+        resync_seconds=args.resync_seconds,
+    )

@@ -1,0 +1,71 @@
+"""The status sink: `publish_status`, a Temporal activity hosted by the operator process.
+
+Workflows push progress here (DESIGN.md §3.4); it becomes a `/status` merge patch. A CR that
+no longer exists is an answer, not an error: the update is dropped, never retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from temporalio import activity
+from temporalio.client import Client
+from temporalio.worker import Worker
+from tempotrain_workers.api import PUBLISH_STATUS_ACTIVITY, TERMINAL_PHASES, Phase, StatusUpdate
+
+from tempotrain_operator import conditions, kube
+from tempotrain_operator.children import worker_deployment_names
+from tempotrain_operator.mapping import status_patch
+
+log = logging.getLogger(__name__)
+
+
+@activity.defn(name=PUBLISH_STATUS_ACTIVITY)
+async def publish_status(update: StatusUpdate) -> None:
+    target = update.target
+    experiment = await kube.get_experiment(target.namespace, target.name)
+    if experiment is None or (target.uid and experiment.metadata.get("uid") != target.uid):
+        activity.logger.info(
+            "%s/%s is gone; dropping its status update", target.namespace, target.name
+        )
+        return
+    status: dict[str, Any] = dict(experiment.raw.get("status") or {})
+    patch = status_patch(update, status.get("phase"))
+    if update.phase in TERMINAL_PHASES and "phase" in patch:
+        succeeded = update.phase == Phase.SUCCEEDED
+        patch["conditions"] = conditions.upsert(
+            status.get("conditions"),
+            "Completed",
+            True,
+            "Succeeded" if succeeded else "WorkflowFailed",
+            update.message or ("training and evaluation finished" if succeeded else "failed"),
+            experiment.metadata.get("generation"),
+        )
+    if patch:
+        await kube.patch_status(experiment, patch)
+    if "phase" in patch and update.phase in TERMINAL_PHASES:
+        await kube.scale_to_zero(target.namespace, worker_deployment_names(target.name))
+
+
+async def run_status_sink(client_factory: Any, queue: str, stop: asyncio.Event) -> None:
+    """Host publish_status until stop is set; reconnects while Temporal is unreachable."""
+    delay = 1.0
+    while not stop.is_set():
+        try:
+            client: Client = await client_factory()
+            worker = Worker(
+                client, task_queue=queue, activities=[publish_status], max_concurrent_activities=64
+            )
+            async with worker:
+                delay = 1.0
+                log.info("status sink polling %s", queue)
+                await stop.wait()
+            return
+        except Exception as err:  # Temporal down: keep the operator up, retry with backoff
+            log.warning("status sink unavailable (%s); retrying in %.0fs", err, delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            delay = min(delay * 2, 30.0)

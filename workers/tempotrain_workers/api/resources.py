@@ -1,0 +1,211 @@
+"""Custom resources as pydantic models: the CRD schemas are generated from these (crdgen.py).
+
+Field names are snake_case in Python and camelCase on the wire (Kubernetes convention).
+Constraints here become OpenAPI constraints in the CRD, so `kubectl apply` rejects what the
+operator would reject; rules across fields become CEL `x-kubernetes-validations`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasGenerator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic.alias_generators import to_camel
+
+from tempotrain_workers.api.contract import (
+    DEFAULT_DATASET,
+    DEFAULT_DATASET_CONFIG,
+    DEFAULT_MODEL,
+    DNS_LABEL_PATTERN,
+    Phase,
+)
+
+GROUP = "tempotrain.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+CATEGORY = "tempotrain"
+FINALIZER = f"{GROUP}/workflow-cleanup"
+LABEL_PREFIX = f"{GROUP}/"
+
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$"
+# A path inside the snapshots volume: relative, no "..", no leading "/".
+RELATIVE_PATH_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*(/[A-Za-z0-9_][A-Za-z0-9_.\-]*)*$"
+Quantity = Annotated[str, StringConstraints(pattern=QUANTITY_PATTERN, max_length=32)]
+
+CEL = "x-kubernetes-validations"
+
+
+def cel(rule: str, message: str) -> dict[str, Any]:
+    return {"rule": rule, "message": message}
+
+
+class WireModel(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=AliasGenerator(alias=to_camel),
+        populate_by_name=True,
+        extra="forbid",
+    )
+
+    def wire(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+# -- BertExperiment spec ------------------------------------------------------------------------
+class ModelSpec(WireModel):
+    name: str = Field(min_length=1, max_length=512, description="Hub model id or local folder")
+
+
+class DatasetSpec(WireModel):
+    model_config = ConfigDict(json_schema_extra={CEL: [
+        cel("has(self.name) != has(self.file)", "set exactly one of dataset.name and dataset.file"),
+    ]})
+    name: str | None = Field(default=None, min_length=1, max_length=256,
+                             description=f"Hub dataset id, e.g. {DEFAULT_DATASET}")
+    config: str | None = Field(default=None, max_length=128,
+                               description=f"Hub dataset config, e.g. {DEFAULT_DATASET_CONFIG}")
+    file: str | None = Field(
+        default=None, max_length=512, pattern=RELATIVE_PATH_PATTERN,
+        description="A .jsonl/.json/.csv/.parquet file, relative to the snapshots volume",
+    )
+    train_split: str = Field(default="train", min_length=1, max_length=64)
+    eval_split: str = Field(default="validation", min_length=1, max_length=64)
+    text_field: str | None = Field(default=None, max_length=128, description="inferred if unset")
+    label_field: str | None = Field(default=None, max_length=128, description="inferred if unset")
+    max_train_samples: int | None = Field(default=None, ge=1)
+    max_eval_samples: int | None = Field(default=None, ge=1)
+
+
+class TrainingSpec(WireModel):
+    model_config = ConfigDict(json_schema_extra={CEL: [
+        cel("has(self.saveSteps) || has(self.saveIntervalMinutes)",
+            "set training.saveSteps and/or training.saveIntervalMinutes"),
+    ]})
+    epochs: float = Field(default=3.0, gt=0, le=100)
+    batch_size: int = Field(default=32, ge=1, le=4096)
+    learning_rate: float = Field(default=2e-5, gt=0, lt=1)
+    max_seq_length: int = Field(default=128, ge=8, le=512)
+    seed: int = Field(default=42, ge=0)
+    save_steps: int | None = Field(default=500, ge=1)
+    save_interval_minutes: float | None = Field(default=None, gt=0, le=1440)
+    save_total_limit: int | None = Field(default=3, ge=1, le=100)
+
+
+class EvaluationSpec(WireModel):
+    batch_size: int = Field(default=64, ge=1, le=4096)
+    max_eval_samples: int | None = Field(default=None, ge=1)
+
+
+class Toleration(WireModel):
+    key: str | None = Field(default=None, max_length=253)
+    operator: Literal["Exists", "Equal"] = "Equal"
+    value: str | None = Field(default=None, max_length=63)
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = None
+
+
+class ResourcesSpec(WireModel):
+    gpus: int = Field(default=1, ge=0, le=16, description="nvidia.com/gpu per training pod")
+    cpu: Quantity = "4"
+    memory: Quantity = "16Gi"
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
+
+
+class ReclaimPolicy(StrEnum):
+    RETAIN = "Retain"
+    DELETE = "Delete"
+
+
+class VolumeSpec(WireModel):
+    size: Quantity = "20Gi"
+    storage_class_name: str | None = Field(default=None, max_length=253)
+    existing_claim: str | None = Field(default=None, pattern=DNS_LABEL_PATTERN, max_length=63)
+    reclaim_policy: ReclaimPolicy = ReclaimPolicy.RETAIN
+
+
+class StorageSpec(WireModel):
+    snapshots: VolumeSpec = Field(default_factory=VolumeSpec)
+    runs: VolumeSpec = Field(default_factory=VolumeSpec)
+
+
+class WorkersSpec(WireModel):
+    image: str | None = Field(default=None, max_length=512, description="default: operator's")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+
+
+class BertExperimentSpec(WireModel):
+    model: ModelSpec
+    dataset: DatasetSpec = Field(
+        default_factory=lambda: DatasetSpec(name=DEFAULT_DATASET, config=DEFAULT_DATASET_CONFIG)
+    )
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    storage: StorageSpec = Field(default_factory=StorageSpec)
+    workers: WorkersSpec = Field(default_factory=WorkersSpec)
+    run_id: str | None = Field(default=None, pattern=DNS_LABEL_PATTERN, max_length=63,
+                               description="default: the experiment's name")
+
+
+# -- status -------------------------------------------------------------------------------------
+class Condition(WireModel):
+    """metav1.Condition."""
+
+    type: str = Field(max_length=316)
+    status: Literal["True", "False", "Unknown"]
+    reason: str = Field(max_length=1024)
+    message: str = Field(default="", max_length=32768)
+    last_transition_time: datetime
+    observed_generation: int | None = None
+
+
+class SnapshotStatus(WireModel):
+    id: str
+    hash: str
+    num_examples: int
+
+
+class CheckpointStatus(WireModel):
+    step: int
+    epoch: float | None = None
+    loss: float | None = None
+    path: str
+    saved_at: datetime | None = None
+
+
+class ProgressStatus(WireModel):
+    step: int
+    total_steps: int | None = None
+    percent: int | None = Field(default=None, ge=0, le=100)
+
+
+class MetricsStatus(WireModel):
+    train_loss: float | None = None
+    eval_loss: float | None = None
+    eval_accuracy: float | None = None
+    num_eval_examples: int | None = None
+
+
+class BertExperimentStatus(WireModel):
+    phase: Phase | None = None
+    run_id: str | None = None
+    workflow_id: str | None = None
+    snapshot: SnapshotStatus | None = None
+    latest_checkpoint: CheckpointStatus | None = None
+    checkpoints_saved: int | None = None
+    progress: ProgressStatus | None = None
+    metrics: MetricsStatus | None = None
+    attempts: int | None = None
+    message: str | None = None
+    conditions: list[Condition] = Field(
+        default_factory=list, json_schema_extra={"x-kubernetes-list-type": "map",
+                                                 "x-kubernetes-list-map-keys": ["type"]},
+    )
+    observed_generation: int | None = None
+    start_time: datetime | None = None
+    completion_time: datetime | None = None
+
+
+TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED})
