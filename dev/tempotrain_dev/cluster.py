@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,14 @@ from tempotrain_dev.tools import Tools
 from tempotrain_dev.waiting import wait_for
 
 # Start order; `down` stops them in reverse.
-COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+COMPONENTS = (
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kwok",
+    "provisioner",
+)
 PORT_NAMES = ("etcd_client", "etcd_peer", "apiserver", "controller_manager", "scheduler", "kwok")
 SERVICE_CIDR = "10.96.0.0/16"
 # Fixed, not port-derived, so service-account tokens survive a restart on new ports.
@@ -76,7 +84,9 @@ class LocalCluster:
         self._write_kubeconfig(ports["apiserver"])
         for name in COMPONENTS:
             already = self.processes[name].is_running()
-            self.processes[name].start(self._argv(name, ports))
+            self.processes[name].start(
+                self._argv(name, ports), env={"KUBECONFIG": str(self.kubeconfig)}
+            )
             self._wait_healthy(name, ports)
             log(f"cluster: {name} {'already running' if already else 'started'}")
         self._bootstrap()
@@ -197,6 +207,13 @@ class LocalCluster:
                 "--node-ip=10.0.0.1",
                 "--node-lease-duration-seconds=40",
             ]
+        if name == "provisioner":
+            return [
+                sys.executable,
+                "-m",
+                "tempotrain_dev.provisioner",
+                f"--root={state / 'volumes'}",
+            ]
         raise ValueError(name)
 
     def _wait_healthy(self, name: str, ports: dict[str, int]) -> None:
@@ -207,6 +224,7 @@ class LocalCluster:
             "kube-controller-manager": lambda: port_open(ports["controller_manager"]),
             "kube-scheduler": lambda: port_open(ports["scheduler"]),
             "kwok": lambda: http_ok(f"http://127.0.0.1:{ports['kwok']}/healthz"),
+            "provisioner": lambda: True,  # no port; being alive is all it can show
         }
 
         def healthy() -> bool:

@@ -116,6 +116,13 @@ async def bertexperiment_reconcile(
     training_queue, eval_queue = runtime.settings.queues_for(uid)
     await _ensure_children(body, experiment, runtime, training_queue, eval_queue)
 
+    if not status.get("phase"):
+        # Written now, not with the handler's patch: the workflow's own updates (Snapshotting,
+        # Training) may land before the handler returns, and phase must not go back.
+        obj = await kube.get_experiment(namespace, name)
+        if obj is not None:
+            await kube.patch_status(obj, {"phase": Phase.PENDING.value, "startTime": _now()})
+
     workflow_id = workflow_id_for("BertExperiment", namespace, name, uid)
     request = coordinator_input(
         name, namespace, uid, model, runtime.settings.status_queue, training_queue, eval_queue
@@ -145,9 +152,6 @@ async def bertexperiment_reconcile(
             )
             raise kopf.TemporaryError(f"Temporal unavailable: {err}", delay=10) from err
 
-    if not status.get("phase"):
-        patch.status["phase"] = Phase.PENDING.value
-        patch.status["startTime"] = _now()
     patch.status["workflowId"] = workflow_id
     patch.status["runId"] = run_id_of(name, model)
     patch.status["observedGeneration"] = meta.get("generation")

@@ -72,11 +72,36 @@ def coordinator_input(
     )
 
 
-def status_patch(update: StatusUpdate, current_phase: str | None) -> dict[str, Any]:
-    """The `/status` fields an update sets. A terminal phase is never left."""
+# Updates from the coordinator and its children travel separately and may arrive out of
+# order: status only ever moves forward.
+PHASE_RANK = {
+    Phase.PENDING: 0,
+    Phase.SNAPSHOTTING: 1,
+    Phase.TRAINING: 2,
+    Phase.EVALUATING: 3,
+    Phase.SUSPENDED: 3,
+    Phase.SUCCEEDED: 4,
+    Phase.FAILED: 4,
+}
+
+
+def _rank(phase: str | None) -> int:
+    try:
+        return PHASE_RANK[Phase(phase)] if phase else -1
+    except ValueError:
+        return -1
+
+
+def status_patch(update: StatusUpdate, current: dict[str, Any]) -> dict[str, Any]:
+    """The `/status` fields an update sets, never moving phase, checkpoint or progress back."""
     patch: dict[str, Any] = {}
+    current_phase = current.get("phase")
     terminal = current_phase in {p.value for p in TERMINAL_PHASES}
-    if update.phase is not None and not terminal:
+    if (
+        update.phase is not None
+        and not terminal
+        and PHASE_RANK[update.phase] > _rank(current_phase)
+    ):
         patch["phase"] = update.phase.value
         if update.phase in TERMINAL_PHASES:
             patch["completionTime"] = _timestamp(update.at)
@@ -91,7 +116,8 @@ def status_patch(update: StatusUpdate, current_phase: str | None) -> dict[str, A
             "hash": snapshot.snapshot_hash,
             "numExamples": snapshot.num_train_examples,
         }
-    if update.latest_checkpoint:
+    known_step = (current.get("latestCheckpoint") or {}).get("step", -1)
+    if update.latest_checkpoint and update.latest_checkpoint.step > known_step:
         checkpoint = update.latest_checkpoint
         patch["latestCheckpoint"] = {
             "step": checkpoint.step,
@@ -102,7 +128,7 @@ def status_patch(update: StatusUpdate, current_phase: str | None) -> dict[str, A
         }
     if update.checkpoints_saved is not None:
         patch["checkpointsSaved"] = update.checkpoints_saved
-    if update.progress:
+    if update.progress and update.progress.step >= (current.get("progress") or {}).get("step", -1):
         progress: dict[str, Any] = {"step": update.progress.step}
         if update.progress.total_steps:
             progress["totalSteps"] = update.progress.total_steps

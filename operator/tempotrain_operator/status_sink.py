@@ -33,7 +33,7 @@ async def publish_status(update: StatusUpdate) -> None:
         )
         return
     status: dict[str, Any] = dict(experiment.raw.get("status") or {})
-    patch = status_patch(update, status.get("phase"))
+    patch = status_patch(update, status)
     if update.phase in TERMINAL_PHASES and "phase" in patch:
         succeeded = update.phase == Phase.SUCCEEDED
         patch["conditions"] = conditions.upsert(

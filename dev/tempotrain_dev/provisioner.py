@@ -1,0 +1,90 @@
+"""A minimal volume provisioner for the local platform: every pending PVC gets a hostPath PV
+pre-bound to it, and kube-controller-manager's binder completes the binding.
+
+Without it PVCs stay Pending and pods that mount them are never scheduled (there is no
+storage driver here). `python -m tempotrain_dev.provisioner --kubeconfig K --root DIR`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import kr8s
+import kr8s.asyncio
+from kr8s.asyncio.objects import PersistentVolume, PersistentVolumeClaim
+
+log = logging.getLogger("tempotrain_dev.provisioner")
+PROVISIONED_BY = "tempotrain.dev/local-provisioner"
+
+
+def build_pv(claim: dict[str, Any], root: Path) -> dict[str, Any]:
+    meta, spec = claim["metadata"], claim["spec"]
+    name = f"pv-{meta['namespace']}-{meta['name']}"[:253]
+    pv_spec: dict[str, Any] = {
+        "capacity": {"storage": spec["resources"]["requests"]["storage"]},
+        "accessModes": spec.get("accessModes", ["ReadWriteOnce"]),
+        "persistentVolumeReclaimPolicy": "Delete",
+        "hostPath": {"path": str(root / name), "type": "DirectoryOrCreate"},
+        "claimRef": {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "namespace": meta["namespace"],
+            "name": meta["name"],
+            "uid": meta["uid"],
+        },
+        "storageClassName": spec.get("storageClassName") or "",
+    }
+    if spec.get("volumeMode"):
+        pv_spec["volumeMode"] = spec["volumeMode"]
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {
+            "name": name,
+            "annotations": {"pv.kubernetes.io/provisioned-by": PROVISIONED_BY},
+        },
+        "spec": pv_spec,
+    }
+
+
+async def provision(claim: PersistentVolumeClaim, root: Path) -> None:
+    if claim.spec.get("volumeName") or claim.status.get("phase") == "Bound":
+        return
+    manifest = build_pv(claim.raw, root)
+    (root / manifest["metadata"]["name"]).mkdir(parents=True, exist_ok=True)
+    try:
+        await (await PersistentVolume(manifest)).create()
+        log.info(
+            "provisioned %s for %s/%s", manifest["metadata"]["name"], claim.namespace, claim.name
+        )
+    except kr8s.ServerError as err:
+        if err.response is None or err.response.status_code != 409:
+            raise
+
+
+async def run(root: Path) -> None:
+    api = await kr8s.asyncio.api()
+    while True:  # a watch ends on server timeouts: resume it
+        async for claim in api.get("persistentvolumeclaims", namespace=kr8s.ALL):
+            await provision(claim, root)
+        async for event, claim in api.watch("persistentvolumeclaims", namespace=kr8s.ALL):
+            if event in ("ADDED", "MODIFIED"):
+                await provision(claim, root)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--root", type=Path, required=True, help="where volume dirs are made")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    asyncio.run(run(args.root))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

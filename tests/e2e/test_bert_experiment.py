@@ -1,0 +1,197 @@
+"""BertExperiment end to end: real apiserver + controller-manager + kwok, real Temporal,
+the operator and a host worker as processes, the real HF Trainer on MiniLM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.client import WorkflowExecutionStatus
+from tempotrain_workers.checkpoints import latest_verified
+
+from tests.conftest import ClusterHandle, TemporalHandle
+from tests.e2e.conftest import Stack, apply, experiment
+from tests.support import eventually
+
+pytestmark = pytest.mark.kube
+
+RESOURCE = "bertexperiments.tempotrain.dev"
+
+
+class StatusLog:
+    """Every status the apiserver reports for one CR, in order, via a watch."""
+
+    def __init__(self) -> None:
+        self.statuses: list[dict[str, Any]] = []
+
+    @property
+    def phases(self) -> list[str]:
+        seen: list[str] = []
+        for status in self.statuses:
+            phase = status.get("phase")
+            if phase and (not seen or seen[-1] != phase):
+                seen.append(phase)
+        return seen
+
+    @property
+    def checkpoint_steps(self) -> set[int]:
+        return {s["latestCheckpoint"]["step"] for s in self.statuses if s.get("latestCheckpoint")}
+
+
+@contextlib.asynccontextmanager
+async def watching(cluster: ClusterHandle, namespace: str, name: str) -> AsyncIterator[StatusLog]:
+    log = StatusLog()
+
+    async def follow() -> None:
+        async for _, obj in cluster.api.watch(RESOURCE, namespace=namespace):
+            if obj.name == name:
+                log.statuses.append(dict(obj.raw.get("status") or {}))
+
+    task = asyncio.create_task(follow())
+    try:
+        yield log
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+
+
+def _get(cluster: ClusterHandle, namespace: str, kind: str, name: str = "") -> Any:
+    args = ["get", kind, *([name] if name else []), "-n", namespace, "-o", "json"]
+    return json.loads(cluster.kubectl(*args))
+
+
+async def _phase(cluster: ClusterHandle, namespace: str, name: str) -> str | None:
+    return _get(cluster, namespace, RESOURCE, name).get("status", {}).get("phase")
+
+
+async def test_experiment_trains_evaluates_and_reports_in_status(
+    cluster: ClusterHandle, stack: Stack, minilm_path: Path
+) -> None:
+    ns = stack.namespace
+    async with watching(cluster, ns, "sentiment") as log:
+        apply(cluster, ns, experiment("sentiment", minilm_path))
+
+        async def running_pods() -> list[dict[str, Any]] | None:
+            pods = _get(cluster, ns, "pods")["items"]
+            running = [p for p in pods if p["status"].get("phase") == "Running"]
+            return running if len(running) == 2 else None
+
+        pods = await eventually(running_pods, within=60, what="both worker pods Running")
+        nodes = {p["metadata"]["labels"]["app.kubernetes.io/component"]: p["spec"]["nodeName"]
+                 for p in pods}
+        assert nodes["training-worker"].startswith("kwok-gpu-"), nodes
+        assert nodes["eval-worker"].startswith("kwok-cpu-"), nodes
+
+        async def finished() -> str | None:
+            phase = await _phase(cluster, ns, "sentiment")
+            return phase if phase in ("Succeeded", "Failed") else None
+
+        assert await eventually(finished, within=300, what="Succeeded") == "Succeeded", (
+            stack.log("worker"))
+        await eventually(lambda: _settled(log), within=10, what="the watch to catch up")
+
+    phases = log.phases
+    assert phases[0] == "Pending" and phases[-1] == "Succeeded", phases
+    assert [p for p in phases if p in ("Pending", "Training", "Evaluating", "Succeeded")] == [
+        "Pending", "Training", "Evaluating", "Succeeded"], phases
+    assert len(log.checkpoint_steps) >= 2, log.checkpoint_steps
+
+    status = _get(cluster, ns, RESOURCE, "sentiment")["status"]
+    assert status["metrics"]["evalAccuracy"] > 0.8
+    assert status["progress"]["percent"] == 100
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert conditions["WorkflowStarted"]["status"] == "True"
+    assert conditions["Completed"]["reason"] == "Succeeded"
+
+    table = cluster.kubectl("get", "bexp", "-n", ns)
+    for column in ("PHASE", "PROGRESS", "STEP", "LOSS", "ACCURACY", "AGE"):
+        assert column in table.splitlines()[0]
+    assert "CHECKPOINT" in cluster.kubectl("get", "tempotrain", "-n", ns, "-o", "wide")
+
+    owner_uid = _get(cluster, ns, RESOURCE, "sentiment")["metadata"]["uid"]
+    for deployment in _get(cluster, ns, "deployments")["items"]:
+        assert deployment["metadata"]["ownerReferences"][0]["uid"] == owner_uid
+        assert deployment["metadata"]["labels"]["tempotrain.dev/experiment"] == "sentiment"
+        assert deployment["spec"]["replicas"] == 0  # scaled down when finished
+    claims = {c["metadata"]["name"] for c in _get(cluster, ns, "pvc")["items"]}
+    assert claims == {"sentiment-snapshots", "sentiment-runs"}
+
+
+async def _settled(log: StatusLog) -> bool:
+    return bool(log.phases) and log.phases[-1] == "Succeeded"
+
+
+async def test_operator_killed_mid_training_restarts_without_duplicates(
+    cluster: ClusterHandle, stack: Stack, temporal: TemporalHandle, minilm_path: Path
+) -> None:
+    ns = stack.namespace
+    spec = experiment("restart", minilm_path)
+    spec["spec"]["training"]["epochs"] = 4
+    apply(cluster, ns, spec)
+
+    async def checkpointed() -> int | None:
+        status = _get(cluster, ns, RESOURCE, "restart").get("status", {})
+        return (status.get("latestCheckpoint") or {}).get("step")
+
+    first_step = await eventually(checkpointed, within=180, what="a first checkpoint in status")
+    stack.kill("operator")
+    stack.start_operator()
+
+    async def advanced() -> bool:
+        step = await checkpointed()
+        return step is not None and step > first_step
+
+    await eventually(advanced, within=180, what="status to keep advancing after the restart")
+
+    async def succeeded() -> bool:
+        return await _phase(cluster, ns, "restart") == "Succeeded"
+
+    await eventually(succeeded, within=300, what="Succeeded after the operator restart")
+    workflow_id = _get(cluster, ns, RESOURCE, "restart")["status"]["workflowId"]
+    runs = [w async for w in temporal.client.list_workflows(f"WorkflowId = '{workflow_id}'")]
+    assert len(runs) == 1, runs
+    assert len(_get(cluster, ns, "deployments")["items"]) == 2
+    assert len(_get(cluster, ns, "pvc")["items"]) == 2
+
+
+async def test_delete_mid_training_cancels_and_honours_reclaim_policy(
+    cluster: ClusterHandle, stack: Stack, temporal: TemporalHandle, minilm_path: Path
+) -> None:
+    ns = stack.namespace
+    spec = experiment("doomed", minilm_path, storage={
+        "snapshots": {"reclaimPolicy": "Retain"}, "runs": {"reclaimPolicy": "Delete"},
+    })
+    spec["spec"]["training"]["epochs"] = 6
+    apply(cluster, ns, spec)
+
+    async def training_with_checkpoint() -> bool:
+        status = _get(cluster, ns, RESOURCE, "doomed").get("status", {})
+        return status.get("phase") == "Training" and bool(status.get("latestCheckpoint"))
+
+    await eventually(training_with_checkpoint, within=180, what="training with a checkpoint")
+    workflow_id = _get(cluster, ns, RESOURCE, "doomed")["status"]["workflowId"]
+    cluster.kubectl("delete", RESOURCE, "doomed", "-n", ns, "--wait=false")
+
+    async def gone() -> bool:
+        return not _get(cluster, ns, RESOURCE)["items"]
+
+    await eventually(gone, within=30, what="the CR to be deleted")
+    description = await temporal.client.get_workflow_handle(workflow_id).describe()
+    assert description.status == WorkflowExecutionStatus.CANCELED
+
+    async def collected() -> bool:
+        deployments = _get(cluster, ns, "deployments")["items"]
+        claims = {c["metadata"]["name"] for c in _get(cluster, ns, "pvc")["items"]
+                  if not c["metadata"].get("deletionTimestamp")}
+        return not deployments and claims == {"doomed-snapshots"}
+
+    await eventually(collected, within=60, what="Deployments and the Delete-policy PVC collected")
+    # The cancelled trainer saved on its way out; a verified checkpoint remains on disk.
+    snapshot = json.loads(next((stack.snapshots).glob("sentiment-*/metadata.json")).read_text())
+    assert latest_verified(stack.runs / "doomed", snapshot["snapshot_hash"]) is not None
