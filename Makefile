@@ -48,6 +48,9 @@ demo: up ## bring the platform up and show it working
 test: venv tools ## run the whole test suite against a platform of its own
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest $(PYTEST_ARGS)
 
+crds: venv ## regenerate crds/ from the pydantic models
+	$(PY) -m tempotrain_workers.api.crdgen
+
 lint: venv ## ruff
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

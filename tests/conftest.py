@@ -7,6 +7,7 @@ temporary directory and stops it at the end, failing if any of its processes is 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import uuid
@@ -21,7 +22,8 @@ from kr8s.asyncio.objects import Namespace
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from tempotrain_dev.platform import Platform
-from tempotrain_dev.tools import Tools, ensure_tools
+from tempotrain_dev.tools import REPO_ROOT, Tools, ensure_tools
+from tempotrain_dev.waiting import wait_for
 
 from tests.support import Kubectl
 
@@ -88,6 +90,22 @@ def temporal_address(request: pytest.FixtureRequest) -> Iterator[str]:
 async def temporal(temporal_address: str) -> TemporalHandle:
     client = await Client.connect(temporal_address, data_converter=pydantic_data_converter)
     return TemporalHandle(temporal_address, client)
+
+
+@pytest.fixture(scope="session")
+def crds(cluster: ClusterHandle) -> None:
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO_ROOT / "crds"))
+
+    def established() -> bool:
+        crd = json.loads(
+            cluster.kubectl("get", "crd", "bertexperiments.tempotrain.dev", "-o", "json")
+        )
+        return any(
+            c["type"] == "Established" and c["status"] == "True"
+            for c in (crd.get("status") or {}).get("conditions") or []
+        )
+
+    wait_for(established, timeout=30, what="the BertExperiment CRD to be established")
 
 
 @pytest_asyncio.fixture

@@ -14,25 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tempotrain_dev.waiting import wait_for
 from tempotrain_workers.sample_data import write_sentiment_jsonl
 
 from tests.conftest import ClusterHandle
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="session")
-def crds(cluster: ClusterHandle) -> None:
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-
-    def established() -> bool:
-        crd = json.loads(cluster.kubectl("get", "crd", "bertexperiments.tempotrain.dev",
-                                         "-o", "json"))
-        return any(c["type"] == "Established" and c["status"] == "True"
-                   for c in (crd.get("status") or {}).get("conditions") or [])
-
-    wait_for(established, timeout=30, what="the BertExperiment CRD to be established")
 
 
 @dataclass
@@ -57,25 +41,51 @@ class Stack:
     def _env(self) -> dict[str, str]:
         return {**os.environ, "KUBECONFIG": str(self.kubeconfig), "HF_HUB_OFFLINE": "1"}
 
-    def start_operator(self) -> None:
-        self._start("operator", [
-            "-m", "tempotrain_operator", "--namespace", self.namespace,
-            "--temporal-address", self.temporal_address,
-            "--status-queue", self.queues["status"], "--training-queue", self.queues["training"],
-            "--eval-queue", self.queues["eval"], "--worker-image", "tempotrain/workers:test",
-        ])
+    def start_operator(self, temporal_address: str | None = None) -> None:
+        self._start(
+            "operator",
+            [
+                "-m",
+                "tempotrain_operator",
+                "--namespace",
+                self.namespace,
+                "--temporal-address",
+                temporal_address or self.temporal_address,
+                "--status-queue",
+                self.queues["status"],
+                "--training-queue",
+                self.queues["training"],
+                "--eval-queue",
+                self.queues["eval"],
+                "--worker-image",
+                "tempotrain/workers:test",
+            ],
+        )
 
     def start_worker(self) -> None:
-        self._start("worker", [
-            "-m", "tempotrain_workers", "--address", self.temporal_address,
-            "--queue", self.queues["training"], "--queue", self.queues["eval"],
-            "--snapshots-root", str(self.snapshots), "--runs-root", str(self.runs),
-        ])
+        self._start(
+            "worker",
+            [
+                "-m",
+                "tempotrain_workers",
+                "--address",
+                self.temporal_address,
+                "--queue",
+                self.queues["training"],
+                "--queue",
+                self.queues["eval"],
+                "--snapshots-root",
+                str(self.snapshots),
+                "--runs-root",
+                str(self.runs),
+            ],
+        )
 
     def _start(self, name: str, args: list[str]) -> None:
         log = (self.root / f"{name}.log").open("ab")
-        self.processes[name] = subprocess.Popen([sys.executable, *args], stdout=log,
-                                                stderr=subprocess.STDOUT, env=self._env())
+        self.processes[name] = subprocess.Popen(
+            [sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, env=self._env()
+        )
 
     def kill(self, name: str) -> None:
         process = self.processes.pop(name)
@@ -106,9 +116,11 @@ def stack(
 ) -> Iterator[Stack]:
     suffix = uuid.uuid4().hex[:8]
     result = Stack(
-        namespace=namespace, kubeconfig=cluster.kubeconfig, temporal_address=temporal_address,
-        root=tmp_path, queues={"training": f"train-{suffix}", "eval": f"eval-{suffix}",
-                               "status": f"op-{suffix}"},
+        namespace=namespace,
+        kubeconfig=cluster.kubeconfig,
+        temporal_address=temporal_address,
+        root=tmp_path,
+        queues={"training": f"train-{suffix}", "eval": f"eval-{suffix}", "status": f"op-{suffix}"},
     )
     write_sentiment_jsonl(result.snapshots / "datasets" / "sentiment.jsonl", 400)
     result.start_operator()
@@ -121,13 +133,22 @@ def experiment(name: str, model: Path, **spec_overrides: Any) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "model": {"name": str(model)},
         "dataset": {"file": "datasets/sentiment.jsonl"},
-        "training": {"epochs": 2, "batchSize": 16, "learningRate": 5e-5, "maxSeqLength": 32,
-                     "saveSteps": 8},
+        "training": {
+            "epochs": 2,
+            "batchSize": 16,
+            "learningRate": 5e-5,
+            "maxSeqLength": 32,
+            "saveSteps": 8,
+        },
         "resources": {"gpus": 1},
     }
     spec.update(spec_overrides)
-    return {"apiVersion": "tempotrain.dev/v1alpha1", "kind": "BertExperiment",
-            "metadata": {"name": name}, "spec": spec}
+    return {
+        "apiVersion": "tempotrain.dev/v1alpha1",
+        "kind": "BertExperiment",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
 
 
 def apply(cluster: ClusterHandle, namespace: str, manifest: dict[str, Any]) -> None:

@@ -83,8 +83,10 @@ async def test_experiment_trains_evaluates_and_reports_in_status(
             return running if len(running) == 2 else None
 
         pods = await eventually(running_pods, within=60, what="both worker pods Running")
-        nodes = {p["metadata"]["labels"]["app.kubernetes.io/component"]: p["spec"]["nodeName"]
-                 for p in pods}
+        nodes = {
+            p["metadata"]["labels"]["app.kubernetes.io/component"]: p["spec"]["nodeName"]
+            for p in pods
+        }
         assert nodes["training-worker"].startswith("kwok-gpu-"), nodes
         assert nodes["eval-worker"].startswith("kwok-cpu-"), nodes
 
@@ -92,14 +94,19 @@ async def test_experiment_trains_evaluates_and_reports_in_status(
             phase = await _phase(cluster, ns, "sentiment")
             return phase if phase in ("Succeeded", "Failed") else None
 
-        assert await eventually(finished, within=300, what="Succeeded") == "Succeeded", (
-            stack.log("worker"))
+        assert await eventually(finished, within=300, what="Succeeded") == "Succeeded", stack.log(
+            "worker"
+        )
         await eventually(lambda: _settled(log), within=10, what="the watch to catch up")
 
     phases = log.phases
     assert phases[0] == "Pending" and phases[-1] == "Succeeded", phases
     assert [p for p in phases if p in ("Pending", "Training", "Evaluating", "Succeeded")] == [
-        "Pending", "Training", "Evaluating", "Succeeded"], phases
+        "Pending",
+        "Training",
+        "Evaluating",
+        "Succeeded",
+    ], phases
     assert len(log.checkpoint_steps) >= 2, log.checkpoint_steps
 
     status = _get(cluster, ns, RESOURCE, "sentiment")["status"]
@@ -164,9 +171,14 @@ async def test_delete_mid_training_cancels_and_honours_reclaim_policy(
     cluster: ClusterHandle, stack: Stack, temporal: TemporalHandle, minilm_path: Path
 ) -> None:
     ns = stack.namespace
-    spec = experiment("doomed", minilm_path, storage={
-        "snapshots": {"reclaimPolicy": "Retain"}, "runs": {"reclaimPolicy": "Delete"},
-    })
+    spec = experiment(
+        "doomed",
+        minilm_path,
+        storage={
+            "snapshots": {"reclaimPolicy": "Retain"},
+            "runs": {"reclaimPolicy": "Delete"},
+        },
+    )
     spec["spec"]["training"]["epochs"] = 6
     apply(cluster, ns, spec)
 
@@ -182,13 +194,20 @@ async def test_delete_mid_training_cancels_and_honours_reclaim_policy(
         return not _get(cluster, ns, RESOURCE)["items"]
 
     await eventually(gone, within=30, what="the CR to be deleted")
-    description = await temporal.client.get_workflow_handle(workflow_id).describe()
-    assert description.status == WorkflowExecutionStatus.CANCELED
+
+    async def cancelled() -> bool:
+        description = await temporal.client.get_workflow_handle(workflow_id).describe()
+        return description.status == WorkflowExecutionStatus.CANCELED
+
+    await eventually(cancelled, within=30, what="the workflow to be cancelled")
 
     async def collected() -> bool:
         deployments = _get(cluster, ns, "deployments")["items"]
-        claims = {c["metadata"]["name"] for c in _get(cluster, ns, "pvc")["items"]
-                  if not c["metadata"].get("deletionTimestamp")}
+        claims = {
+            c["metadata"]["name"]
+            for c in _get(cluster, ns, "pvc")["items"]
+            if not c["metadata"].get("deletionTimestamp")
+        }
         return not deployments and claims == {"doomed-snapshots"}
 
     await eventually(collected, within=60, what="Deployments and the Delete-policy PVC collected")

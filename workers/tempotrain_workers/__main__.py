@@ -40,6 +40,10 @@ async def run_workers(settings: WorkerSettings, stop: asyncio.Event) -> None:
             max_concurrent_activities=settings.max_concurrent_activities
             or (1 if queue == TRAINING_QUEUE else 8),
             graceful_shutdown_timeout=timedelta(seconds=0),
+            # Cancellation reaches an activity on a heartbeat reply: keep that within seconds,
+            # so a deleted experiment stops (and checkpoints) promptly.
+            max_heartbeat_throttle_interval=timedelta(seconds=5),
+            default_heartbeat_throttle_interval=timedelta(seconds=5),
         )
         for queue in settings.queues
     ]

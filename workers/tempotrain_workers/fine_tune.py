@@ -162,7 +162,7 @@ class TrainerSupervisor:
         }
 
     async def _heartbeat_forever(self) -> None:
-        interval = max(1.0, min(30.0, self.config.heartbeat_timeout_seconds / 4))
+        interval = max(1.0, min(5.0, self.config.heartbeat_timeout_seconds / 4))
         while True:
             activity.heartbeat(self._heartbeat_details())
             await asyncio.sleep(interval)

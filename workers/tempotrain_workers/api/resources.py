@@ -17,7 +17,6 @@ from pydantic.alias_generators import to_camel
 from tempotrain_workers.api.contract import (
     DEFAULT_DATASET,
     DEFAULT_DATASET_CONFIG,
-    DEFAULT_MODEL,
     DNS_LABEL_PATTERN,
     Phase,
 )

@@ -1,0 +1,68 @@
+"""The generated CRD is current, and the apiserver refuses malformed BertExperiments at
+`kubectl apply`, naming the field."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from tempotrain_workers.api import BertExperimentSpec
+from tempotrain_workers.api.crdgen import KINDS, path_for, render
+
+from tests.conftest import ClusterHandle
+from tests.e2e.conftest import experiment
+
+INVALID = sorted((Path(__file__).parent / "manifests" / "invalid").glob("*.yaml"))
+
+
+def test_committed_crds_match_the_generator() -> None:
+    for kind in KINDS:
+        assert path_for(kind).read_text() == render(kind), (
+            f"{path_for(kind)} is stale: run `make crds`"
+        )
+
+
+def test_there_are_at_least_twelve_malformed_manifests() -> None:
+    assert len(INVALID) >= 12
+
+
+@pytest.mark.kube
+@pytest.mark.parametrize("manifest", INVALID, ids=lambda p: p.stem)
+async def test_malformed_manifest_is_refused_with_its_field_path(
+    crds: None, cluster: ClusterHandle, namespace: str, manifest: Path
+) -> None:
+    expected = manifest.read_text().splitlines()[0].removeprefix("# expect: ")
+    result = cluster.kubectl.run("apply", "-n", namespace, "-f", str(manifest))
+    assert result.returncode != 0, f"{manifest.name} was accepted"
+    assert expected in result.stderr, result.stderr
+    assert not json.loads(cluster.kubectl("get", "bexp", "-n", namespace, "-o", "json"))["items"]
+
+
+@pytest.mark.kube
+async def test_valid_minimal_manifest_gets_schema_defaults(
+    crds: None, cluster: ClusterHandle, namespace: str
+) -> None:
+    manifest = {
+        "apiVersion": "tempotrain.dev/v1alpha1",
+        "kind": "BertExperiment",
+        "metadata": {"name": "defaults"},
+        "spec": {"model": {"name": "bert-base-uncased"}},
+    }
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(manifest))
+    stored = json.loads(cluster.kubectl("get", "bexp", "defaults", "-n", namespace, "-o", "json"))
+    spec = stored["spec"]
+    assert spec["dataset"] == {
+        "name": "glue",
+        "config": "sst2",
+        "trainSplit": "train",
+        "evalSplit": "validation",
+    }
+    assert spec["training"]["saveSteps"] == 500 and spec["resources"]["gpus"] == 1
+    # What the apiserver stored is exactly what the operator's model reads.
+    assert BertExperimentSpec.model_validate(spec).training.learning_rate == 2e-5
+
+
+def test_example_spec_round_trips_through_the_model(minilm_path: Path) -> None:
+    spec = experiment("x", minilm_path)["spec"]
+    assert BertExperimentSpec.model_validate(spec).wire()["training"]["saveSteps"] == 8
