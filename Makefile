@@ -37,12 +37,14 @@ down: ## stop everything `up` started
 status: venv ## which platform processes run
 	$(DEV) status
 
-demo: up ## bring the platform up and show it working
+demo: up ## bring the platform up and run a real BertExperiment on it
 	@source $(STATE_DIR)/env.sh && \
 	  echo "== kubectl version" && kubectl version && \
 	  echo "== kubectl get nodes" && kubectl get nodes \
 	    -o custom-columns='NAME:.metadata.name,POOL:.metadata.labels.tempotrain\.dev/node-pool,CPU:.status.capacity.cpu,GPUS:.status.capacity.nvidia\.com/gpu,READY:.status.conditions[?(@.type=="Ready")].status' && \
 	  echo "== temporal operator cluster health" && $(VENV)/bin/temporal operator cluster health --address "$$TEMPORAL_ADDRESS"
+	@echo; echo "== the local BertExperiment (operator + host worker, MiniLM on CPU)"
+	$(DEV) demo
 	@echo; echo "Platform is up. Use it with:  source $(STATE_DIR)/env.sh   Stop it with:  make down"
 
 test: venv tools ## run the whole test suite against a platform of its own

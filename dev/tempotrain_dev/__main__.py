@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     down = commands.add_parser("down", help="stop every process the platform started")
     down.add_argument("--purge", action="store_true", help="also delete its state (etcd, db)")
     commands.add_parser("status", help="what runs, and where")
+    commands.add_parser("demo", help="run examples/bert-experiment-local.yaml end to end")
     commands.add_parser("env", help="print export lines for KUBECONFIG and TEMPORAL_ADDRESS")
     commands.add_parser("tools", help="build or find the Go-built binaries, print their dirs")
     stray = commands.add_parser("leftovers", help="list (and fail on) processes still running")
@@ -52,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     elif args.command == "status":
         return _status(platform)
+    elif args.command == "demo":
+        from tempotrain_dev.demo import run_demo  # needs the operator and workers installed
+
+        return run_demo(platform)
     elif args.command == "env":
         for key, value in platform.env().items():
             print(f"export {key}={value}")

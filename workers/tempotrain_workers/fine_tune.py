@@ -21,6 +21,7 @@ from typing import Any
 from temporalio import activity
 
 from tempotrain_workers.api import (
+    BertFineTuneConfig,
     BertFineTuneRequest,
     BertFineTuneResult,
     CheckpointInfo,
@@ -79,7 +80,7 @@ class TrainerSupervisor:
         attempt = activity.info().attempt
         job_file = self.run_dir / f".job-attempt-{attempt}.json"
         job = TrainerJob(
-            config=self.config,
+            config=self._with_local_model(Path(snapshot.path).parent),
             run_dir=str(self.run_dir),
             snapshot_dir=snapshot.path,
             snapshot_hash=snapshot.snapshot_hash,
@@ -115,6 +116,14 @@ class TrainerSupervisor:
         finally:
             heartbeats.cancel()
         return self._result(returncode, log_file)
+
+    def _with_local_model(self, snapshots_root: Path) -> BertFineTuneConfig:
+        """A model name that is a folder on the snapshots volume (`models/minilm`) means that
+        folder; anything else goes to from_pretrained as given (Hub id or absolute path)."""
+        candidate = snapshots_root / self.config.model_name
+        if not Path(self.config.model_name).is_absolute() and candidate.is_dir():
+            return self.config.model_copy(update={"model_name": str(candidate)})
+        return self.config
 
     async def _relay_events(self, process: asyncio.subprocess.Process) -> None:
         assert process.stdout is not None

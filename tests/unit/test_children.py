@@ -1,0 +1,142 @@
+"""Pure builders of a BertExperiment's children, and the status mapping."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from tempotrain_operator.children import (
+    Experiment,
+    WorkerConfig,
+    build_pvc,
+    build_worker_deployment,
+    pvc_is_owned,
+)
+from tempotrain_operator.mapping import coordinator_input, status_patch
+from tempotrain_workers.api import (
+    BertExperimentSpec,
+    CheckpointInfo,
+    Phase,
+    Progress,
+    StatusTarget,
+    StatusUpdate,
+)
+
+WORKERS = WorkerConfig(
+    image="img:1",
+    temporal_address="t:7233",
+    temporal_namespace="default",
+    training_queue="tq",
+    eval_queue="eq",
+)
+
+
+def _experiment(**spec: object) -> Experiment:
+    model = BertExperimentSpec.model_validate({"model": {"name": "bert-base-uncased"}, **spec})
+    return Experiment(name="exp", namespace="ns", uid="0123456789abcdef", spec=model)
+
+
+def test_training_pod_asks_for_gpus_tolerates_the_gpu_taint_and_runs_non_root() -> None:
+    deployment = build_worker_deployment(
+        _experiment(resources={"gpus": 2, "nodeSelector": {"pool": "a100"}}), WORKERS, "training"
+    )
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["resources"]["limits"] == {"nvidia.com/gpu": "2"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in (
+        pod["tolerations"]
+    )
+    assert pod["nodeSelector"] == {"pool": "a100"}
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert container["args"][-2:] == ["--queue", "tq"]
+    assert {m["mountPath"] for m in container["volumeMounts"]} >= {"/data/snapshots", "/data/runs"}
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+
+
+def test_eval_pod_is_cpu_only_and_labelled() -> None:
+    deployment = build_worker_deployment(_experiment(), WORKERS, "eval")
+    pod = deployment["spec"]["template"]["spec"]
+    assert "limits" not in pod["containers"][0]["resources"]
+    assert "tolerations" not in pod
+    labels = deployment["metadata"]["labels"]
+    assert labels["tempotrain.dev/experiment"] == "exp"
+    assert labels["app.kubernetes.io/component"] == "eval-worker"
+
+
+def test_pvcs_follow_reclaim_policy_and_existing_claims() -> None:
+    experiment = _experiment(
+        storage={
+            "snapshots": {"existingClaim": "shared"},
+            "runs": {"reclaimPolicy": "Delete", "size": "50Gi"},
+        }
+    )
+    assert build_pvc(experiment, "snapshots") is None
+    runs = build_pvc(experiment, "runs")
+    assert runs is not None and runs["spec"]["resources"]["requests"]["storage"] == "50Gi"
+    assert pvc_is_owned(experiment, "runs") and not pvc_is_owned(experiment, "snapshots")
+    volumes = build_worker_deployment(experiment, WORKERS, "eval")["spec"]["template"]["spec"]
+    claims = {
+        v["name"]: v["persistentVolumeClaim"]["claimName"]
+        for v in volumes["volumes"]
+        if "persistentVolumeClaim" in v
+    }
+    assert claims == {"snapshots": "shared", "runs": "exp-runs"}
+
+
+def test_workflow_input_carries_the_spec_and_a_status_target() -> None:
+    experiment = _experiment(
+        dataset={"file": "data/x.jsonl"}, training={"epochs": 1.5}, runId="my-run"
+    )
+    request = coordinator_input("exp", "ns", "uid-1", experiment.spec, "opq", "tq", "eq")
+    config = request.configs[0].fine_tune
+    assert (config.run_id, config.dataset_name, config.dataset_config) == (
+        "my-run",
+        "data/x.jsonl",
+        None,
+    )
+    assert config.num_epochs == 1.5
+    assert request.status_target == StatusTarget(
+        kind="BertExperiment", namespace="ns", name="exp", uid="uid-1", queue="opq"
+    )
+
+
+def _update(**fields: object) -> StatusUpdate:
+    target = StatusTarget(kind="BertExperiment", namespace="ns", name="exp")
+    return StatusUpdate(target=target, at=datetime(2026, 1, 1, tzinfo=UTC), **fields)  # type: ignore[arg-type]
+
+
+def _checkpoint(step: int) -> CheckpointInfo:
+    return CheckpointInfo(
+        step=step,
+        epoch=0.5,
+        loss=0.3,
+        path=f"/r/checkpoint-{step}",
+        snapshot_hash="h",
+        saved_at=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+
+
+def test_status_never_moves_backwards() -> None:
+    current = {"phase": "Training", "latestCheckpoint": {"step": 20}, "progress": {"step": 25}}
+    stale = status_patch(
+        _update(
+            phase=Phase.SNAPSHOTTING,
+            latest_checkpoint=_checkpoint(10),
+            progress=Progress(step=12, total_steps=100),
+        ),
+        current,
+    )
+    assert stale == {}
+    fresh = status_patch(
+        _update(
+            phase=Phase.EVALUATING,
+            latest_checkpoint=_checkpoint(30),
+            progress=Progress(step=30, total_steps=120),
+        ),
+        current,
+    )
+    assert fresh["phase"] == "Evaluating" and fresh["latestCheckpoint"]["step"] == 30
+    assert fresh["progress"] == {"step": 30, "totalSteps": 120, "percent": 25}
+    assert status_patch(_update(phase=Phase.TRAINING), {"phase": "Succeeded"}) == {}
+    done = status_patch(_update(phase=Phase.SUCCEEDED, metrics={"evalAccuracy": 0.9}), current)
+    assert done["completionTime"] == "2026-01-01T00:00:00Z" and done["metrics"]["evalAccuracy"]
