@@ -1,0 +1,135 @@
+"""A platform, CRDs and an operator process for the operator benchmarks."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from tempotrain_dev.platform import Platform
+from tempotrain_dev.tools import REPO_ROOT
+from tempotrain_dev.waiting import wait_for
+
+
+@dataclass
+class Bench:
+    kubeconfig: Path
+    temporal_address: str
+    kubectl_path: Path
+    root: Path
+    namespace: str
+    queues: dict[str, str]
+
+    def kubectl(self, *args: str, input: str | None = None) -> str:
+        return subprocess.run(
+            [str(self.kubectl_path), "--kubeconfig", str(self.kubeconfig), *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "KUBECONFIG": str(self.kubeconfig), "HF_HUB_OFFLINE": "1"}
+
+    def start_operator(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tempotrain_operator",
+                "--namespace",
+                self.namespace,
+                "--temporal-address",
+                self.temporal_address,
+                "--status-queue",
+                self.queues["status"],
+                "--training-queue",
+                self.queues["training"],
+                "--eval-queue",
+                self.queues["eval"],
+            ],
+            stdout=(self.root / "operator.log").open("ab"),
+            stderr=subprocess.STDOUT,
+            env=self.env(),
+        )
+
+    def start_worker(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tempotrain_workers",
+                "--address",
+                self.temporal_address,
+                "--queue",
+                self.queues["training"],
+                "--queue",
+                self.queues["eval"],
+                "--snapshots-root",
+                str(self.root / "snapshots"),
+                "--runs-root",
+                str(self.root / "runs"),
+            ],
+            stdout=(self.root / "worker.log").open("ab"),
+            stderr=subprocess.STDOUT,
+            env=self.env(),
+        )
+
+
+@contextlib.contextmanager
+def bench_platform(prefix: str) -> Iterator[Bench]:
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        platform = Platform(Path(tmp) / "platform")
+        try:
+            platform.up(log=lambda _: None)
+            suffix = uuid.uuid4().hex[:8]
+            bench = Bench(
+                kubeconfig=platform.cluster.kubeconfig,
+                temporal_address=platform.temporal.address,
+                kubectl_path=platform.cluster.tools.kubectl,
+                root=Path(tmp),
+                namespace=f"bench-{suffix}",
+                queues={
+                    "training": f"train-{suffix}",
+                    "eval": f"eval-{suffix}",
+                    "status": f"op-{suffix}",
+                },
+            )
+            bench.kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "crds"))
+            wait_for(
+                lambda: (
+                    "True"
+                    in bench.kubectl(
+                        "get",
+                        "crd",
+                        "bertexperiments.tempotrain.dev",
+                        "-o",
+                        "jsonpath={.status.conditions[?(@.type=='Established')].status}",
+                    )
+                ),
+                timeout=30,
+                what="the CRD to be established",
+            )
+            bench.kubectl("create", "namespace", bench.namespace)
+            yield bench
+        finally:
+            platform.down(log=lambda _: None)
+
+
+def _established(bench: Bench) -> bool:
+    crd = json.loads(bench.kubectl("get", "crd", "bertexperiments.tempotrain.dev", "-o", "json"))
+    conditions = (crd.get("status") or {}).get("conditions") or []
+    return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
