@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -86,6 +87,8 @@ class Bench:
 
 @contextlib.contextmanager
 def bench_platform(prefix: str) -> Iterator[Bench]:
+    # SIGTERM (timeout, pkill) must still run the `finally` that stops the platform.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         platform = Platform(Path(tmp) / "platform")
         try:
@@ -104,20 +107,7 @@ def bench_platform(prefix: str) -> Iterator[Bench]:
                 },
             )
             bench.kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "crds"))
-            wait_for(
-                lambda: (
-                    "True"
-                    in bench.kubectl(
-                        "get",
-                        "crd",
-                        "bertexperiments.tempotrain.dev",
-                        "-o",
-                        "jsonpath={.status.conditions[?(@.type=='Established')].status}",
-                    )
-                ),
-                timeout=30,
-                what="the CRD to be established",
-            )
+            wait_for(lambda: _established(bench), timeout=30, what="the CRD to be established")
             bench.kubectl("create", "namespace", bench.namespace)
             yield bench
         finally:

