@@ -41,7 +41,7 @@ class Bench:
         return {**os.environ, "KUBECONFIG": str(self.kubeconfig), "HF_HUB_OFFLINE": "1"}
 
     def start_operator(self) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
+        process = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
@@ -61,6 +61,13 @@ class Bench:
             stderr=subprocess.STDOUT,
             env=self.env(),
         )
+        wait_for(
+            lambda: b"status sink polling" in (self.root / "operator.log").read_bytes(),
+            timeout=60,
+            what="the operator to start",
+            detail=lambda: (self.root / "operator.log").read_text()[-2000:],
+        )
+        return process
 
     def start_worker(self) -> subprocess.Popen[bytes]:
         return subprocess.Popen(

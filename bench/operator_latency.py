@@ -38,6 +38,7 @@ def manifest(name: str, model: str, save_steps: int = 500, epochs: float = 1) ->
                     "learningRate": 5e-5,
                     "maxSeqLength": 32,
                     "saveSteps": save_steps,
+                    "saveTotalLimit": 100,
                 },
             },
         }
@@ -152,6 +153,11 @@ def main() -> None:
         operator = bench.start_operator()
         try:
             starts = asyncio.run(start_latency(bench, args.experiments))
+            if not starts:
+                raise SystemExit(
+                    "no WorkflowStarted seen; operator log:\n"
+                    + (bench.root / "operator.log").read_text()[-3000:]
+                )
             # Their workflows would queue ahead of the checkpointing run: cancel them.
             bench.kubectl(
                 "delete", "bexp", "--all", "-n", bench.namespace, "--wait=true", "--timeout=120s"

@@ -75,11 +75,6 @@ def main() -> None:
     with bench_platform("operator-scale-") as bench:
         operator = bench.start_operator()
         try:
-            wait_for(
-                lambda: b"status sink polling" in (bench.root / "operator.log").read_bytes(),
-                timeout=60,
-                what="the operator to start",
-            )
             before = apiserver_requests(bench)
             started = time.monotonic()
             bench.kubectl(

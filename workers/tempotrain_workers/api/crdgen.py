@@ -134,14 +134,16 @@ def crd(kind: Kind) -> dict[str, Any]:
                 "shortNames": [kind.short_name],
                 "categories": [CATEGORY],
             },
-            "versions": [{
-                "name": VERSION,
-                "served": True,
-                "storage": True,
-                "subresources": {"status": {}},
-                "additionalPrinterColumns": kind.printer_columns,
-                "schema": {"openAPIV3Schema": root},
-            }],
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": kind.printer_columns,
+                    "schema": {"openAPIV3Schema": root},
+                }
+            ],
         },
     }
 
@@ -168,10 +170,12 @@ BERT_EXPERIMENT = Kind(
         _column("Age", "date", ".metadata.creationTimestamp"),
         _column("Checkpoint", "string", ".status.latestCheckpoint.path", priority=1),
     ],
-    root_rules=[{
-        "rule": "self.metadata.name.size() <= 40",
-        "message": "metadata.name must be at most 40 characters (child objects append suffixes)",
-    }],
+    root_rules=[
+        {
+            "rule": "self.metadata.name.size() <= 40",
+            "message": "metadata.name must be at most 40 characters (children append suffixes)",
+        }
+    ],
 )
 KINDS = [BERT_EXPERIMENT]
 

@@ -57,15 +57,31 @@ class ModelSpec(WireModel):
 
 
 class DatasetSpec(WireModel):
-    model_config = ConfigDict(json_schema_extra={CEL: [
-        cel("has(self.name) != has(self.file)", "set exactly one of dataset.name and dataset.file"),
-    ]})
-    name: str | None = Field(default=None, min_length=1, max_length=256,
-                             description=f"Hub dataset id, e.g. {DEFAULT_DATASET}")
-    config: str | None = Field(default=None, max_length=128,
-                               description=f"Hub dataset config, e.g. {DEFAULT_DATASET_CONFIG}")
+    model_config = ConfigDict(
+        json_schema_extra={
+            CEL: [
+                cel(
+                    "has(self.name) != has(self.file)",
+                    "set exactly one of dataset.name and dataset.file",
+                ),
+            ]
+        }
+    )
+    name: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description=f"Hub dataset id, e.g. {DEFAULT_DATASET}",
+    )
+    config: str | None = Field(
+        default=None,
+        max_length=128,
+        description=f"Hub dataset config, e.g. {DEFAULT_DATASET_CONFIG}",
+    )
     file: str | None = Field(
-        default=None, max_length=512, pattern=RELATIVE_PATH_PATTERN,
+        default=None,
+        max_length=512,
+        pattern=RELATIVE_PATH_PATTERN,
         description="A .jsonl/.json/.csv/.parquet file, relative to the snapshots volume",
     )
     train_split: str = Field(default="train", min_length=1, max_length=64)
@@ -77,10 +93,16 @@ class DatasetSpec(WireModel):
 
 
 class TrainingSpec(WireModel):
-    model_config = ConfigDict(json_schema_extra={CEL: [
-        cel("has(self.saveSteps) || has(self.saveIntervalMinutes)",
-            "set training.saveSteps and/or training.saveIntervalMinutes"),
-    ]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            CEL: [
+                cel(
+                    "has(self.saveSteps) || has(self.saveIntervalMinutes)",
+                    "set training.saveSteps and/or training.saveIntervalMinutes",
+                ),
+            ]
+        }
+    )
     epochs: float = Field(default=3.0, gt=0, le=100)
     batch_size: int = Field(default=32, ge=1, le=4096)
     learning_rate: float = Field(default=2e-5, gt=0, lt=1)
@@ -144,8 +166,12 @@ class BertExperimentSpec(WireModel):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     storage: StorageSpec = Field(default_factory=StorageSpec)
     workers: WorkersSpec = Field(default_factory=WorkersSpec)
-    run_id: str | None = Field(default=None, pattern=DNS_LABEL_PATTERN, max_length=63,
-                               description="default: the experiment's name")
+    run_id: str | None = Field(
+        default=None,
+        pattern=DNS_LABEL_PATTERN,
+        max_length=63,
+        description="default: the experiment's name",
+    )
 
 
 # -- status -------------------------------------------------------------------------------------
@@ -199,8 +225,8 @@ class BertExperimentStatus(WireModel):
     attempts: int | None = None
     message: str | None = None
     conditions: list[Condition] = Field(
-        default_factory=list, json_schema_extra={"x-kubernetes-list-type": "map",
-                                                 "x-kubernetes-list-map-keys": ["type"]},
+        default_factory=list,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     observed_generation: int | None = None
     start_time: datetime | None = None

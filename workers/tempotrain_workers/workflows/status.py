@@ -1,14 +1,16 @@
 """Coalesced status push from a workflow to the operator (`publish_status` on its queue).
 
-Without a target nothing is ever scheduled. With one, the latest state is sent at most once
-per MIN_INTERVAL: fields set in between are merged, so a burst of checkpoints costs one
-activity, and the last state always goes out (`flush` before the workflow returns).
+Without a target nothing is ever scheduled. With one, updates are merged while they wait:
+progress goes out at most once per MIN_INTERVAL, a phase change or a checkpoint at most once
+per URGENT_INTERVAL (so it shows in `.status` within about a second, while a burst still
+costs one activity), and the last state always goes out at once on `flush`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+import contextlib
+from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
@@ -22,7 +24,9 @@ with workflow.unsafe.imports_passed_through():
         StatusUpdate,
     )
 
-MIN_INTERVAL = timedelta(seconds=3)
+MIN_INTERVAL = timedelta(seconds=3)  # progress-only updates
+URGENT_INTERVAL = timedelta(seconds=1)  # a phase change or a new checkpoint
+URGENT_FIELDS = frozenset({"phase", "latest_checkpoint", "message"})
 
 
 class StatusReporter:
@@ -30,6 +34,8 @@ class StatusReporter:
         self._target = target
         self._pending: dict[str, Any] = {}
         self._sending = False
+        self._flushing = False
+        self._last_sent: datetime | None = None
         self._loop: asyncio.Task[None] | None = None
 
     def update(self, **fields: Any) -> None:
@@ -41,12 +47,31 @@ class StatusReporter:
 
     async def flush(self) -> None:
         if self._target is not None and self._loop is not None:
+            self._flushing = True
             await workflow.wait_condition(lambda: not self._pending and not self._sending)
+
+    def _urgent(self) -> bool:
+        return self._flushing or bool(URGENT_FIELDS & self._pending.keys())
+
+    async def _wait_until_due(self) -> None:
+        """Hold merged updates until their interval since the last send has passed; an urgent
+        update arriving meanwhile shortens the wait."""
+        while self._last_sent is not None:
+            interval = URGENT_INTERVAL if self._urgent() else MIN_INTERVAL
+            remaining = (self._last_sent + interval - workflow.now()).total_seconds()
+            if remaining <= 0 or self._flushing:
+                return
+            if self._urgent():
+                await workflow.sleep(remaining)
+            else:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await workflow.wait_condition(self._urgent, timeout=remaining)
 
     async def _send_forever(self) -> None:
         assert self._target is not None
         while True:
             await workflow.wait_condition(lambda: bool(self._pending))
+            await self._wait_until_due()
             fields, self._pending = self._pending, {}
             self._sending = True
             try:
@@ -64,4 +89,4 @@ class StatusReporter:
                 workflow.logger.warning("publish_status failed: %s", err)
             finally:
                 self._sending = False
-            await workflow.sleep(MIN_INTERVAL)
+                self._last_sent = workflow.now()
