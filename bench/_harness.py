@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
+from tempotrain_dev.commands import worker_command
 from tempotrain_dev.temporal_server import LocalTemporal
 
 
@@ -56,21 +56,8 @@ async def wait_until_polled(client: Client, queue: str, within: float = 120) -> 
 
 
 def start_worker(address: str, queues: list[str], root: Path, log: Path) -> subprocess.Popen[bytes]:
-    argv = [
-        sys.executable,
-        "-m",
-        "tempotrain_workers",
-        "--address",
-        address,
-        "--snapshots-root",
-        str(root / "snapshots"),
-        "--runs-root",
-        str(root / "runs"),
-    ]
-    for queue in queues:
-        argv += ["--queue", queue]
     return subprocess.Popen(
-        argv,
+        worker_command(address, queues, root / "snapshots", root / "runs"),
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},

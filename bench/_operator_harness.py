@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tempotrain_dev.commands import Queues, operator_command, worker_command
 from tempotrain_dev.platform import Platform
 from tempotrain_dev.tools import REPO_ROOT
 from tempotrain_dev.waiting import wait_for
@@ -26,7 +27,7 @@ class Bench:
     kubectl_path: Path
     root: Path
     namespace: str
-    queues: dict[str, str]
+    queues: Queues
 
     def kubectl(self, *args: str, input: str | None = None) -> str:
         return subprocess.run(
@@ -41,51 +42,29 @@ class Bench:
         return {**os.environ, "KUBECONFIG": str(self.kubeconfig), "HF_HUB_OFFLINE": "1"}
 
     def start_operator(self) -> subprocess.Popen[bytes]:
+        log = self.root / "operator.log"
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tempotrain_operator",
-                "--namespace",
-                self.namespace,
-                "--temporal-address",
-                self.temporal_address,
-                "--status-queue",
-                self.queues["status"],
-                "--training-queue",
-                self.queues["training"],
-                "--eval-queue",
-                self.queues["eval"],
-            ],
-            stdout=(self.root / "operator.log").open("ab"),
+            operator_command(self.namespace, self.temporal_address, self.queues),
+            stdout=log.open("ab"),
             stderr=subprocess.STDOUT,
             env=self.env(),
         )
         wait_for(
-            lambda: b"status sink polling" in (self.root / "operator.log").read_bytes(),
+            lambda: b"status sink polling" in log.read_bytes(),
             timeout=60,
             what="the operator to start",
-            detail=lambda: (self.root / "operator.log").read_text()[-2000:],
+            detail=lambda: log.read_text()[-2000:],
         )
         return process
 
     def start_worker(self) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tempotrain_workers",
-                "--address",
+            worker_command(
                 self.temporal_address,
-                "--queue",
-                self.queues["training"],
-                "--queue",
-                self.queues["eval"],
-                "--snapshots-root",
-                str(self.root / "snapshots"),
-                "--runs-root",
-                str(self.root / "runs"),
-            ],
+                [self.queues.training, self.queues.eval],
+                self.root / "snapshots",
+                self.root / "runs",
+            ),
             stdout=(self.root / "worker.log").open("ab"),
             stderr=subprocess.STDOUT,
             env=self.env(),
@@ -107,11 +86,9 @@ def bench_platform(prefix: str) -> Iterator[Bench]:
                 kubectl_path=platform.cluster.tools.kubectl,
                 root=Path(tmp),
                 namespace=f"bench-{suffix}",
-                queues={
-                    "training": f"train-{suffix}",
-                    "eval": f"eval-{suffix}",
-                    "status": f"op-{suffix}",
-                },
+                queues=Queues(
+                    training=f"train-{suffix}", eval=f"eval-{suffix}", status=f"op-{suffix}"
+                ),
             )
             bench.kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "crds"))
             wait_for(lambda: _established(bench), timeout=30, what="the CRD to be established")

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
+from tempotrain_dev.commands import operator_command, worker_command
 from tempotrain_dev.platform import Platform
 from tempotrain_dev.processes import ManagedProcess
 from tempotrain_dev.tools import REPO_ROOT
@@ -50,19 +50,9 @@ def run_demo(platform: Platform) -> int:
     }
     operator = ManagedProcess("operator", demo_state)
     worker = ManagedProcess("worker", demo_state)
-    operator.start([sys.executable, "-m", "tempotrain_operator", "--namespace", "default"], env=env)
-    worker.start(
-        [
-            sys.executable,
-            "-m",
-            "tempotrain_workers",
-            "--snapshots-root",
-            str(snapshots),
-            "--runs-root",
-            str(runs),
-        ],
-        env=env,
-    )
+    address = platform.temporal.address
+    operator.start(operator_command("default", address), env=env)
+    worker.start(worker_command(address, [], snapshots, runs), env=env)  # default queues
     print(f"operator log: {operator.log_file}\nworker log:   {worker.log_file}\n")
 
     cluster.kubectl("delete", "bexp", NAME, "--ignore-not-found", "--wait=true")

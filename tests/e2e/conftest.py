@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tempotrain_dev.commands import Queues, operator_command, worker_command
 from tempotrain_workers.sample_data import write_sentiment_jsonl
 
 from tests.conftest import ClusterHandle
@@ -27,7 +27,7 @@ class Stack:
     kubeconfig: Path
     temporal_address: str
     root: Path
-    queues: dict[str, str]
+    queues: Queues
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
@@ -44,47 +44,30 @@ class Stack:
     def start_operator(self, temporal_address: str | None = None) -> None:
         self._start(
             "operator",
-            [
-                "-m",
-                "tempotrain_operator",
-                "--namespace",
+            operator_command(
                 self.namespace,
-                "--temporal-address",
                 temporal_address or self.temporal_address,
-                "--status-queue",
-                self.queues["status"],
-                "--training-queue",
-                self.queues["training"],
-                "--eval-queue",
-                self.queues["eval"],
+                self.queues,
                 "--worker-image",
                 "tempotrain/workers:test",
-            ],
+            ),
         )
 
     def start_worker(self) -> None:
         self._start(
             "worker",
-            [
-                "-m",
-                "tempotrain_workers",
-                "--address",
+            worker_command(
                 self.temporal_address,
-                "--queue",
-                self.queues["training"],
-                "--queue",
-                self.queues["eval"],
-                "--snapshots-root",
-                str(self.snapshots),
-                "--runs-root",
-                str(self.runs),
-            ],
+                [self.queues.training, self.queues.eval],
+                self.snapshots,
+                self.runs,
+            ),
         )
 
-    def _start(self, name: str, args: list[str]) -> None:
+    def _start(self, name: str, argv: list[str]) -> None:
         log = (self.root / f"{name}.log").open("ab")
         self.processes[name] = subprocess.Popen(
-            [sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, env=self._env()
+            argv, stdout=log, stderr=subprocess.STDOUT, env=self._env()
         )
 
     def kill(self, name: str) -> None:

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,6 +19,7 @@ from temporalio import activity
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer, Worker
+from tempotrain_dev.commands import worker_command
 from tempotrain_workers.activities import BertActivities, StorageRoots
 from tempotrain_workers.api import (
     BertFineTuneConfig,
@@ -215,21 +215,9 @@ def _start_worker_process(
     temporal_address: str, roots: StorageRoots, queues: dict[str, str], log: Path
 ) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tempotrain_workers",
-            "--address",
-            temporal_address,
-            "--queue",
-            queues["training"],
-            "--queue",
-            queues["eval"],
-            "--snapshots-root",
-            str(roots.snapshots),
-            "--runs-root",
-            str(roots.runs),
-        ],
+        worker_command(
+            temporal_address, [queues["training"], queues["eval"]], roots.snapshots, roots.runs
+        ),
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
