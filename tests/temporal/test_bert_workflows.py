@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from pydantic import ValidationError
 from temporalio import activity
-from temporalio.client import Client, WorkflowFailureError
+from temporalio.client import Client, WorkflowFailureError, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer, Worker
 from tempotrain_dev.commands import worker_command
@@ -45,6 +45,8 @@ if TYPE_CHECKING:
     from tests.conftest import TemporalHandle
 
 pytestmark = pytest.mark.temporal
+HISTORIES = Path(__file__).parent / "histories"
+RECORDED = ["coordinator", "training", "evaluation", "inference"]
 
 
 class StatusRecorder:
@@ -156,6 +158,23 @@ async def test_coordinator_trains_evaluates_reports_and_replays(
     replayer = Replayer(workflows=ALL_WORKFLOWS, data_converter=pydantic_data_converter)
     for history in histories:
         await replayer.replay_workflow(history)
+    if os.environ.get("TEMPOTRAIN_RECORD_HISTORIES"):  # refresh the committed fixtures
+        HISTORIES.mkdir(exist_ok=True)
+        for name, history in zip(RECORDED, histories, strict=True):
+            (HISTORIES / f"{name}.json").write_text(history.to_json())
+        ids = dict(zip(RECORDED, workflow_ids, strict=True))  # child ids derive from them
+        (HISTORIES / "workflow-ids.json").write_text(json.dumps(ids, indent=2) + "\n")
+
+
+async def test_committed_histories_still_replay() -> None:
+    """Histories recorded from an earlier version of the workflows: a change that makes them
+    non-deterministic (and would break running experiments on upgrade) fails here."""
+    replayer = Replayer(workflows=ALL_WORKFLOWS, data_converter=pydantic_data_converter)
+    ids = json.loads((HISTORIES / "workflow-ids.json").read_text())
+    for name in RECORDED:
+        history = WorkflowHistory.from_json(ids[name], (HISTORIES / f"{name}.json").read_text())
+        result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
+        assert result.replay_failure is None, f"{name}: {result.replay_failure}"
 
 
 async def test_bad_input_fails_fast_without_retrying(
