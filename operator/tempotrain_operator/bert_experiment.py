@@ -10,7 +10,7 @@ from typing import Any
 
 import kopf
 from pydantic import ValidationError
-from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from tempotrain_workers.api import (
@@ -18,11 +18,11 @@ from tempotrain_workers.api import (
     TERMINAL_PHASES,
     VERSION,
     BertExperimentSpec,
-    CheckpointInfo,
     CoordinatorWorkflowResult,
     Phase,
     workflow_id_for,
 )
+from tempotrain_workers.workflows.training import CheckpointedBertTrainingWorkflow
 
 from tempotrain_operator import conditions, kube
 from tempotrain_operator.children import (
@@ -231,7 +231,6 @@ async def _wait_closed(handle: WorkflowHandle[Any, Any], within: float) -> None:
         await asyncio.wait_for(handle.result(), within)
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=60.0, initial_delay=30.0, idle=10.0)
 async def bertexperiment_resync(
     status: kopf.Status,
     name: str,
@@ -241,49 +240,69 @@ async def bertexperiment_resync(
     logger: kopf.Logger,
     **_: Any,
 ) -> None:
-    """Re-derive status from the workflow: heals any missed push (operator down, etc.)."""
+    """Re-derive status from the workflow: heals any missed push (operator down, etc.).
+    Registered as a timer by `register_resync` with the configured interval."""
     workflow_id = status.get("workflowId")
     if not workflow_id or status.get("phase") in {p.value for p in TERMINAL_PHASES}:
         return
     runtime: Runtime = memo.runtime
+    known_step = (status.get("latestCheckpoint") or {}).get("step", -1)
     try:
-        client = await runtime.client()
-        handle = client.get_workflow_handle(workflow_id)
-        state = (await handle.describe()).status
-        if state == WorkflowExecutionStatus.COMPLETED:
-            result = await handle.result(result_type=CoordinatorWorkflowResult)
-            run = result.runs[0]
-            patch.status["phase"] = Phase.SUCCEEDED.value
-            patch.status["completionTime"] = _now()
-            patch.status["metrics"] = {
+        derived = await derive_status(await runtime.client(), workflow_id, known_step)
+    except Exception as err:  # best effort; the next tick tries again
+        logger.warning("resync of %s skipped: %s", workflow_id, err)
+        return
+    for key, value in derived.items():
+        patch.status[key] = value
+    if derived.get("phase") in {p.value for p in TERMINAL_PHASES}:
+        await kube.scale_to_zero(namespace, worker_deployment_names(name))
+
+
+def register_resync(interval: float) -> None:
+    kopf.timer(
+        GROUP,
+        VERSION,
+        PLURAL,
+        interval=interval,
+        initial_delay=interval / 2,
+        idle=min(10.0, interval),
+    )(bertexperiment_resync)
+
+
+async def derive_status(client: Client, workflow_id: str, known_step: int) -> dict[str, Any]:
+    """The status fields the workflow's own state implies (describe, result, query)."""
+    handle = client.get_workflow_handle(workflow_id, result_type=CoordinatorWorkflowResult)
+    state = (await handle.describe()).status
+    if state == WorkflowExecutionStatus.COMPLETED:
+        run = (await handle.result()).runs[0]
+        return {
+            "phase": Phase.SUCCEEDED.value,
+            "completionTime": _now(),
+            "metrics": {
                 "trainLoss": run.training.train_loss,
                 "evalLoss": run.evaluation.loss,
                 "evalAccuracy": run.evaluation.accuracy,
                 "numEvalExamples": run.evaluation.num_examples,
-            }
-        elif state in (
-            WorkflowExecutionStatus.FAILED,
-            WorkflowExecutionStatus.TERMINATED,
-            WorkflowExecutionStatus.TIMED_OUT,
-            WorkflowExecutionStatus.CANCELED,
-        ):
-            patch.status["phase"] = Phase.FAILED.value
-            patch.status["completionTime"] = _now()
-            patch.status["message"] = f"workflow {workflow_id} ended {state.name}"
-        else:
-            child = client.get_workflow_handle(f"{workflow_id}-train-0")
-            latest = await child.query("get_latest_checkpoint", result_type=CheckpointInfo | None)
-            known = (status.get("latestCheckpoint") or {}).get("step", -1)
-            if latest is not None and latest.step > known:
-                patch.status["latestCheckpoint"] = {
-                    "step": latest.step,
-                    "epoch": latest.epoch,
-                    "loss": latest.loss,
-                    "path": latest.path,
-                    "savedAt": latest.saved_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                }
-    except Exception as err:  # best effort; the next tick tries again
-        logger.debug("resync of %s skipped: %s", workflow_id, err)
-        return
-    if patch.status.get("phase") in {p.value for p in TERMINAL_PHASES}:
-        await kube.scale_to_zero(namespace, worker_deployment_names(name))
+            },
+        }
+    if state != WorkflowExecutionStatus.RUNNING:
+        return {
+            "phase": Phase.FAILED.value,
+            "completionTime": _now(),
+            "message": f"workflow {workflow_id} ended {state.name if state else 'unknown'}",
+        }
+    child = client.get_workflow_handle(f"{workflow_id}-train-0")
+    latest = await child.query(
+        CheckpointedBertTrainingWorkflow.get_latest_checkpoint,
+    )
+    if latest is None or latest.step <= known_step:
+        return {}
+    return {
+        "latestCheckpoint": {
+            "step": latest.step,
+            "epoch": latest.epoch,
+            "loss": latest.loss,
+            "path": latest.path,
+            "savedAt": latest.saved_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+    }

@@ -103,7 +103,7 @@ def stack(
         kubeconfig=cluster.kubeconfig,
         temporal_address=temporal_address,
         root=tmp_path,
-        queues={"training": f"train-{suffix}", "eval": f"eval-{suffix}", "status": f"op-{suffix}"},
+        queues=Queues(training=f"train-{suffix}", eval=f"eval-{suffix}", status=f"op-{suffix}"),
     )
     write_sentiment_jsonl(result.snapshots / "datasets" / "sentiment.jsonl", 400)
     result.start_operator()

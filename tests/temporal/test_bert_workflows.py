@@ -20,6 +20,7 @@ from temporalio.client import Client, WorkflowFailureError, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer, Worker
 from tempotrain_dev.commands import worker_command
+from tempotrain_operator.bert_experiment import derive_status
 from tempotrain_workers.activities import BertActivities, StorageRoots
 from tempotrain_workers.api import (
     BertFineTuneConfig,
@@ -152,6 +153,11 @@ async def test_coordinator_trains_evaluates_reports_and_replays(
     assert any(u.latest_checkpoint is not None for u in recorder.updates)
     assert recorder.updates[-1].metrics["evalAccuracy"] == run.evaluation.accuracy  # type: ignore[index]
 
+    # The operator's resync derives the same outcome from the workflow alone.
+    derived = await derive_status(client, workflow_id, known_step=-1)
+    assert derived["phase"] == "Succeeded"
+    assert derived["metrics"]["evalAccuracy"] == run.evaluation.accuracy
+
     # Determinism: every workflow's recorded history replays against the current code.
     workflow_ids = [workflow_id, f"{workflow_id}-train-0", f"{workflow_id}-eval-0", inference_id]
     histories = [await client.get_workflow_handle(w).fetch_history() for w in workflow_ids]
@@ -228,6 +234,7 @@ async def test_bad_input_fails_fast_without_retrying(
                 if e.HasField("activity_task_started_event_attributes")
             ]
             assert attempts and max(attempts) == 1, f"{error_type} was retried: {attempts}"
+            assert (await derive_status(client, workflow_id, -1))["phase"] == "Failed"
 
 
 def _start_worker_process(

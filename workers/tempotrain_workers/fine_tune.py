@@ -158,6 +158,8 @@ class TrainerSupervisor:
 
     async def _signal(self, name: str, payload: Any) -> None:
         info = activity.info()
+        if info.workflow_id is None:  # not started by a workflow: nobody to tell
+            return
         try:
             handle = activity.client().get_workflow_handle(info.workflow_id)
             await handle.signal(name, payload)
