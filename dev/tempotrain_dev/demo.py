@@ -56,6 +56,9 @@ def run_demo(platform: Platform) -> int:
     print(f"operator log: {operator.log_file}\nworker log:   {worker.log_file}\n")
 
     cluster.kubectl("delete", "bexp", NAME, "--ignore-not-found", "--wait=true")
+    # A re-created experiment resumes its run's checkpoints (the volumes are Retain); the demo
+    # wants to show training, so it starts the run afresh.
+    shutil.rmtree(runs / NAME, ignore_errors=True)
     print(cluster.kubectl("apply", "-f", str(EXAMPLE)).strip())
     shown: tuple[object, ...] = ()
 
