@@ -53,6 +53,7 @@ test: venv tools ## run the whole test suite against a platform of its own
 crds: venv ## regenerate crds/ from the pydantic models
 	$(PY) -m tempotrain_workers.api.crdgen
 
-lint: venv ## ruff
+lint: venv ## ruff and mypy --strict on the packages
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy operator/tempotrain_operator workers/tempotrain_workers dev/tempotrain_dev

@@ -218,7 +218,7 @@ class LocalCluster:
 
     def _wait_healthy(self, name: str, ports: dict[str, int]) -> None:
         process = self.processes[name]
-        checks = {
+        checks: dict[str, Callable[[], bool]] = {
             "etcd": lambda: http_ok(f"http://127.0.0.1:{ports['etcd_client']}/health"),
             "kube-apiserver": self._ready,
             "kube-controller-manager": lambda: port_open(ports["controller_manager"]),

@@ -16,7 +16,7 @@ from typing import Any
 
 import kr8s
 import kr8s.asyncio
-from kr8s.asyncio.objects import PersistentVolume, PersistentVolumeClaim
+from kr8s.asyncio.objects import APIObject, PersistentVolume
 
 log = logging.getLogger("tempotrain_dev.provisioner")
 PROVISIONED_BY = "tempotrain.dev/local-provisioner"
@@ -52,10 +52,11 @@ def build_pv(claim: dict[str, Any], root: Path) -> dict[str, Any]:
     }
 
 
-async def provision(claim: PersistentVolumeClaim, root: Path) -> None:
-    if claim.spec.get("volumeName") or claim.status.get("phase") == "Bound":
+async def provision(claim: APIObject, root: Path) -> None:
+    raw: dict[str, Any] = dict(claim.raw)
+    if raw["spec"].get("volumeName") or (raw.get("status") or {}).get("phase") == "Bound":
         return
-    manifest = build_pv(claim.raw, root)
+    manifest = build_pv(raw, root)
     (root / manifest["metadata"]["name"]).mkdir(parents=True, exist_ok=True)
     try:
         await (await PersistentVolume(manifest)).create()
@@ -71,7 +72,8 @@ async def run(root: Path) -> None:
     api = await kr8s.asyncio.api()
     while True:  # a watch ends on server timeouts: resume it
         async for claim in api.get("persistentvolumeclaims", namespace=kr8s.ALL):
-            await provision(claim, root)
+            if isinstance(claim, APIObject):
+                await provision(claim, root)
         async for event, claim in api.watch("persistentvolumeclaims", namespace=kr8s.ALL):
             if event in ("ADDED", "MODIFIED"):
                 await provision(claim, root)

@@ -59,6 +59,12 @@ def _set_condition(
     )
 
 
+def _namespaced(namespace: str | None) -> str:
+    if namespace is None:  # the CRD is namespaced; kopf types it optional for cluster kinds
+        raise kopf.PermanentError("a BertExperiment must have a namespace")
+    return namespace
+
+
 def semantic_errors(spec: BertExperimentSpec) -> list[str]:
     """Rules the schema cannot state (or that must hold even if the CRD is old)."""
     errors = []
@@ -93,7 +99,7 @@ async def bertexperiment_reconcile(
     meta: kopf.Meta,
     status: kopf.Status,
     name: str,
-    namespace: str,
+    namespace: str | None,
     uid: str,
     patch: kopf.Patch,
     logger: kopf.Logger,
@@ -101,6 +107,7 @@ async def bertexperiment_reconcile(
     **_: Any,
 ) -> None:
     runtime: Runtime = memo.runtime
+    namespace = _namespaced(namespace)
     if status.get("phase") in {p.value for p in TERMINAL_PHASES}:
         await kube.scale_to_zero(namespace, worker_deployment_names(name))
         return  # terminal stays terminal
@@ -234,7 +241,7 @@ async def _wait_closed(handle: WorkflowHandle[Any, Any], within: float) -> None:
 async def bertexperiment_resync(
     status: kopf.Status,
     name: str,
-    namespace: str,
+    namespace: str | None,
     patch: kopf.Patch,
     memo: kopf.Memo,
     logger: kopf.Logger,
@@ -246,6 +253,7 @@ async def bertexperiment_resync(
     if not workflow_id or status.get("phase") in {p.value for p in TERMINAL_PHASES}:
         return
     runtime: Runtime = memo.runtime
+    namespace = _namespaced(namespace)
     known_step = (status.get("latestCheckpoint") or {}).get("step", -1)
     try:
         derived = await derive_status(await runtime.client(), workflow_id, known_step)

@@ -36,7 +36,7 @@ async def scale_to_zero(namespace: str, names: list[str]) -> None:
             deployment = await Deployment.get(name, namespace=namespace)
         except kr8s.NotFoundError:
             continue
-        if deployment.spec.get("replicas", 1) != 0:
+        if deployment.raw["spec"].get("replicas", 1) != 0:
             await deployment.scale(0)
 
 

@@ -27,12 +27,13 @@ log = logging.getLogger(__name__)
 async def publish_status(update: StatusUpdate) -> None:
     target = update.target
     experiment = await kube.get_experiment(target.namespace, target.name)
-    if experiment is None or (target.uid and experiment.metadata.get("uid") != target.uid):
+    if experiment is None or (target.uid and experiment.raw["metadata"].get("uid") != target.uid):
         activity.logger.info(
             "%s/%s is gone; dropping its status update", target.namespace, target.name
         )
         return
-    status: dict[str, Any] = dict(experiment.raw.get("status") or {})
+    raw: dict[str, Any] = dict(experiment.raw)
+    status: dict[str, Any] = dict(raw.get("status") or {})
     patch = status_patch(update, status)
     if update.phase in TERMINAL_PHASES and "phase" in patch:
         succeeded = update.phase == Phase.SUCCEEDED
@@ -42,7 +43,7 @@ async def publish_status(update: StatusUpdate) -> None:
             True,
             "Succeeded" if succeeded else "WorkflowFailed",
             update.message or ("training and evaluation finished" if succeeded else "failed"),
-            experiment.metadata.get("generation"),
+            raw["metadata"].get("generation"),
         )
     if patch:
         await kube.patch_status(experiment, patch)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from temporalio import activity
 
@@ -72,7 +74,7 @@ class BertActivities:
 
         return await asyncio.to_thread(infer, request, self._runs_root(request.runs_root))
 
-    def all(self) -> list[object]:
+    def all(self) -> list[Callable[..., Any]]:
         return [
             self.create_dataset_snapshot,
             self.fine_tune_bert,

@@ -76,7 +76,7 @@ def build_callback(job: TrainerJob) -> Any:
     interval = (job.config.save_interval_minutes or 0) * 60
     run_state_file = run_dir / "tempotrain-run.json"
 
-    class CheckpointCallback(TrainerCallback):  # type: ignore[misc]
+    class CheckpointCallback(TrainerCallback):
         """Markers after saves, time-based saves, graceful stop on SIGTERM, progress events."""
 
         def __init__(self) -> None:

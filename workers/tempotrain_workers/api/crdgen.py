@@ -181,7 +181,7 @@ KINDS = [BERT_EXPERIMENT]
 
 
 def render(kind: Kind) -> str:
-    return HEADER + yaml.safe_dump(crd(kind), sort_keys=False, width=100)
+    return HEADER + str(yaml.safe_dump(crd(kind), sort_keys=False, width=100))
 
 
 def path_for(kind: Kind) -> Path:

@@ -24,23 +24,25 @@ RETRY = RetryPolicy(maximum_attempts=3, non_retryable_error_types=NON_RETRYABLE_
 class BertEvalWorkflow:
     @workflow.run
     async def run(self, request: BertEvalRequest) -> BertEvalResult:
-        return await workflow.execute_activity(
+        result: BertEvalResult = await workflow.execute_activity(
             "run_bert_evaluation",
             request,
             result_type=BertEvalResult,
             start_to_close_timeout=timedelta(hours=2),
             retry_policy=RETRY,
         )
+        return result
 
 
 @workflow.defn(failure_exception_types=[ValidationError])
 class BertInferenceWorkflow:
     @workflow.run
     async def run(self, request: BertInferenceRequest) -> BertInferenceResult:
-        return await workflow.execute_activity(
+        result: BertInferenceResult = await workflow.execute_activity(
             "run_bert_inference",
             request,
             result_type=BertInferenceResult,
             start_to_close_timeout=timedelta(hours=1),
             retry_policy=RETRY,
         )
+        return result
