@@ -108,7 +108,7 @@ async def bertexperiment_reconcile(
 ) -> None:
     runtime: Runtime = memo.runtime
     namespace = _namespaced(namespace)
-    if status.get("phase") in {p.value for p in TERMINAL_PHASES}:
+    if status.get("phase") in TERMINAL_PHASES:
         await kube.scale_to_zero(namespace, worker_deployment_names(name))
         return  # terminal stays terminal
     model, problem = _validated(spec)
@@ -250,7 +250,7 @@ async def bertexperiment_resync(
     """Re-derive status from the workflow: heals any missed push (operator down, etc.).
     Registered as a timer by `register_resync` with the configured interval."""
     workflow_id = status.get("workflowId")
-    if not workflow_id or status.get("phase") in {p.value for p in TERMINAL_PHASES}:
+    if not workflow_id or status.get("phase") in TERMINAL_PHASES:
         return
     runtime: Runtime = memo.runtime
     namespace = _namespaced(namespace)
@@ -262,7 +262,7 @@ async def bertexperiment_resync(
         return
     for key, value in derived.items():
         patch.status[key] = value
-    if derived.get("phase") in {p.value for p in TERMINAL_PHASES}:
+    if derived.get("phase") in TERMINAL_PHASES:
         await kube.scale_to_zero(namespace, worker_deployment_names(name))
 
 

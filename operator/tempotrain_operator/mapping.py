@@ -96,7 +96,7 @@ def status_patch(update: StatusUpdate, current: dict[str, Any]) -> dict[str, Any
     """The `/status` fields an update sets, never moving phase, checkpoint or progress back."""
     patch: dict[str, Any] = {}
     current_phase = current.get("phase")
-    terminal = current_phase in {p.value for p in TERMINAL_PHASES}
+    terminal = current_phase in TERMINAL_PHASES
     if (
         update.phase is not None
         and not terminal
@@ -137,7 +137,7 @@ def status_patch(update: StatusUpdate, current: dict[str, Any]) -> dict[str, Any
             )
         patch["progress"] = progress
     if update.metrics:
-        patch["metrics"] = {k: v for k, v in update.metrics.items()}
+        patch["metrics"] = dict(update.metrics)
         if "numEvalExamples" in patch["metrics"]:
             patch["metrics"]["numEvalExamples"] = int(patch["metrics"]["numEvalExamples"])
     if update.message:
