@@ -81,13 +81,10 @@ def _cmdline(pid: int) -> str:
 
 def _status(platform: Platform) -> int:
     running = True
-    for name, process in platform.cluster.processes.items():
+    for name, process in platform.processes().items():
         pid = process.pid()
         running &= pid is not None
         print(f"{name:24} {'pid ' + str(pid) if pid else 'stopped'}")
-    pid = platform.temporal.process.pid()
-    running &= pid is not None
-    print(f"{'temporal':24} {'pid ' + str(pid) if pid else 'stopped'}")
     for key, value in platform.env().items():
         print(f"{key}={value}")
     return 0 if running else 3

@@ -60,6 +60,20 @@ class ClusterStartError(RuntimeError):
     pass
 
 
+def cluster_processes(state_dir: Path) -> dict[str, ManagedProcess]:
+    """The control plane's processes by name. Needs no tools: stopping or listing them works
+    even where nothing has been built."""
+    return {name: ManagedProcess(name, state_dir) for name in COMPONENTS}
+
+
+def stop_cluster(state_dir: Path, log: Callable[[str], None] = print) -> None:
+    processes = cluster_processes(state_dir)
+    for name in reversed(COMPONENTS):
+        if processes[name].is_running():
+            processes[name].stop()
+            log(f"cluster: {name} stopped")
+
+
 class LocalCluster:
     def __init__(self, state_dir: Path, tools: Tools) -> None:
         self.state_dir = state_dir
@@ -67,7 +81,7 @@ class LocalCluster:
         self.pki = Pki(state_dir / "pki")
         self.kubeconfig = state_dir / "kubeconfig"
         self._ports_file = state_dir / "ports.json"
-        self.processes = {name: ManagedProcess(name, state_dir) for name in COMPONENTS}
+        self.processes = cluster_processes(state_dir)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -93,11 +107,7 @@ class LocalCluster:
         log(f"cluster: ready at https://127.0.0.1:{ports['apiserver']}")
 
     def down(self, log: Callable[[str], None] = print) -> None:
-        for name in reversed(COMPONENTS):
-            process = self.processes[name]
-            if process.is_running():
-                process.stop()
-                log(f"cluster: {name} stopped")
+        stop_cluster(self.state_dir, log)
 
     # -- helpers used by callers ----------------------------------------------------------
 

@@ -8,8 +8,8 @@ from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 
-from tempotrain_dev.cluster import LocalCluster
-from tempotrain_dev.processes import kill_leftovers, leftovers
+from tempotrain_dev.cluster import LocalCluster, cluster_processes, stop_cluster
+from tempotrain_dev.processes import ManagedProcess, kill_leftovers, leftovers
 from tempotrain_dev.temporal_server import LocalTemporal
 from tempotrain_dev.tools import REPO_ROOT, ensure_tools
 
@@ -44,8 +44,7 @@ class Platform:
     def down(self, *, purge: bool = False, log: Callable[[str], None] = print) -> None:
         """Stop every process by its PID file, then anything that still carries our marker."""
         self.temporal.down(log)
-        if (self.state_dir / "cluster").exists():
-            self.cluster.down(log)
+        stop_cluster(self.state_dir / "cluster", log)
         for pid in kill_leftovers(self.state_dir):
             log(f"killed leftover process {pid}")
         if purge:
@@ -59,6 +58,10 @@ class Platform:
             tools = self.cluster.tools
             lines.append(f'export PATH="{tools.kubernetes}:{tools.helm}:$PATH"')
         self.env_file.write_text("\n".join(lines) + "\n")
+
+    def processes(self) -> dict[str, ManagedProcess]:
+        """Every platform process by name, without building anything."""
+        return cluster_processes(self.state_dir / "cluster") | {"temporal": self.temporal.process}
 
     def leftovers(self) -> list[int]:
         return leftovers(self.state_dir)

@@ -21,9 +21,7 @@ def _cli(state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _pids(state_dir: Path) -> dict[str, int | None]:
-    platform = Platform(state_dir)
-    pids = {name: p.pid() for name, p in platform.cluster.processes.items()}
-    return pids | {"temporal": platform.temporal.process.pid()}
+    return {name: p.pid() for name, p in Platform(state_dir).processes().items()}
 
 
 def test_up_twice_is_a_no_op_and_down_stops_everything(tmp_path: Path) -> None:
