@@ -15,13 +15,14 @@ import random
 import signal
 import statistics
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
 from _harness import minilm_path, start_worker, temporal_server
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
+from tempotrain_dev.processes import pids_running
+from tempotrain_dev.waiting import wait_for
 from tempotrain_workers.api import BertFineTuneConfig, BertTrainingInput
 from tempotrain_workers.sample_data import write_sentiment_jsonl
 from tempotrain_workers.trainer_main import TrainerJob
@@ -38,26 +39,6 @@ def _reached(run_dir: Path) -> int:
 def _resumed_from(run_dir: Path, attempt: int) -> int:
     job = TrainerJob.model_validate_json((run_dir / f".job-attempt-{attempt}.json").read_text())
     return job.resumed_from_step or 0
-
-
-def _trainer_alive(run_dir: Path) -> bool:
-    marker = str(run_dir).encode()
-    for proc in Path("/proc").iterdir():
-        try:
-            cmdline = (proc / "cmdline").read_bytes() if proc.name.isdigit() else b""
-        except OSError:
-            continue
-        if b"tempotrain_workers.trainer_main" in cmdline and marker in cmdline:
-            return True
-    return False
-
-
-async def _wait_for(condition, within: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.2)
 
 
 async def bench(address: str, root: Path, kills: int, save_steps: int, seed: int) -> None:
@@ -89,12 +70,22 @@ async def bench(address: str, root: Path, kills: int, save_steps: int, seed: int
     for kill in range(1, kills + 1):
         worker = start_worker(address, [queue], root, log)
         start_step = _reached(run_dir)
-        await _wait_for(lambda s=start_step: _reached(run_dir) > s + 1, 300, "training to progress")
+        await asyncio.to_thread(
+            wait_for,
+            lambda s=start_step: _reached(run_dir) > s + 1,
+            timeout=300,
+            what="training to progress",
+        )
         await asyncio.sleep(rng.uniform(2.0, 12.0))  # the crash point: random wall time
         worker.send_signal(signal.SIGKILL)
         worker.wait()
         # The trainer dies with its worker (PDEATHSIG); read its progress once it is gone.
-        await _wait_for(lambda: not _trainer_alive(run_dir), 30, "the trainer to exit")
+        await asyncio.to_thread(
+            wait_for,
+            lambda: not pids_running("tempotrain_workers.trainer_main", str(run_dir)),
+            timeout=30,
+            what="the trainer to exit",
+        )
         reached = _reached(run_dir)
         wasted.append(reached)
         print(f"kill {kill}: trainer had reached step {reached}")

@@ -120,6 +120,22 @@ def leftovers(state_dir: Path | None) -> list[int]:
     )
 
 
+def pids_running(*fragments: str) -> list[int]:
+    """Live processes whose command line contains every fragment (zombies excluded)."""
+    wanted = [f.encode() for f in fragments]
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if all(w in cmdline for w in wanted) and not _is_zombie(int(entry.name)):
+            found.append(int(entry.name))
+    return sorted(found)
+
+
 def kill_leftovers(state_dir: Path) -> list[int]:
     pids = leftovers(state_dir)
     for pid in pids:

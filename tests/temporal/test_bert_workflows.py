@@ -20,6 +20,7 @@ from temporalio.client import Client, WorkflowFailureError, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer, Worker
 from tempotrain_dev.commands import worker_command
+from tempotrain_dev.processes import pids_running
 from tempotrain_operator.bert_experiment import derive_status
 from tempotrain_workers.activities import BertActivities, StorageRoots
 from tempotrain_workers.api import (
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.temporal
 HISTORIES = Path(__file__).parent / "histories"
+TRAINER_MODULE = "tempotrain_workers.trainer_main"
 RECORDED = ["coordinator", "training", "evaluation", "inference"]
 
 
@@ -250,18 +252,6 @@ def _start_worker_process(
     )
 
 
-def _trainer_pids() -> list[int]:
-    found = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if b"tempotrain_workers.trainer_main" in (proc / "cmdline").read_bytes():
-                    found.append(int(proc.name))
-            except OSError:
-                pass
-    return found
-
-
 async def test_sigkilled_worker_resumes_from_its_last_checkpoint(
     temporal: TemporalHandle, minilm_path: Path, sentiment_file: Path, tmp_path: Path
 ) -> None:
@@ -298,7 +288,7 @@ async def test_sigkilled_worker_resumes_from_its_last_checkpoint(
         first.wait()
 
     async def trainer_gone() -> bool:
-        return not _trainer_pids()
+        return not pids_running(TRAINER_MODULE)
 
     await eventually(trainer_gone, within=15, what="the orphaned trainer to die with its worker")
     reached = json.loads((run_dir / "progress.json").read_text())["step"]
@@ -353,15 +343,4 @@ async def test_cancellation_saves_a_final_checkpoint_and_stops_the_trainer(
     assert len(saved) == 1, saved
     info = verify(saved[0])
     assert info is not None and info.step >= 5
-    assert _trainer_pids_for(run_dir) == []
-
-
-def _trainer_pids_for(run_dir: Path) -> list[int]:
-    found = []
-    for pid in _trainer_pids():
-        try:
-            if str(run_dir).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
-                found.append(pid)
-        except OSError:
-            pass
-    return found
+    assert pids_running(TRAINER_MODULE, str(run_dir)) == []
