@@ -136,3 +136,19 @@ def experiment(name: str, model: Path, **spec_overrides: Any) -> dict[str, Any]:
 
 def apply(cluster: ClusterHandle, namespace: str, manifest: dict[str, Any]) -> None:
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(manifest))
+
+
+def kube_json(cluster: ClusterHandle, namespace: str, kind: str, name: str = "") -> Any:
+    """`kubectl get <kind> [name] -o json` in the namespace, parsed."""
+    args = ["get", kind, *([name] if name else []), "-n", namespace, "-o", "json"]
+    return json.loads(cluster.kubectl(*args))
+
+
+def experiment_status(cluster: ClusterHandle, namespace: str, name: str) -> dict[str, Any]:
+    return dict(
+        kube_json(cluster, namespace, "bertexperiments.tempotrain.dev", name).get("status") or {}
+    )
+
+
+def conditions_by_type(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in status.get("conditions", [])}

@@ -15,7 +15,7 @@ from temporalio.client import WorkflowExecutionStatus
 from tempotrain_workers.checkpoints import latest_verified
 
 from tests.conftest import ClusterHandle, TemporalHandle
-from tests.e2e.conftest import Stack, apply, experiment
+from tests.e2e.conftest import Stack, apply, conditions_by_type, experiment, kube_json
 from tests.support import eventually
 
 pytestmark = pytest.mark.kube
@@ -61,13 +61,8 @@ async def watching(cluster: ClusterHandle, namespace: str, name: str) -> AsyncIt
             await task
 
 
-def _get(cluster: ClusterHandle, namespace: str, kind: str, name: str = "") -> Any:
-    args = ["get", kind, *([name] if name else []), "-n", namespace, "-o", "json"]
-    return json.loads(cluster.kubectl(*args))
-
-
 async def _phase(cluster: ClusterHandle, namespace: str, name: str) -> str | None:
-    return _get(cluster, namespace, RESOURCE, name).get("status", {}).get("phase")
+    return kube_json(cluster, namespace, RESOURCE, name).get("status", {}).get("phase")
 
 
 async def test_experiment_trains_evaluates_and_reports_in_status(
@@ -78,7 +73,7 @@ async def test_experiment_trains_evaluates_and_reports_in_status(
         apply(cluster, ns, experiment("sentiment", minilm_path))
 
         async def running_pods() -> list[dict[str, Any]] | None:
-            pods = _get(cluster, ns, "pods")["items"]
+            pods = kube_json(cluster, ns, "pods")["items"]
             running = [p for p in pods if p["status"].get("phase") == "Running"]
             return running if len(running) == 2 else None
 
@@ -109,10 +104,10 @@ async def test_experiment_trains_evaluates_and_reports_in_status(
     ], phases
     assert len(log.checkpoint_steps) >= 2, log.checkpoint_steps
 
-    status = _get(cluster, ns, RESOURCE, "sentiment")["status"]
+    status = kube_json(cluster, ns, RESOURCE, "sentiment")["status"]
     assert status["metrics"]["evalAccuracy"] > 0.8
     assert status["progress"]["percent"] == 100
-    conditions = {c["type"]: c for c in status["conditions"]}
+    conditions = conditions_by_type(status)
     assert conditions["WorkflowStarted"]["status"] == "True"
     assert conditions["Completed"]["reason"] == "Succeeded"
 
@@ -121,12 +116,12 @@ async def test_experiment_trains_evaluates_and_reports_in_status(
         assert column in table.splitlines()[0]
     assert "CHECKPOINT" in cluster.kubectl("get", "tempotrain", "-n", ns, "-o", "wide")
 
-    owner_uid = _get(cluster, ns, RESOURCE, "sentiment")["metadata"]["uid"]
-    for deployment in _get(cluster, ns, "deployments")["items"]:
+    owner_uid = kube_json(cluster, ns, RESOURCE, "sentiment")["metadata"]["uid"]
+    for deployment in kube_json(cluster, ns, "deployments")["items"]:
         assert deployment["metadata"]["ownerReferences"][0]["uid"] == owner_uid
         assert deployment["metadata"]["labels"]["tempotrain.dev/experiment"] == "sentiment"
         assert deployment["spec"]["replicas"] == 0  # scaled down when finished
-    claims = {c["metadata"]["name"] for c in _get(cluster, ns, "pvc")["items"]}
+    claims = {c["metadata"]["name"] for c in kube_json(cluster, ns, "pvc")["items"]}
     assert claims == {"sentiment-snapshots", "sentiment-runs"}
 
 
@@ -143,7 +138,7 @@ async def test_operator_killed_mid_training_restarts_without_duplicates(
     apply(cluster, ns, spec)
 
     async def checkpointed() -> int | None:
-        status = _get(cluster, ns, RESOURCE, "restart").get("status", {})
+        status = kube_json(cluster, ns, RESOURCE, "restart").get("status", {})
         return (status.get("latestCheckpoint") or {}).get("step")
 
     first_step = await eventually(checkpointed, within=180, what="a first checkpoint in status")
@@ -160,11 +155,11 @@ async def test_operator_killed_mid_training_restarts_without_duplicates(
         return await _phase(cluster, ns, "restart") == "Succeeded"
 
     await eventually(succeeded, within=300, what="Succeeded after the operator restart")
-    workflow_id = _get(cluster, ns, RESOURCE, "restart")["status"]["workflowId"]
+    workflow_id = kube_json(cluster, ns, RESOURCE, "restart")["status"]["workflowId"]
     runs = [w async for w in temporal.client.list_workflows(f"WorkflowId = '{workflow_id}'")]
     assert len(runs) == 1, runs
-    assert len(_get(cluster, ns, "deployments")["items"]) == 2
-    assert len(_get(cluster, ns, "pvc")["items"]) == 2
+    assert len(kube_json(cluster, ns, "deployments")["items"]) == 2
+    assert len(kube_json(cluster, ns, "pvc")["items"]) == 2
 
 
 async def test_delete_mid_training_cancels_and_honours_reclaim_policy(
@@ -183,15 +178,15 @@ async def test_delete_mid_training_cancels_and_honours_reclaim_policy(
     apply(cluster, ns, spec)
 
     async def training_with_checkpoint() -> bool:
-        status = _get(cluster, ns, RESOURCE, "doomed").get("status", {})
+        status = kube_json(cluster, ns, RESOURCE, "doomed").get("status", {})
         return status.get("phase") == "Training" and bool(status.get("latestCheckpoint"))
 
     await eventually(training_with_checkpoint, within=180, what="training with a checkpoint")
-    workflow_id = _get(cluster, ns, RESOURCE, "doomed")["status"]["workflowId"]
+    workflow_id = kube_json(cluster, ns, RESOURCE, "doomed")["status"]["workflowId"]
     cluster.kubectl("delete", RESOURCE, "doomed", "-n", ns, "--wait=false")
 
     async def gone() -> bool:
-        return not _get(cluster, ns, RESOURCE)["items"]
+        return not kube_json(cluster, ns, RESOURCE)["items"]
 
     await eventually(gone, within=30, what="the CR to be deleted")
 
@@ -202,10 +197,10 @@ async def test_delete_mid_training_cancels_and_honours_reclaim_policy(
     await eventually(cancelled, within=30, what="the workflow to be cancelled")
 
     async def collected() -> bool:
-        deployments = _get(cluster, ns, "deployments")["items"]
+        deployments = kube_json(cluster, ns, "deployments")["items"]
         claims = {
             c["metadata"]["name"]
-            for c in _get(cluster, ns, "pvc")["items"]
+            for c in kube_json(cluster, ns, "pvc")["items"]
             if not c["metadata"].get("deletionTimestamp")
         }
         return not deployments and claims == {"doomed-snapshots"}

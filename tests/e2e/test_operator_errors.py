@@ -2,26 +2,23 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import ClusterHandle, TemporalHandle
-from tests.e2e.conftest import Stack, apply, experiment
+from tests.e2e.conftest import (
+    Stack,
+    apply,
+    conditions_by_type,
+    experiment,
+    experiment_status,
+    kube_json,
+)
 from tests.support import eventually
 
 pytestmark = pytest.mark.kube
-
-
-def _status(cluster: ClusterHandle, namespace: str, name: str) -> dict[str, Any]:
-    obj = json.loads(cluster.kubectl("get", "bexp", name, "-n", namespace, "-o", "json"))
-    return dict(obj.get("status") or {})
-
-
-def _conditions(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {c["type"]: c for c in status.get("conditions", [])}
 
 
 async def test_semantically_invalid_spec_fails_with_invalid_spec_and_starts_nothing(
@@ -36,15 +33,15 @@ async def test_semantically_invalid_spec_fails_with_invalid_spec_and_starts_noth
     apply(cluster, ns, bad)
 
     async def failed() -> dict[str, Any] | None:
-        status = _status(cluster, ns, "not-ours")
+        status = experiment_status(cluster, ns, "not-ours")
         return status if status.get("phase") == "Failed" else None
 
     status = await eventually(failed, within=60, what="phase Failed")
-    condition = _conditions(status)["SpecValid"]
+    condition = conditions_by_type(status)["SpecValid"]
     assert (condition["status"], condition["reason"]) == ("False", "InvalidSpec")
     assert "existingClaim 'shared-runs'" in condition["message"]
     assert "workflowId" not in status
-    assert not json.loads(cluster.kubectl("get", "deploy", "-n", ns, "-o", "json"))["items"]
+    assert not kube_json(cluster, ns, "deploy")["items"]
     workflows = [
         w
         async for w in temporal.client.list_workflows(
@@ -57,7 +54,9 @@ async def test_semantically_invalid_spec_fails_with_invalid_spec_and_starts_noth
     apply(cluster, ns, experiment("fine", minilm_path))
 
     async def started() -> bool:
-        started = _conditions(_status(cluster, ns, "fine")).get("WorkflowStarted", {})
+        started = conditions_by_type(experiment_status(cluster, ns, "fine")).get(
+            "WorkflowStarted", {}
+        )
         return started.get("status") == "True"
 
     await eventually(started, within=60, what="the valid experiment's WorkflowStarted")
@@ -73,7 +72,9 @@ async def test_unreachable_temporal_is_a_condition_and_a_retry_not_a_crash(
     apply(cluster, ns, experiment("waiting", minilm_path))
 
     async def unavailable() -> dict[str, Any] | None:
-        condition = _conditions(_status(cluster, ns, "waiting")).get("WorkflowStarted")
+        condition = conditions_by_type(experiment_status(cluster, ns, "waiting")).get(
+            "WorkflowStarted"
+        )
         return condition if condition and condition["reason"] == "TemporalUnavailable" else None
 
     condition = await eventually(unavailable, within=60, what="a TemporalUnavailable condition")
@@ -85,7 +86,9 @@ async def test_unreachable_temporal_is_a_condition_and_a_retry_not_a_crash(
     stack.start_operator()
 
     async def recovered() -> bool:
-        started = _conditions(_status(cluster, ns, "waiting")).get("WorkflowStarted", {})
+        started = conditions_by_type(experiment_status(cluster, ns, "waiting")).get(
+            "WorkflowStarted", {}
+        )
         return started.get("status") == "True"
 
     await eventually(recovered, within=60, what="WorkflowStarted once Temporal is reachable")
