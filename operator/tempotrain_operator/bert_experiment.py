@@ -126,9 +126,8 @@ async def bertexperiment_reconcile(
     if not status.get("phase"):
         # Written now, not with the handler's patch: the workflow's own updates (Snapshotting,
         # Training) may land before the handler returns, and phase must not go back.
-        obj = await kube.get_experiment(namespace, name)
-        if obj is not None:
-            await kube.patch_status(obj, {"phase": Phase.PENDING.value, "startTime": _now()})
+        obj = await kube.BertExperimentResource(dict(body))  # the body kopf handed us: no GET
+        await kube.patch_status(obj, {"phase": Phase.PENDING.value, "startTime": _now()})
 
     workflow_id = workflow_id_for("BertExperiment", namespace, name, uid)
     request = coordinator_input(
