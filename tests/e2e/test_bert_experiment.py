@@ -47,8 +47,12 @@ class StatusLog:
 async def watching(cluster: ClusterHandle, namespace: str, name: str) -> AsyncIterator[StatusLog]:
     log = StatusLog()
 
+    # Watch from the list's resourceVersion: every later change is delivered, however long
+    # the watch takes to connect (else the first writes, e.g. Pending, can be missed).
+    since = kube_json(cluster, namespace, RESOURCE)["metadata"]["resourceVersion"]
+
     async def follow() -> None:
-        async for _, obj in cluster.api.watch(RESOURCE, namespace=namespace):
+        async for _, obj in cluster.api.watch(RESOURCE, namespace=namespace, since=since):
             if obj.name == name:
                 log.statuses.append(dict(obj.raw.get("status") or {}))
 
