@@ -58,12 +58,26 @@ go_install() { # go_install <out> <package@version>
   GOBIN="$1" go install -trimpath -ldflags "-s -w" "$2"
 }
 
+# kuberay_module <empty dir>: prints the KubeRay operator module's folder in GOMODCACHE,
+# downloading it first. Run from an empty dir, outside any module, so no go.mod of ours changes.
+kuberay_module() {
+  (cd "$1" && GOFLAGS=-mod=mod go mod download -json "github.com/ray-project/kuberay/ray-operator@v$KUBERAY_VERSION") \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])'
+}
+
 kuberay_crds() {
   local dir
-  # Outside any module, so no go.mod or go.sum of ours is touched.
-  dir="$(cd "$1" && GOFLAGS=-mod=mod go mod download -json "github.com/ray-project/kuberay/ray-operator@v$KUBERAY_VERSION" \
-    | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')"
+  dir="$(kuberay_module "$1")"
   cp "$dir"/config/crd/bases/ray.io_*.yaml "$1/"
+}
+
+# Not `go install ...@v`: that first asks the proxy for the module's version list (to look for
+# a deprecation notice), which the proxy here refuses with 403. Building inside the downloaded
+# module uses the same go.mod and go.sum, so it is the binary `go install` would make.
+build_kuberay() {
+  local dir
+  dir="$(kuberay_module "$1")"
+  (cd "$dir" && go build -trimpath -ldflags "-s -w" -o "$1/ray-operator" .)
 }
 
 build_once kubernetes "$cache/bin/kubernetes-$KUBERNETES_VERSION-$(sum_key "$here/gomod/kubernetes")" \
@@ -74,4 +88,5 @@ build_helm() { go_install "$1" "helm.sh/helm/v3/cmd/helm@v$HELM_VERSION"; }
 
 build_once kwok "$cache/bin/kwok-$KWOK_VERSION" "kwok v$KWOK_VERSION" build_kwok
 build_once helm "$cache/bin/helm-$HELM_VERSION" "helm v$HELM_VERSION" build_helm
+build_once kuberay "$cache/bin/kuberay-$KUBERAY_VERSION" "KubeRay operator v$KUBERAY_VERSION" build_kuberay
 build_once kuberay_crds "$cache/crds/kuberay-$KUBERAY_VERSION" "KubeRay CRDs v$KUBERAY_VERSION" kuberay_crds

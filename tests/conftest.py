@@ -96,16 +96,21 @@ async def temporal(temporal_address: str) -> TemporalHandle:
 def crds(cluster: ClusterHandle) -> None:
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO_ROOT / "crds"))
 
+    names = [
+        path.name.removesuffix(".yaml") for path in sorted((REPO_ROOT / "crds").glob("*.yaml"))
+    ]
+
     def established() -> bool:
-        crd = json.loads(
-            cluster.kubectl("get", "crd", "bertexperiments.tempotrain.dev", "-o", "json")
-        )
-        return any(
-            c["type"] == "Established" and c["status"] == "True"
-            for c in (crd.get("status") or {}).get("conditions") or []
+        crds = json.loads(cluster.kubectl("get", "crd", *names, "-o", "json"))["items"]
+        return len(crds) == len(names) and all(
+            any(
+                c["type"] == "Established" and c["status"] == "True"
+                for c in (crd.get("status") or {}).get("conditions") or []
+            )
+            for crd in crds
         )
 
-    wait_for(established, timeout=30, what="the BertExperiment CRD to be established")
+    wait_for(established, timeout=30, what=f"the CRDs {', '.join(names)} to be established")
 
 
 @pytest_asyncio.fixture

@@ -1,5 +1,6 @@
 """A real Kubernetes control plane on loopback: etcd, kube-apiserver, kube-controller-manager,
-kube-scheduler and kwok (fake Nodes), each a process of its own with a PID file.
+kube-scheduler, kwok (fake Nodes) and the KubeRay operator, each a process of its own with a
+PID file.
 
 Pods scheduled onto the kwok Nodes turn Running without containers; the real work is done
 by host processes polling Temporal task queues (see DESIGN.md §6).
@@ -29,8 +30,17 @@ COMPONENTS = (
     "kube-scheduler",
     "kwok",
     "provisioner",
+    "kuberay-operator",  # after its CRDs are applied (see `up`)
 )
-PORT_NAMES = ("etcd_client", "etcd_peer", "apiserver", "controller_manager", "scheduler", "kwok")
+PORT_NAMES = (
+    "etcd_client",
+    "etcd_peer",
+    "apiserver",
+    "controller_manager",
+    "scheduler",
+    "kwok",
+    "kuberay_probe",
+)
 SERVICE_CIDR = "10.96.0.0/16"
 # Fixed, not port-derived, so service-account tokens survive a restart on new ports.
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
@@ -97,10 +107,11 @@ class LocalCluster:
         ports = self._ports()
         self._write_kubeconfig(ports["apiserver"])
         for name in COMPONENTS:
+            if name == "kuberay-operator":
+                # Its watches cannot sync on kinds the server lacks (the manager gives up).
+                self._apply_kuberay_crds()
             already = self.processes[name].is_running()
-            self.processes[name].start(
-                self._argv(name, ports), env={"KUBECONFIG": str(self.kubeconfig)}
-            )
+            self.processes[name].start(self._argv(name, ports), env=self._env(name))
             self._wait_healthy(name, ports)
             log(f"cluster: {name} {'already running' if already else 'started'}")
         self._bootstrap()
@@ -125,14 +136,25 @@ class LocalCluster:
     # -- internals --------------------------------------------------------------------------
 
     def _ports(self) -> dict[str, int]:
-        """Reuse the recorded ports while any component still runs; otherwise pick free ones."""
+        """Reuse the recorded ports while any component still runs; otherwise pick free ones.
+        Names the record lacks (a component added since it was written) get free ones too."""
+        chosen: dict[str, int] = {}
         if self._ports_file.exists() and any(p.is_running() for p in self.processes.values()):
-            return dict(json.loads(self._ports_file.read_text()))
-        ports = free_ports(len(PORT_NAMES))
-        chosen = dict(zip(PORT_NAMES, ports, strict=True))
-        self._ports_file.parent.mkdir(parents=True, exist_ok=True)
-        self._ports_file.write_text(json.dumps(chosen, indent=2))
+            chosen = dict(json.loads(self._ports_file.read_text()))
+        missing = [name for name in PORT_NAMES if name not in chosen]
+        if missing:
+            chosen |= dict(zip(missing, free_ports(len(missing)), strict=True))
+            self._ports_file.parent.mkdir(parents=True, exist_ok=True)
+            self._ports_file.write_text(json.dumps(chosen, indent=2))
         return chosen
+
+    def _env(self, name: str) -> dict[str, str]:
+        env = {"KUBECONFIG": str(self.kubeconfig)}
+        if name == "kuberay-operator":
+            # Its webhooks would need serving certs and a webhook configuration; keep them off
+            # even if the calling shell exports ENABLE_WEBHOOKS=true.
+            env["ENABLE_WEBHOOKS"] = "false"
+        return env
 
     def _argv(self, name: str, ports: dict[str, int]) -> list[str]:
         pki, state, kubeconfig = self.pki, self.state_dir, str(self.kubeconfig)
@@ -224,6 +246,18 @@ class LocalCluster:
                 "tempotrain_dev.provisioner",
                 f"--root={state / 'volumes'}",
             ]
+        if name == "kuberay-operator":
+            return [
+                str(self.tools.binary("ray-operator")),
+                f"--kubeconfig={kubeconfig}",
+                # One operator per cluster: a Lease would only slow the start down.
+                "--enable-leader-election=false",
+                # Defaults are :8080 and :8082 on all interfaces, which parallel runs share.
+                "--metrics-addr=0",
+                f"--health-probe-bind-address=127.0.0.1:{ports['kuberay_probe']}",
+                "--watch-namespace=",  # every namespace: tests make their own
+                "--log-stdout-encoder=console",
+            ]
         raise ValueError(name)
 
     def _wait_healthy(self, name: str, ports: dict[str, int]) -> None:
@@ -235,6 +269,9 @@ class LocalCluster:
             "kube-scheduler": lambda: port_open(ports["scheduler"]),
             "kwok": lambda: http_ok(f"http://127.0.0.1:{ports['kwok']}/healthz"),
             "provisioner": lambda: True,  # no port; being alive is all it can show
+            "kuberay-operator": lambda: http_ok(
+                f"http://127.0.0.1:{ports['kuberay_probe']}/readyz"
+            ),
         }
 
         def healthy() -> bool:
@@ -267,16 +304,8 @@ class LocalCluster:
         )
         return result.returncode == 0 and result.stdout.strip() == "ok"
 
-    def _bootstrap(self) -> None:
-        """Fake Nodes and the KubeRay CRDs; idempotent (server-side apply)."""
-        self.kubectl(
-            "apply",
-            "--server-side",
-            "--field-manager=tempotrain-dev",
-            "-f",
-            "-",
-            input="\n---\n".join(json.dumps(_node_manifest(n)) for n in DEFAULT_NODES),
-        )
+    def _apply_kuberay_crds(self) -> None:
+        """Idempotent (server-side apply); waits until the API server serves them."""
         self.kubectl(
             "apply",
             "--server-side",
@@ -284,6 +313,35 @@ class LocalCluster:
             "--field-manager=tempotrain-dev",
             "-f",
             str(self.tools.kuberay_crds),
+        )
+        wait_for(self._kuberay_crds_established, timeout=60, what="the KubeRay CRDs")
+
+    def _kuberay_crds_established(self) -> bool:
+        wanted = {
+            path.name.removeprefix("ray.io_").removesuffix(".yaml") + ".ray.io"
+            for path in self.tools.kuberay_crds.glob("ray.io_*.yaml")
+        }
+        crds = json.loads(self.kubectl("get", "crd", "-o", "json"))["items"]
+        established = {
+            crd["metadata"]["name"]
+            for crd in crds
+            if any(
+                c["type"] == "Established" and c["status"] == "True"
+                # A CRD created a moment ago has `conditions: null`.
+                for c in (crd.get("status") or {}).get("conditions") or []
+            )
+        }
+        return wanted <= established
+
+    def _bootstrap(self) -> None:
+        """Fake Nodes; idempotent (server-side apply)."""
+        self.kubectl(
+            "apply",
+            "--server-side",
+            "--field-manager=tempotrain-dev",
+            "-f",
+            "-",
+            input="\n---\n".join(json.dumps(_node_manifest(n)) for n in DEFAULT_NODES),
         )
         wait_for(self._nodes_ready, timeout=60, what="the kwok Nodes to report Ready")
         wait_for(

@@ -13,6 +13,7 @@ class Queues:
     training: str
     eval: str
     status: str
+    ray: str | None = None  # None: the default, tempotrain-ray
 
 
 def operator_command(
@@ -36,6 +37,8 @@ def operator_command(
             "--eval-queue",
             queues.eval,
         ]
+        if queues.ray is not None:
+            argv += ["--ray-queue", queues.ray]
     return [*argv, *extra]
 
 

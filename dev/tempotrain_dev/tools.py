@@ -16,6 +16,7 @@ class Tools:
     etcd: Path
     kwok: Path
     helm: Path
+    kuberay: Path  # ray-operator
     kuberay_crds: Path
 
     @property
@@ -23,7 +24,7 @@ class Tools:
         return self.kubernetes / "kubectl"
 
     def binary(self, name: str) -> Path:
-        for directory in (self.kubernetes, self.etcd, self.kwok, self.helm):
+        for directory in (self.kubernetes, self.etcd, self.kwok, self.helm, self.kuberay):
             if (directory / name).is_file():
                 return directory / name
         raise FileNotFoundError(f"{name} is not among the built tools")

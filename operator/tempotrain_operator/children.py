@@ -1,4 +1,5 @@
-"""Pure builders of a BertExperiment's child objects: manifests in, nothing else.
+"""Pure builders of an experiment's child objects (PVCs, worker Deployments): manifests out,
+nothing else.
 
 Owner references are added by the caller (kopf.adopt), except for PVCs whose reclaim policy
 is Retain: those are deliberately left unowned so garbage collection never deletes data.
@@ -7,11 +8,13 @@ is Retain: those are deliberately left unowned so garbage collection never delet
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from tempotrain_workers.api import (
     LABEL_PREFIX,
+    RAY_QUEUE,
     BertExperimentSpec,
+    Cifar10ScalingSpec,
     ReclaimPolicy,
     VolumeSpec,
 )
@@ -22,14 +25,17 @@ GPU_RESOURCE = "nvidia.com/gpu"
 NON_ROOT_UID = 1000
 
 
+SpecT = TypeVar("SpecT", BertExperimentSpec, Cifar10ScalingSpec)
+
+
 @dataclass(frozen=True)
-class Experiment:
+class Experiment(Generic[SpecT]):
     """What the builders need to know about the custom resource."""
 
     name: str
     namespace: str
     uid: str
-    spec: BertExperimentSpec
+    spec: SpecT
 
 
 @dataclass(frozen=True)
@@ -39,9 +45,10 @@ class WorkerConfig:
     temporal_namespace: str
     training_queue: str
     eval_queue: str
+    ray_queue: str = RAY_QUEUE
 
 
-def labels(experiment: Experiment, component: str) -> dict[str, str]:
+def labels(experiment: Experiment[Any], component: str) -> dict[str, str]:
     return {
         "app.kubernetes.io/name": "tempotrain",
         "app.kubernetes.io/instance": experiment.name,
@@ -51,16 +58,18 @@ def labels(experiment: Experiment, component: str) -> dict[str, str]:
     }
 
 
-def worker_deployment_names(name: str) -> list[str]:
+def worker_deployment_names(name: str, kind: str = "BertExperiment") -> list[str]:
+    if kind == "Cifar10Scaling":
+        return [f"{name}-ray-driver"]
     return [f"{name}-training", f"{name}-eval"]
 
 
-def claim_name(experiment: Experiment, volume: str) -> str:
+def claim_name(experiment: Experiment[Any], volume: str) -> str:
     spec: VolumeSpec = getattr(experiment.spec.storage, volume)
     return spec.existing_claim or f"{experiment.name}-{volume}"
 
 
-def build_pvc(experiment: Experiment, volume: str) -> dict[str, Any] | None:
+def build_pvc(experiment: Experiment[Any], volume: str) -> dict[str, Any] | None:
     """The PVC for `snapshots` or `runs`; None when the user brings an existing claim."""
     spec: VolumeSpec = getattr(experiment.spec.storage, volume)
     if spec.existing_claim:
@@ -85,12 +94,13 @@ def build_pvc(experiment: Experiment, volume: str) -> dict[str, Any] | None:
     return pvc
 
 
-def pvc_is_owned(experiment: Experiment, volume: str) -> bool:
+def pvc_is_owned(experiment: Experiment[Any], volume: str) -> bool:
     spec: VolumeSpec = getattr(experiment.spec.storage, volume)
     return spec.reclaim_policy == ReclaimPolicy.DELETE and not spec.existing_claim
 
 
-def _volumes(experiment: Experiment) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def data_volumes(experiment: Experiment[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The snapshots and runs claims at their fixed mount points, plus a writable /tmp."""
     volumes = [
         {"name": volume, "persistentVolumeClaim": {"claimName": claim_name(experiment, volume)}}
         for volume in ("snapshots", "runs")
@@ -104,22 +114,30 @@ def _volumes(experiment: Experiment) -> tuple[list[dict[str, Any]], list[dict[st
 
 
 def build_worker_deployment(
-    experiment: Experiment, workers: WorkerConfig, role: str
+    experiment: Experiment[Any], workers: WorkerConfig, role: str
 ) -> dict[str, Any]:
-    """`training` (GPU) or `eval` (CPU: coordinator, snapshots, evaluation) worker pods."""
+    """`training` (GPU), `eval` (CPU: coordinator, snapshots, evaluation) or `ray-driver`
+    (CPU: the Cifar10Scaling workflow and the Ray Train drivers it supervises) worker pods."""
     spec = experiment.spec
     training = role == "training"
-    queue = workers.training_queue if training else workers.eval_queue
+    queue = {
+        "training": workers.training_queue,
+        "eval": workers.eval_queue,
+        "ray-driver": workers.ray_queue,
+    }[role]
     component = f"{role}-worker"
     pod_labels = labels(experiment, component)
-    volumes, mounts = _volumes(experiment)
+    volumes, mounts = data_volumes(experiment)
     resources: dict[str, Any] = {
         "requests": {
             "cpu": spec.resources.cpu if training else "1",
             "memory": spec.resources.memory if training else "4Gi",
         },
     }
-    tolerations = [t.wire() for t in spec.resources.tolerations]
+    # BertExperiment's tolerations apply to all its workers; a Cifar10Scaling's driver is a
+    # plain CPU pod (its Ray pods carry the spec's tolerations).
+    user_tolerations = spec.resources.tolerations if isinstance(spec, BertExperimentSpec) else []
+    tolerations = [t.wire() for t in user_tolerations]
     if training and spec.resources.gpus > 0:
         resources["limits"] = {GPU_RESOURCE: str(spec.resources.gpus)}
         tolerations.append({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import kopf
 import kr8s
 from kr8s.asyncio.objects import APIObject, Deployment, PersistentVolumeClaim, new_class
 from tempotrain_workers.api import API_VERSION
@@ -11,10 +12,19 @@ from tempotrain_workers.api import API_VERSION
 BertExperimentResource = new_class(
     f"BertExperiment.{API_VERSION}", namespaced=True, plural="bertexperiments"
 )
+Cifar10ScalingResource = new_class(
+    f"Cifar10Scaling.{API_VERSION}", namespaced=True, plural="cifar10scalings"
+)
+RayCluster = new_class("RayCluster.ray.io/v1", namespaced=True, plural="rayclusters")
 
+EXPERIMENT_KINDS: dict[str, type[APIObject]] = {
+    "BertExperiment": BertExperimentResource,
+    "Cifar10Scaling": Cifar10ScalingResource,
+}
 _KINDS: dict[str, type[APIObject]] = {
     "Deployment": Deployment,
     "PersistentVolumeClaim": PersistentVolumeClaim,
+    "RayCluster": RayCluster,
 }
 
 
@@ -30,6 +40,19 @@ async def create_if_absent(manifest: dict[str, Any]) -> bool:
     return True
 
 
+async def create_children(owner: kopf.Body, children: list[dict[str, Any]]) -> None:
+    """Create each child that does not exist yet; an API error retries the handler."""
+    for child in children:
+        what = f"{child['kind']} {child['metadata']['name']}"
+        try:
+            created = await create_if_absent(child)
+        except Exception as err:
+            kopf.warn(owner, reason="ChildCreateFailed", message=f"{what}: {err}")
+            raise kopf.TemporaryError(f"cannot create {what}: {err}", delay=15) from err
+        if created:
+            kopf.info(owner, reason="Created", message=what)
+
+
 async def scale_to_zero(namespace: str, names: list[str]) -> None:
     for name in names:
         try:
@@ -40,11 +63,31 @@ async def scale_to_zero(namespace: str, names: list[str]) -> None:
             await deployment.scale(0)
 
 
-async def get_experiment(namespace: str, name: str) -> APIObject | None:
+async def get_experiment(
+    namespace: str, name: str, kind: str = "BertExperiment"
+) -> APIObject | None:
+    return await get_object(kind, namespace, name, EXPERIMENT_KINDS)
+
+
+async def get_object(
+    kind: str, namespace: str, name: str, kinds: dict[str, type[APIObject]] = _KINDS
+) -> APIObject | None:
     try:
-        return await BertExperimentResource.get(name, namespace=namespace)
+        return await kinds[kind].get(name, namespace=namespace)
     except kr8s.NotFoundError:
         return None
+
+
+async def delete_if_present(kind: str, namespace: str, name: str) -> bool:
+    """Delete (background propagation: the pods go with it); True when this call deleted it."""
+    obj = await get_object(kind, namespace, name)
+    if obj is None:
+        return False
+    try:
+        await obj.delete(propagation_policy="Background")
+    except kr8s.NotFoundError:
+        return False
+    return True
 
 
 async def patch_status(obj: APIObject, status: dict[str, Any]) -> bool:

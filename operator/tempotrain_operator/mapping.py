@@ -11,14 +11,20 @@ from tempotrain_workers.api import (
     BertEvalRequest,
     BertExperimentSpec,
     BertFineTuneConfig,
+    Cifar10ScalingInput,
+    Cifar10ScalingSpec,
     CoordinatorWorkflowConfig,
     CoordinatorWorkflowInput,
     Phase,
+    RayScaleConfig,
+    ScaleOutcome,
+    ScaleResultStatus,
     StatusTarget,
     StatusUpdate,
 )
 
 KIND = "BertExperiment"
+SCALING_KIND = "Cifar10Scaling"
 
 
 def run_id_of(name: str, spec: BertExperimentSpec) -> str:
@@ -69,6 +75,32 @@ def coordinator_input(
         ),
         training_queue=training_queue,
         eval_queue=eval_queue,
+    )
+
+
+def scaling_input(
+    name: str,
+    namespace: str,
+    uid: str,
+    spec: Cifar10ScalingSpec,
+    ray_address: str,
+    status_queue: str,
+) -> Cifar10ScalingInput:
+    return Cifar10ScalingInput(
+        experiment_name=spec.experiment_name or name,
+        run_id=name,
+        scales=[RayScaleConfig.model_validate(s.model_dump()) for s in spec.scales],
+        dataset=spec.dataset.name,
+        **({"synthetic_size": spec.dataset.size} if spec.dataset.size else {}),
+        model=spec.model,
+        use_gpu=spec.use_gpu,
+        random_seed=spec.random_seed,
+        learning_rate=spec.learning_rate,
+        ray_address=ray_address,
+        max_failures=spec.max_failures,
+        status_target=StatusTarget(
+            kind=SCALING_KIND, namespace=namespace, name=name, uid=uid, queue=status_queue
+        ),
     )
 
 
@@ -140,8 +172,32 @@ def status_patch(update: StatusUpdate, current: dict[str, Any]) -> dict[str, Any
         patch["metrics"] = dict(update.metrics)
         if "numEvalExamples" in patch["metrics"]:
             patch["metrics"]["numEvalExamples"] = int(patch["metrics"]["numEvalExamples"])
+    if update.current_scale is not None:
+        patch["currentScale"] = update.current_scale
+    if update.total_scales is not None:
+        # Finished scales only ever grow: a stale update does not move `done` back.
+        reported = len(update.scale_results) if update.scale_results is not None else 0
+        done = max(reported, len(current.get("results") or []))
+        patch["done"] = f"{done}/{update.total_scales}"
+    if update.scale_results is not None and len(update.scale_results) >= len(
+        current.get("results") or []
+    ):
+        patch |= scaling_results_patch(update.scale_results)
     if update.message:
         patch["message"] = update.message
+    return patch
+
+
+def scaling_results_patch(outcomes: list[ScaleOutcome]) -> dict[str, Any]:
+    """`results[]` plus the printer columns' summary fields (a list cannot be max'ed there)."""
+    rows = [
+        ScaleResultStatus.model_validate(outcome.model_dump(mode="json")).wire()
+        for outcome in outcomes
+    ]
+    patch: dict[str, Any] = {"results": rows}
+    if outcomes:
+        patch["bestAccuracy"] = round(max(o.test_accuracy for o in outcomes), 4)
+        patch["bestSpeedup"] = round(max(o.speedup for o in outcomes), 3)
     return patch
 
 

@@ -6,7 +6,7 @@ import argparse
 import os
 from dataclasses import dataclass
 
-from tempotrain_workers.api import EVAL_QUEUE, OPERATOR_QUEUE, TRAINING_QUEUE
+from tempotrain_workers.api import EVAL_QUEUE, OPERATOR_QUEUE, RAY_QUEUE, TRAINING_QUEUE
 
 DEFAULT_WORKER_IMAGE = "ghcr.io/tempotrain/workers:0.1.0"
 
@@ -27,6 +27,11 @@ class OperatorSettings:
     per_experiment_queues: bool
     liveness_endpoint: str | None
     resync_seconds: float
+    ray_queue: str = RAY_QUEUE
+    # Where Ray drivers run when the operator created the RayCluster; None: the cluster's own
+    # Ray Jobs API. The local platform says `local`: its RayCluster pods are kwok's, so the
+    # host worker starts a Ray of its own.
+    ray_address: str | None = None
 
     def queues_for(self, uid: str) -> tuple[str, str]:
         """(training, eval) queues of one experiment. Per-experiment queues keep a worker pod
@@ -35,6 +40,9 @@ class OperatorSettings:
         if not self.per_experiment_queues:
             return self.training_queue, self.eval_queue
         return f"{self.training_queue}-{uid[:8]}", f"{self.eval_queue}-{uid[:8]}"
+
+    def ray_queue_for(self, uid: str) -> str:
+        return f"{self.ray_queue}-{uid[:8]}" if self.per_experiment_queues else self.ray_queue
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -72,6 +80,13 @@ def parse_settings(argv: list[str] | None = None) -> OperatorSettings:
         "--training-queue", default=_env("TEMPOTRAIN_TRAINING_QUEUE", TRAINING_QUEUE)
     )
     parser.add_argument("--eval-queue", default=_env("TEMPOTRAIN_EVAL_QUEUE", EVAL_QUEUE))
+    parser.add_argument("--ray-queue", default=_env("TEMPOTRAIN_RAY_QUEUE", RAY_QUEUE))
+    parser.add_argument(
+        "--ray-address",
+        default=_env("TEMPOTRAIN_RAY_ADDRESS"),
+        help="Ray address handed to Cifar10Scaling workflows instead of their RayCluster's "
+        "(`local`: each driver starts a Ray on its worker's machine; for the local platform)",
+    )
     parser.add_argument(
         "--per-experiment-queues",
         action="store_true",
@@ -104,4 +119,6 @@ def parse_settings(argv: list[str] | None = None) -> OperatorSettings:
         per_experiment_queues=args.per_experiment_queues,
         liveness_endpoint=args.liveness_endpoint,
         resync_seconds=args.resync_seconds,
+        ray_queue=args.ray_queue,
+        ray_address=args.ray_address,
     )

@@ -18,6 +18,7 @@ from tempotrain_workers.api import PUBLISH_STATUS_ACTIVITY, TERMINAL_PHASES, Pha
 
 from tempotrain_operator import conditions, kube
 from tempotrain_operator.children import worker_deployment_names
+from tempotrain_operator.cifar10_scaling import release_resources
 from tempotrain_operator.mapping import status_patch
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,10 @@ log = logging.getLogger(__name__)
 @activity.defn(name=PUBLISH_STATUS_ACTIVITY)
 async def publish_status(update: StatusUpdate) -> None:
     target = update.target
-    experiment = await kube.get_experiment(target.namespace, target.name)
+    if target.kind not in kube.EXPERIMENT_KINDS:
+        activity.logger.warning("status for unknown kind %s dropped", target.kind)
+        return
+    experiment = await kube.get_experiment(target.namespace, target.name, target.kind)
     if experiment is None or (target.uid and experiment.raw["metadata"].get("uid") != target.uid):
         activity.logger.info(
             "%s/%s is gone; dropping its status update", target.namespace, target.name
@@ -35,20 +39,29 @@ async def publish_status(update: StatusUpdate) -> None:
     raw: dict[str, Any] = dict(experiment.raw)
     status: dict[str, Any] = dict(raw.get("status") or {})
     patch = status_patch(update, status)
-    if update.phase in TERMINAL_PHASES and "phase" in patch:
+    finished = update.phase in TERMINAL_PHASES and "phase" in patch
+    if finished:
         succeeded = update.phase == Phase.SUCCEEDED
         patch["conditions"] = conditions.upsert(
             status.get("conditions"),
             "Completed",
             True,
             "Succeeded" if succeeded else "WorkflowFailed",
-            update.message or ("training and evaluation finished" if succeeded else "failed"),
+            update.message or ("the experiment finished" if succeeded else "failed"),
             raw["metadata"].get("generation"),
         )
     if patch:
         await kube.patch_status(experiment, patch)
-    if "phase" in patch and update.phase in TERMINAL_PHASES:
-        await kube.scale_to_zero(target.namespace, worker_deployment_names(target.name))
+    if finished:
+        await _release(target.kind, target.namespace, target.name, dict(raw.get("spec") or {}))
+
+
+async def _release(kind: str, namespace: str, name: str, spec: dict[str, Any]) -> None:
+    """A finished experiment holds no compute: workers scaled to 0, RayCluster per policy."""
+    if kind == "Cifar10Scaling":
+        await release_resources(namespace, name, spec)
+    else:
+        await kube.scale_to_zero(namespace, worker_deployment_names(name, kind))
 
 
 async def run_status_sink(client_factory: Any, queue: str, stop: asyncio.Event) -> None:

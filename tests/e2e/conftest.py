@@ -50,6 +50,9 @@ class Stack:
                 self.queues,
                 "--worker-image",
                 "tempotrain/workers:test",
+                # RayCluster pods are kwok's here: Ray drivers start a Ray on the host.
+                "--ray-address",
+                "local",
             ),
         )
 
@@ -58,7 +61,7 @@ class Stack:
             "worker",
             worker_command(
                 self.temporal_address,
-                [self.queues.training, self.queues.eval],
+                [self.queues.training, self.queues.eval, str(self.queues.ray)],
                 self.snapshots,
                 self.runs,
             ),
@@ -103,7 +106,12 @@ def stack(
         kubeconfig=cluster.kubeconfig,
         temporal_address=temporal_address,
         root=tmp_path,
-        queues=Queues(training=f"train-{suffix}", eval=f"eval-{suffix}", status=f"op-{suffix}"),
+        queues=Queues(
+            training=f"train-{suffix}",
+            eval=f"eval-{suffix}",
+            status=f"op-{suffix}",
+            ray=f"ray-{suffix}",
+        ),
     )
     write_sentiment_jsonl(result.snapshots / "datasets" / "sentiment.jsonl", 400)
     result.start_operator()
@@ -144,10 +152,10 @@ def kube_json(cluster: ClusterHandle, namespace: str, kind: str, name: str = "")
     return json.loads(cluster.kubectl(*args))
 
 
-def experiment_status(cluster: ClusterHandle, namespace: str, name: str) -> dict[str, Any]:
-    return dict(
-        kube_json(cluster, namespace, "bertexperiments.tempotrain.dev", name).get("status") or {}
-    )
+def experiment_status(
+    cluster: ClusterHandle, namespace: str, name: str, kind: str = "bertexperiments"
+) -> dict[str, Any]:
+    return dict(kube_json(cluster, namespace, f"{kind}.tempotrain.dev", name).get("status") or {})
 
 
 def conditions_by_type(status: dict[str, Any]) -> dict[str, dict[str, Any]]:

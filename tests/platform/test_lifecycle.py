@@ -54,5 +54,5 @@ def test_second_tool_build_is_all_cache_hits() -> None:
     )
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.startswith("[build-tools]")]
-    assert len(lines) == 5, result.stderr
+    assert len(lines) == 6, result.stderr
     assert all("cache hit" in line for line in lines), result.stderr

@@ -16,8 +16,8 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
-from tempotrain_workers.activities import BertActivities, StorageRoots
-from tempotrain_workers.api import TRAINING_QUEUE
+from tempotrain_workers.activities import BertActivities, RayScalingActivities, StorageRoots
+from tempotrain_workers.api import RAY_QUEUE, TRAINING_QUEUE
 from tempotrain_workers.settings import WorkerSettings, parse_worker_settings
 from tempotrain_workers.workflows import ALL_WORKFLOWS
 
@@ -30,15 +30,16 @@ async def run_workers(settings: WorkerSettings, stop: asyncio.Event) -> None:
     )
     settings.snapshots_root.mkdir(parents=True, exist_ok=True)
     settings.runs_root.mkdir(parents=True, exist_ok=True)
-    activities = BertActivities(StorageRoots(settings.snapshots_root, settings.runs_root))
+    roots = StorageRoots(settings.snapshots_root, settings.runs_root)
+    activities = [*BertActivities(roots).all(), *RayScalingActivities(roots).all()]
     workers = [
         Worker(
             client,
             task_queue=queue,
             workflows=ALL_WORKFLOWS,
-            activities=activities.all(),
+            activities=activities,
             max_concurrent_activities=settings.max_concurrent_activities
-            or (1 if queue == TRAINING_QUEUE else 8),
+            or (1 if queue.startswith((TRAINING_QUEUE, RAY_QUEUE)) else 8),
             graceful_shutdown_timeout=timedelta(seconds=0),
             # Cancellation reaches an activity on a heartbeat reply: keep that within seconds,
             # so a deleted experiment stops (and checkpoints) promptly.

@@ -19,6 +19,8 @@ from tempotrain_workers.api import (
     BertInferenceResult,
     DatasetSnapshotRequest,
     DatasetSnapshotResult,
+    ScaleTrainRequest,
+    ScaleTrainResult,
 )
 
 
@@ -81,3 +83,25 @@ class BertActivities:
             self.run_bert_evaluation,
             self.run_bert_inference,
         ]
+
+
+class RayScalingActivities:
+    """CIFAR-10 scaling on Ray; datasets are cached under `<snapshots>/datasets`."""
+
+    def __init__(self, roots: StorageRoots) -> None:
+        self.roots = roots
+
+    @activity.defn(name="train_cifar10_scale")
+    async def train_cifar10_scale(self, request: ScaleTrainRequest) -> ScaleTrainResult:
+        from tempotrain_workers.scale_supervisor import ScaleSupervisor
+
+        runs = Path(request.runs_root) if request.runs_root else self.roots.runs
+        datasets = (
+            Path(request.datasets_root)
+            if request.datasets_root
+            else self.roots.snapshots / "datasets"
+        )
+        return await ScaleSupervisor(request, runs, datasets).run()
+
+    def all(self) -> list[Callable[..., Any]]:
+        return [self.train_cifar10_scale]

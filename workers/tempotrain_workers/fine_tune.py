@@ -7,8 +7,6 @@ snapshot hash matches. The workflow's `resume_from` is only a hint; the director
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
 import json
 import logging
 import os
@@ -30,18 +28,12 @@ from tempotrain_workers.api import (
 )
 from tempotrain_workers.checkpoints import latest_verified
 from tempotrain_workers.errors import non_retryable
+from tempotrain_workers.subprocesses import die_with_parent
 from tempotrain_workers.trainer_main import EVENT_PREFIX, EXIT_BAD_INPUT, EXIT_STOPPED, TrainerJob
 
 log = logging.getLogger(__name__)
 GRACEFUL_STOP_SECONDS = 120
 PROGRESS_SIGNAL_EVERY = timedelta(seconds=15)  # keeps workflow history small on long runs
-
-
-def _die_with_parent() -> None:
-    # Linux: if the worker is SIGKILLed, the trainer gets SIGKILL too instead of training on
-    # as an orphan that keeps writing checkpoints into the run directory.
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def trainer_command(job_file: Path) -> list[str]:
@@ -103,7 +95,7 @@ class TrainerSupervisor:
                 *command,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=stderr,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
                 env={**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"},
             )
         heartbeats = asyncio.create_task(self._heartbeat_forever())

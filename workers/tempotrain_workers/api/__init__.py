@@ -1,9 +1,13 @@
 """The one contract shared by the operator, the workflows and the tests (DESIGN.md §2).
 
-`contract`: workflow and activity inputs/results, queue names, id helpers.
-`resources`: the custom resources' spec and status models, from which the CRDs are generated.
-Pydantic only: no ML imports, no I/O.
+`contract`: BERT workflow and activity inputs/results, status updates, queue names, id helpers.
+`scaling`: the CIFAR-10 Ray scaling workflow's inputs/results.
+`resources`, `scaling_resources`: the custom resources' spec and status models, from which
+the CRDs are generated. Pydantic only: no ML imports, no I/O.
 """
 
+from tempotrain_workers.api.base import *  # noqa: F403
 from tempotrain_workers.api.contract import *  # noqa: F403
 from tempotrain_workers.api.resources import *  # noqa: F403
+from tempotrain_workers.api.scaling import *  # noqa: F403
+from tempotrain_workers.api.scaling_resources import *  # noqa: F403

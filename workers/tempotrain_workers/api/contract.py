@@ -8,30 +8,27 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import ConfigDict, Field, model_validator
+
+from tempotrain_workers.api.base import (
+    Contract,
+    RunId,
+    StatusTarget,
+)
+from tempotrain_workers.api.scaling import ScaleOutcome
 
 # -- task queues (DESIGN.md §1) ---------------------------------------------------------------
 TRAINING_QUEUE = "tempotrain-training"  # GPU: fine-tuning
 EVAL_QUEUE = "tempotrain-eval"  # CPU: coordinator, evaluation, snapshots, inference
 RAY_QUEUE = "tempotrain-ray"
-OPERATOR_QUEUE = "tempotrain-operator"  # status sink hosted by the operator
 
 PUBLISH_STATUS_ACTIVITY = "publish_status"
 
-# A DNS-1123 label: usable as a directory name, a label value and part of a workflow id,
-# and never a path (no "/", no "..").
-DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-RunId = Annotated[str, StringConstraints(pattern=DNS_LABEL_PATTERN, min_length=1, max_length=63)]
 
 DEFAULT_MODEL = "bert-base-uncased"
 DEFAULT_DATASET = "glue"
 DEFAULT_DATASET_CONFIG = "sst2"
-
-
-class Contract(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 # -- checkpoints ------------------------------------------------------------------------------
@@ -128,17 +125,6 @@ class BertFineTuneConfig(Contract):
         )
 
 
-class StatusTarget(Contract):
-    """The custom resource whose `.status` a workflow reports to (via the operator)."""
-
-    api_version: str = "tempotrain.dev/v1alpha1"
-    kind: str
-    namespace: str
-    name: str
-    uid: str | None = None
-    queue: str = OPERATOR_QUEUE  # where the operator hosts publish_status
-
-
 class Phase(StrEnum):
     PENDING = "Pending"
     SNAPSHOTTING = "Snapshotting"
@@ -168,6 +154,10 @@ class StatusUpdate(Contract):
     checkpoints_saved: int | None = None
     progress: Progress | None = None
     metrics: dict[str, float] | None = None
+    # Cifar10Scaling: the scale running now (1-based) out of how many, and the finished ones.
+    current_scale: int | None = Field(default=None, ge=1)
+    total_scales: int | None = Field(default=None, ge=1)
+    scale_results: list[ScaleOutcome] | None = None
     message: str | None = None
     at: datetime
 
@@ -289,6 +279,7 @@ class ErrorType(StrEnum):
     MODEL_NOT_FOUND = "ModelNotFound"
     RUN_NOT_FOUND = "RunNotFound"
     DEPENDENCY_MISSING = "DependencyMissing"
+    RAY_UNAVAILABLE = "RayUnavailable"
 
 
 NON_RETRYABLE_ERRORS = [str(e) for e in ErrorType]

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
+from tempotrain_workers.api.base import DNS_LABEL_PATTERN
 from tempotrain_workers.api.resources import (
     CATEGORY,
     GROUP,
@@ -26,6 +27,7 @@ from tempotrain_workers.api.resources import (
     BertExperimentSpec,
     BertExperimentStatus,
 )
+from tempotrain_workers.api.scaling_resources import Cifar10ScalingSpec, Cifar10ScalingStatus
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 CRD_DIR = REPO_ROOT / "crds"
@@ -148,6 +150,20 @@ def crd(kind: Kind) -> dict[str, Any]:
     }
 
 
+# The name becomes the run id (a directory), a label value and part of child names: a DNS
+# label, short enough for the suffixes children add (`-ray-head-svc`, `-snapshots`, ...).
+NAME_RULES = [
+    {
+        "rule": "self.metadata.name.size() <= 40",
+        "message": "metadata.name must be at most 40 characters (children append suffixes)",
+    },
+    {
+        "rule": f"self.metadata.name.matches('{DNS_LABEL_PATTERN}')",
+        "message": "metadata.name must be a DNS label (a-z, 0-9, '-'): it names the run",
+    },
+]
+
+
 def _column(name: str, type_: str, path: str, priority: int = 0, **extra: str) -> dict[str, Any]:
     column: dict[str, Any] = {"name": name, "type": type_, "jsonPath": path, **extra}
     if priority:
@@ -170,14 +186,25 @@ BERT_EXPERIMENT = Kind(
         _column("Age", "date", ".metadata.creationTimestamp"),
         _column("Checkpoint", "string", ".status.latestCheckpoint.path", priority=1),
     ],
-    root_rules=[
-        {
-            "rule": "self.metadata.name.size() <= 40",
-            "message": "metadata.name must be at most 40 characters (children append suffixes)",
-        }
-    ],
+    root_rules=NAME_RULES,
 )
-KINDS = [BERT_EXPERIMENT]
+CIFAR10_SCALING = Kind(
+    kind="Cifar10Scaling",
+    plural="cifar10scalings",
+    short_name="c10s",
+    spec=Cifar10ScalingSpec,
+    status=Cifar10ScalingStatus,
+    printer_columns=[
+        _column("Phase", "string", ".status.phase"),
+        _column("Done", "string", ".status.done", description="finished scales: n/total"),
+        _column("Best Accuracy", "number", ".status.bestAccuracy"),
+        _column("Best Speedup", "number", ".status.bestSpeedup"),
+        _column("Age", "date", ".metadata.creationTimestamp"),
+        _column("Ray", "string", ".status.rayCluster", priority=1),
+    ],
+    root_rules=NAME_RULES,
+)
+KINDS = [BERT_EXPERIMENT, CIFAR10_SCALING]
 
 
 def render(kind: Kind) -> str:

@@ -14,12 +14,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasGenerator, BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
 
-from tempotrain_workers.api.contract import (
-    DEFAULT_DATASET,
-    DEFAULT_DATASET_CONFIG,
-    DNS_LABEL_PATTERN,
-    Phase,
-)
+from tempotrain_workers.api.base import DNS_LABEL_PATTERN
+from tempotrain_workers.api.contract import DEFAULT_DATASET, DEFAULT_DATASET_CONFIG, Phase
 
 GROUP = "tempotrain.dev"
 VERSION = "v1alpha1"

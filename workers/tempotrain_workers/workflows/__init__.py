@@ -2,6 +2,7 @@
 
 from tempotrain_workers.workflows.coordinator import CoordinatorWorkflow
 from tempotrain_workers.workflows.evaluation import BertEvalWorkflow, BertInferenceWorkflow
+from tempotrain_workers.workflows.scaling import Cifar10ScalingWorkflow
 from tempotrain_workers.workflows.training import CheckpointedBertTrainingWorkflow
 
 ALL_WORKFLOWS = [
@@ -9,6 +10,7 @@ ALL_WORKFLOWS = [
     BertEvalWorkflow,
     BertInferenceWorkflow,
     CoordinatorWorkflow,
+    Cifar10ScalingWorkflow,
 ]
 
 __all__ = [
@@ -16,5 +18,6 @@ __all__ = [
     "BertEvalWorkflow",
     "BertInferenceWorkflow",
     "CheckpointedBertTrainingWorkflow",
+    "Cifar10ScalingWorkflow",
     "CoordinatorWorkflow",
 ]

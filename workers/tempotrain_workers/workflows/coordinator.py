@@ -22,7 +22,7 @@ with workflow.unsafe.imports_passed_through():
         Phase,
     )
     from tempotrain_workers.workflows.evaluation import BertEvalWorkflow
-    from tempotrain_workers.workflows.status import StatusReporter
+    from tempotrain_workers.workflows.status import StatusReporter, root_message
     from tempotrain_workers.workflows.training import CheckpointedBertTrainingWorkflow
 
 
@@ -40,7 +40,7 @@ class CoordinatorWorkflow:
                 *(self._train_and_evaluate(i, c, request) for i, c in enumerate(request.configs))
             )
         except (ActivityError, ChildWorkflowError) as err:
-            self._status.update(phase=Phase.FAILED, message=_root_message(err))
+            self._status.update(phase=Phase.FAILED, message=root_message(err))
             await self._status.flush()
             raise
         first = runs[0]
@@ -87,9 +87,3 @@ def _metrics(training: BertFineTuneResult, evaluation: BertEvalResult) -> dict[s
     if training.train_loss is not None:
         metrics["trainLoss"] = training.train_loss
     return metrics
-
-
-def _root_message(err: BaseException) -> str:
-    while err.__cause__ is not None:
-        err = err.__cause__
-    return str(err)

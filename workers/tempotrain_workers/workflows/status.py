@@ -26,7 +26,7 @@ with workflow.unsafe.imports_passed_through():
 
 MIN_INTERVAL = timedelta(seconds=3)  # progress-only updates
 URGENT_INTERVAL = timedelta(seconds=1)  # a phase change or a new checkpoint
-URGENT_FIELDS = frozenset({"phase", "latest_checkpoint", "message"})
+URGENT_FIELDS = frozenset({"phase", "latest_checkpoint", "message", "scale_results"})
 
 
 class StatusReporter:
@@ -90,3 +90,10 @@ class StatusReporter:
             finally:
                 self._sending = False
                 self._last_sent = workflow.now()
+
+
+def root_message(err: BaseException) -> str:
+    """The innermost cause's message: what actually went wrong, for `.status.message`."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return str(err)

@@ -1,0 +1,286 @@
+"""kopf handlers for Cifar10Scaling: volumes, the Ray driver worker, one RayCluster sized for
+the largest scale (owned by the CR), then the scaling workflow once the cluster is ready."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+from temporalio.client import Client, WorkflowExecutionStatus
+from tempotrain_workers.api import (
+    GROUP,
+    TERMINAL_PHASES,
+    VERSION,
+    Cifar10ScalingResult,
+    Cifar10ScalingSpec,
+    CompletionPolicy,
+    Phase,
+    workflow_id_for,
+)
+
+from tempotrain_operator import kube
+from tempotrain_operator.children import (
+    Experiment,
+    WorkerConfig,
+    build_pvc,
+    build_worker_deployment,
+    pvc_is_owned,
+    worker_deployment_names,
+)
+from tempotrain_operator.lifecycle import (
+    cancel_workflow,
+    namespaced,
+    now,
+    reject_spec,
+    set_condition,
+    start_workflow_once,
+    validation_problems,
+)
+from tempotrain_operator.mapping import scaling_input, scaling_results_patch
+from tempotrain_operator.ray_children import (
+    build_ray_cluster,
+    is_ready,
+    jobs_address,
+    ray_cluster_name,
+)
+from tempotrain_operator.runtime import Runtime
+
+KIND = "Cifar10Scaling"
+PLURAL = "cifar10scalings"
+RAY_POLL_SECONDS = 2.0
+
+
+def semantic_errors(spec: Cifar10ScalingSpec) -> list[str]:
+    """Rules the schema cannot state (or that must hold even if the CRD is old)."""
+    errors = []
+    if not spec.use_gpu and any(s.gpus_per_worker for s in spec.scales):
+        errors.append("a scale sets gpusPerWorker > 0 but useGpu is false")
+    for volume in ("snapshots", "runs"):
+        claim = getattr(spec.storage, volume)
+        if claim.existing_claim and claim.reclaim_policy.value == "Delete":
+            errors.append(
+                f"storage.{volume}: reclaimPolicy Delete cannot apply to "
+                f"existingClaim {claim.existing_claim!r} (not ours to delete)"
+            )
+    return errors
+
+
+def _validated(spec: kopf.Spec) -> tuple[Cifar10ScalingSpec | None, str]:
+    try:
+        model = Cifar10ScalingSpec.model_validate(dict(spec))
+    except ValidationError as err:
+        return None, validation_problems(err)
+    problems = semantic_errors(model)
+    return (None, "; ".join(problems)) if problems else (model, "")
+
+
+async def release_resources(namespace: str, name: str, spec: dict[str, Any]) -> None:
+    """At the end: scale the driver worker to 0 and, unless kept, delete the RayCluster."""
+    await kube.scale_to_zero(namespace, worker_deployment_names(name, KIND))
+    policy = (spec.get("ray") or {}).get("onCompletion", CompletionPolicy.DELETE.value)
+    if policy == CompletionPolicy.DELETE.value:
+        await kube.delete_if_present("RayCluster", namespace, ray_cluster_name(name))
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+async def cifar10scaling_reconcile(
+    body: kopf.Body,
+    spec: kopf.Spec,
+    meta: kopf.Meta,
+    status: kopf.Status,
+    name: str,
+    namespace: str | None,
+    uid: str,
+    patch: kopf.Patch,
+    logger: kopf.Logger,
+    memo: kopf.Memo,
+    started: datetime,
+    **_: Any,
+) -> None:
+    runtime: Runtime = memo.runtime
+    namespace = namespaced(namespace, KIND)
+    if status.get("phase") in TERMINAL_PHASES:
+        await release_resources(namespace, name, dict(spec))
+        return  # terminal stays terminal
+    model, problem = _validated(spec)
+    if model is None:
+        reject_spec(body, patch, status, meta, problem)
+        return
+    experiment = Experiment(name=name, namespace=namespace, uid=uid, spec=model)
+    ray_queue = runtime.settings.ray_queue_for(uid)
+    await _ensure_children(body, experiment, runtime, ray_queue)
+
+    if not status.get("phase"):
+        # Written now: the workflow's own updates may land before this handler returns.
+        obj = await kube.Cifar10ScalingResource(dict(body))
+        pending = {
+            "phase": Phase.PENDING.value,
+            "startTime": now(),
+            "done": f"0/{len(model.scales)}",
+        }
+        if not model.ray.address:
+            pending["rayCluster"] = ray_cluster_name(name)
+        await kube.patch_status(obj, pending)
+
+    address = await _ray_address(experiment, runtime, patch, status, meta, started)
+    if address is None:
+        return  # gave up waiting: Failed with the reason in RayClusterReady
+    patch.status["rayAddress"] = address
+    await start_workflow_once(
+        runtime,
+        "Cifar10ScalingWorkflow",
+        scaling_input(name, namespace, uid, model, address, runtime.settings.status_queue),
+        workflow_id_for(KIND, namespace, name, uid),
+        ray_queue,
+        body=body,
+        patch=patch,
+        status=status,
+        meta=meta,
+        logger=logger,
+    )
+    patch.status["runId"] = name
+
+
+async def _ray_address(
+    experiment: Experiment[Cifar10ScalingSpec],
+    runtime: Runtime,
+    patch: kopf.Patch,
+    status: kopf.Status,
+    meta: kopf.Meta,
+    started: datetime,
+) -> str | None:
+    """Where the workflow finds Ray: the spec's address, else our RayCluster once it is ready
+    (kopf retries this handler while it is not; bounded by ray.readyTimeoutSeconds)."""
+    ray = experiment.spec.ray
+    if ray.address:
+        return ray.address
+    cluster_name = ray_cluster_name(experiment.name)
+    cluster = await kube.get_object("RayCluster", experiment.namespace, cluster_name)
+    raw = dict(cluster.raw) if cluster is not None else {}
+    if not is_ready(raw):
+        state = (raw.get("status") or {}).get("state") or "not reported yet"
+        waited = (datetime.now(UTC) - started).total_seconds()
+        if waited > ray.ready_timeout_seconds:
+            message = (
+                f"RayCluster {cluster_name} not ready after {ray.ready_timeout_seconds}s "
+                f"(state: {state}); is the KubeRay operator running?"
+            )
+            patch.status["phase"] = Phase.FAILED.value
+            patch.status["message"] = message
+            patch.status["completionTime"] = now()
+            set_condition(patch, status, meta, "RayClusterReady", False, "Timeout", message)
+            return None
+        set_condition(
+            patch,
+            status,
+            meta,
+            "RayClusterReady",
+            False,
+            "Provisioning",
+            f"waiting for RayCluster {cluster_name} (state: {state})",
+        )
+        raise kopf.TemporaryError(f"RayCluster {cluster_name} not ready", delay=RAY_POLL_SECONDS)
+    set_condition(
+        patch, status, meta, "RayClusterReady", True, "Ready", f"RayCluster {cluster_name} ready"
+    )
+    return runtime.settings.ray_address or jobs_address(experiment.name, experiment.namespace)
+
+
+async def _ensure_children(
+    body: kopf.Body,
+    experiment: Experiment[Cifar10ScalingSpec],
+    runtime: Runtime,
+    ray_queue: str,
+) -> None:
+    settings = runtime.settings
+    workers = WorkerConfig(
+        image=settings.worker_image,
+        temporal_address=settings.temporal_address,
+        temporal_namespace=settings.temporal_namespace,
+        training_queue=settings.training_queue,
+        eval_queue=settings.eval_queue,
+        ray_queue=ray_queue,
+    )
+    children: list[dict[str, Any]] = []
+    for volume in ("snapshots", "runs"):
+        pvc = build_pvc(experiment, volume)
+        if pvc is not None:
+            if pvc_is_owned(experiment, volume):
+                kopf.append_owner_reference(pvc, owner=body)
+            children.append(pvc)
+    driver = build_worker_deployment(experiment, workers, "ray-driver")
+    kopf.append_owner_reference(driver, owner=body)
+    children.append(driver)
+    if not experiment.spec.ray.address:
+        cluster = build_ray_cluster(experiment, settings.worker_image)
+        kopf.append_owner_reference(cluster, owner=body)
+        children.append(cluster)
+    await kube.create_children(body, children)
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL)
+async def cifar10scaling_delete(
+    status: kopf.Status, logger: kopf.Logger, memo: kopf.Memo, **_: Any
+) -> None:
+    """Cancel the workflow (the driver stops Ray Train); the RayCluster goes by ownership."""
+    await cancel_workflow(status, memo.runtime, logger)
+
+
+async def cifar10scaling_resync(
+    spec: kopf.Spec,
+    status: kopf.Status,
+    name: str,
+    namespace: str | None,
+    patch: kopf.Patch,
+    memo: kopf.Memo,
+    logger: kopf.Logger,
+    **_: Any,
+) -> None:
+    """Re-derive a finished workflow's outcome (heals missed pushes); release resources."""
+    workflow_id = status.get("workflowId")
+    if not workflow_id or status.get("phase") in TERMINAL_PHASES:
+        return
+    runtime: Runtime = memo.runtime
+    try:
+        derived = await derive_status(await runtime.client(), workflow_id)
+    except Exception as err:  # best effort; the next tick tries again
+        logger.warning("resync of %s skipped: %s", workflow_id, err)
+        return
+    for key, value in derived.items():
+        patch.status[key] = value
+    if derived.get("phase") in TERMINAL_PHASES:
+        await release_resources(namespaced(namespace, KIND), name, dict(spec))
+
+
+def register_resync(interval: float) -> None:
+    kopf.timer(
+        GROUP,
+        VERSION,
+        PLURAL,
+        interval=interval,
+        initial_delay=interval / 2,
+        idle=min(10.0, interval),
+    )(cifar10scaling_resync)
+
+
+async def derive_status(client: Client, workflow_id: str) -> dict[str, Any]:
+    handle = client.get_workflow_handle(workflow_id, result_type=Cifar10ScalingResult)
+    state = (await handle.describe()).status
+    if state == WorkflowExecutionStatus.RUNNING:
+        return {}
+    if state == WorkflowExecutionStatus.COMPLETED:
+        result = await handle.result()
+        return {
+            "phase": Phase.SUCCEEDED.value,
+            "completionTime": now(),
+            "done": f"{len(result.scales)}/{len(result.scales)}",
+            **scaling_results_patch(result.scales),
+        }
+    return {
+        "phase": Phase.FAILED.value,
+        "completionTime": now(),
+        "message": f"workflow {workflow_id} ended {state.name if state else 'unknown'}",
+    }

@@ -1,0 +1,135 @@
+"""What every experiment kind's handlers do the same way: conditions, the idempotent workflow
+start, and cancel-on-delete."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+from pydantic import BaseModel, ValidationError
+from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+
+from tempotrain_operator import conditions
+from tempotrain_operator.runtime import Runtime
+
+CANCEL_WAIT_SECONDS = 20.0
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def set_condition(
+    patch: kopf.Patch,
+    status: kopf.Status,
+    meta: kopf.Meta,
+    type_: str,
+    ok: bool,
+    reason: str,
+    message: str,
+) -> None:
+    current = patch.status.get("conditions") or status.get("conditions")
+    patch.status["conditions"] = conditions.upsert(
+        current, type_, ok, reason, message, meta.get("generation")
+    )
+
+
+def namespaced(namespace: str | None, kind: str) -> str:
+    if namespace is None:  # the CRDs are namespaced; kopf types it optional for cluster kinds
+        raise kopf.PermanentError(f"a {kind} must have a namespace")
+    return namespace
+
+
+def validation_problems(err: ValidationError) -> str:
+    return "; ".join(f"spec.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+
+
+def reject_spec(
+    body: kopf.Body, patch: kopf.Patch, status: kopf.Status, meta: kopf.Meta, problem: str
+) -> None:
+    """Permanent: Failed with an InvalidSpec condition; no workflow, no retries, no crash loop."""
+    patch.status["phase"] = "Failed"
+    patch.status["message"] = problem
+    set_condition(patch, status, meta, "SpecValid", False, "InvalidSpec", problem)
+    kopf.warn(body, reason="InvalidSpec", message=problem)
+
+
+async def start_workflow_once(
+    runtime: Runtime,
+    workflow: str,
+    request: BaseModel,
+    workflow_id: str,
+    queue: str,
+    *,
+    body: kopf.Body,
+    patch: kopf.Patch,
+    status: kopf.Status,
+    meta: kopf.Meta,
+    logger: kopf.Logger,
+) -> None:
+    """Start (or find running) the one workflow of this CR; a closed one is never rerun."""
+    try:
+        client = await runtime.client()
+        await client.start_workflow(
+            workflow,
+            request,
+            id=workflow_id,
+            task_queue=queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        )
+    except WorkflowAlreadyStartedError:
+        # Closed already (it finished while the operator was away): never run it twice; the
+        # resync timer derives the final status from it.
+        logger.info("workflow %s already ran to completion", workflow_id)
+    except Exception as err:  # unreachable Temporal: say so, back off, try again
+        set_condition(
+            patch,
+            status,
+            meta,
+            "WorkflowStarted",
+            False,
+            "TemporalUnavailable",
+            f"cannot start {workflow_id}: {err}",
+        )
+        raise kopf.TemporaryError(f"Temporal unavailable: {err}", delay=10) from err
+    patch.status["workflowId"] = workflow_id
+    patch.status["observedGeneration"] = meta.get("generation")
+    set_condition(patch, status, meta, "SpecValid", True, "Valid", "spec accepted")
+    set_condition(
+        patch,
+        status,
+        meta,
+        "WorkflowStarted",
+        True,
+        "WorkflowStarted",
+        f"workflow {workflow_id} on {queue}",
+    )
+    kopf.info(body, reason="WorkflowStarted", message=f"workflow {workflow_id}")
+
+
+async def cancel_workflow(status: kopf.Status, runtime: Runtime, logger: kopf.Logger) -> None:
+    """Cancel the CR's workflow if running (its activities save a checkpoint on the way out)
+    and wait, bounded, for it to close: an unreachable Temporal must not pin the CR forever."""
+    workflow_id = status.get("workflowId")
+    if not workflow_id:
+        return
+    try:
+        handle = (await runtime.client()).get_workflow_handle(workflow_id)
+        description = await handle.describe()
+        if description.status == WorkflowExecutionStatus.RUNNING:
+            await handle.cancel()
+            await _wait_closed(handle, CANCEL_WAIT_SECONDS)
+    except Exception as err:
+        logger.warning("could not cancel %s cleanly: %s", workflow_id, err)
+
+
+async def _wait_closed(handle: WorkflowHandle[Any, Any], within: float) -> None:
+    """Wait (long poll, bounded) until the cancelled workflow has closed, however it ended."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(handle.result(), within)

@@ -1,0 +1,246 @@
+"""`train_cifar10_scale`: runs one scale's Ray Train driver and supervises it.
+
+The driver (`tempotrain_workers.cifar.driver`) runs as a subprocess next to this worker (a
+local Ray, or a Ray address this machine can join), or as a Ray Job on the cluster's head
+when the address is the head's `http://...:8265` (KubeRay). Either way this activity
+heartbeats with the last epoch's figures, stops the driver when cancelled, and maps its exit
+code to a Temporal error: retryable (Ray Train restores from the last checkpoint on the next
+attempt) or not (Ray/torch missing, Ray unreachable).
+
+No torch or ray import at module level: the operator image imports the workers package.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import json
+import os
+import re
+import signal
+import sys
+from pathlib import Path
+from typing import Any, Protocol
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from tempotrain_workers.api import ErrorType, ScaleTrainRequest, ScaleTrainResult
+from tempotrain_workers.cifar.driver import EXIT_DEPENDENCY, EXIT_RAY_UNAVAILABLE
+from tempotrain_workers.cifar.layout import ScaleLayout
+from tempotrain_workers.errors import non_retryable
+from tempotrain_workers.subprocesses import die_with_parent
+
+STOP_GRACE_SECONDS = 60
+POLL_SECONDS = 2.0
+JOBS_CONNECT_ATTEMPTS = 3
+REQUIRED_MODULES = ("ray.train", "torch", "torchvision")
+
+
+class DriverRun(Protocol):
+    async def wait(self, within: float) -> int | None:
+        """The exit code once finished, None while still running after `within` seconds."""
+
+    async def stop(self) -> None: ...
+
+    def log_tail(self) -> str: ...
+
+
+class LocalDriver:
+    """The driver as a child process: its own process group, killed with the worker."""
+
+    def __init__(self, process: asyncio.subprocess.Process, log_file: Path) -> None:
+        self.process = process
+        self.log_file = log_file
+
+    @classmethod
+    async def start(cls, job_file: Path, log_file: Path) -> LocalDriver:
+        command = [sys.executable, "-m", "tempotrain_workers.cifar.driver", str(job_file)]
+        with log_file.open("ab") as log:
+            process = await asyncio.create_subprocess_exec(
+                *command,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,  # one signal reaches the driver and the Ray it started
+                preexec_fn=die_with_parent,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        return cls(process, log_file)
+
+    async def wait(self, within: float) -> int | None:
+        try:
+            return await asyncio.wait_for(asyncio.shield(self.process.wait()), within)
+        except TimeoutError:
+            return None
+
+    async def stop(self) -> None:
+        if self.process.returncode is not None:
+            return
+        self._signal_group(signal.SIGTERM)  # the driver shuts its Ray down on the way out
+        if await self.wait(STOP_GRACE_SECONDS) is None:
+            self._signal_group(signal.SIGKILL)
+            await self.process.wait()
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, sig)
+
+    def log_tail(self) -> str:
+        return _tail(self.log_file)
+
+
+class RayJobDriver:
+    """The driver as a Ray Job on the cluster's head node (address `http://head:8265`)."""
+
+    def __init__(self, client: Any, submission_id: str, log_file: Path) -> None:
+        self.client = client
+        self.submission_id = submission_id
+        self.log_file = log_file
+
+    @classmethod
+    async def start(
+        cls, address: str, job_file: Path, log_file: Path, run_key: str, attempt: int
+    ) -> RayJobDriver:
+        from ray.job_submission import JobStatus, JobSubmissionClient
+
+        client = await _jobs_client(JobSubmissionClient, address)
+        # A worker that died mid-scale left its job running: attach instead of starting twice.
+        for previous in range(attempt - 1, 0, -1):
+            submission_id = f"{run_key}-a{previous}"
+            try:
+                status = await asyncio.to_thread(client.get_job_status, submission_id)
+            except Exception:
+                continue
+            if status in (JobStatus.PENDING, JobStatus.RUNNING):
+                return cls(client, submission_id, log_file)
+        submission_id = f"{run_key}-a{attempt}"
+        entrypoint = f"python -m tempotrain_workers.cifar.driver {job_file} --ray-address auto"
+        await asyncio.to_thread(
+            client.submit_job, entrypoint=entrypoint, submission_id=submission_id
+        )
+        return cls(client, submission_id, log_file)
+
+    async def wait(self, within: float) -> int | None:
+        from ray.job_submission import JobStatus
+
+        await asyncio.sleep(within)  # a remote job can only be polled
+        info = await asyncio.to_thread(self.client.get_job_info, self.submission_id)
+        if info.status in (JobStatus.PENDING, JobStatus.RUNNING):
+            return None
+        logs = await asyncio.to_thread(self.client.get_job_logs, self.submission_id)
+        self.log_file.write_text(logs)
+        if info.status == JobStatus.SUCCEEDED:
+            return 0
+        code = re.search(r"exit code (\d+)", info.message or "")
+        return int(code.group(1)) if code else 1
+
+    async def stop(self) -> None:
+        await asyncio.to_thread(self.client.stop_job, self.submission_id)
+
+    def log_tail(self) -> str:
+        return _tail(self.log_file)
+
+
+async def _jobs_client(factory: Any, address: str) -> Any:
+    """Connect to the Ray Jobs API, retrying briefly (a head pod may be restarting); a head
+    that stays unreachable is a configuration error, not worth Temporal's retries."""
+    delay = 1.0
+    for attempt in range(1, JOBS_CONNECT_ATTEMPTS + 1):
+        try:
+            return await asyncio.to_thread(factory, address)
+        except Exception as err:
+            if attempt == JOBS_CONNECT_ATTEMPTS:
+                raise non_retryable(
+                    ErrorType.RAY_UNAVAILABLE,
+                    f"no Ray Jobs API at {address} after {attempt} attempts: {err}",
+                ) from err
+            await asyncio.sleep(delay)
+            delay *= 2
+    raise AssertionError("unreachable")
+
+
+def _tail(log_file: Path, lines: int = 25) -> str:
+    if not log_file.is_file():
+        return ""
+    return "\n".join(log_file.read_text(errors="replace").splitlines()[-lines:])
+
+
+class ScaleSupervisor:
+    def __init__(self, request: ScaleTrainRequest, runs_root: Path, datasets_dir: Path) -> None:
+        self.request = request
+        self.layout = ScaleLayout(runs_root / request.run_id, request.scale_name)
+        self.datasets_dir = datasets_dir
+
+    async def run(self) -> ScaleTrainResult:
+        missing = [m for m in REQUIRED_MODULES if not _importable(m)]
+        if missing:
+            raise non_retryable(
+                ErrorType.DEPENDENCY_MISSING,
+                f"this worker cannot run Ray Train: {', '.join(missing)} not installed "
+                "(install tempotrain[workers])",
+            )
+        layout = self.layout
+        layout.own_dir.mkdir(parents=True, exist_ok=True)
+        layout.result_file.unlink(missing_ok=True)
+        job = {
+            "request": self.request.model_dump(mode="json"),
+            "storage_path": str(layout.storage_path),
+            "datasets_dir": str(self.datasets_dir),
+        }
+        layout.job_file.write_text(json.dumps(job, indent=2))
+        info = activity.info()
+        activity.logger.info(
+            "scale %s (attempt %d) on Ray at %s",
+            self.request.scale_name,
+            info.attempt,
+            self.request.ray_address,
+        )
+        driver = await self._start(info.attempt)
+        interval = max(1.0, min(POLL_SECONDS, self.request.heartbeat_timeout_seconds / 4))
+        try:
+            while (code := await driver.wait(interval)) is None:
+                activity.heartbeat(self._progress())
+        except asyncio.CancelledError:
+            activity.logger.info("cancelled: stopping the Ray Train driver")
+            await driver.stop()
+            raise
+        return self._outcome(code, driver.log_tail())
+
+    async def _start(self, attempt: int) -> DriverRun:
+        address = self.request.ray_address
+        log_file = self.layout.own_dir / f"driver-attempt-{attempt}.log"
+        if address.startswith(("http://", "https://")):
+            run_key = f"tempotrain-{self.request.run_id}-{self.request.scale_name}"
+            return await RayJobDriver.start(
+                address, self.layout.job_file, log_file, run_key, attempt
+            )
+        return await LocalDriver.start(self.layout.job_file, log_file)
+
+    def _progress(self) -> dict[str, Any]:
+        try:
+            return dict(json.loads(self.layout.progress_file.read_text()))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+
+    def _outcome(self, code: int, log_tail: str) -> ScaleTrainResult:
+        if code == EXIT_DEPENDENCY:
+            raise non_retryable(ErrorType.DEPENDENCY_MISSING, log_tail)
+        if code == EXIT_RAY_UNAVAILABLE:
+            raise non_retryable(
+                ErrorType.RAY_UNAVAILABLE,
+                f"Ray unreachable at {self.request.ray_address}:\n{log_tail}",
+            )
+        if code != 0 or not self.layout.result_file.is_file():
+            raise ApplicationError(
+                f"scale {self.request.scale_name} failed (driver exit {code}):\n{log_tail}",
+                type="ScaleFailed",
+            )
+        return ScaleTrainResult.model_validate_json(self.layout.result_file.read_text())
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # the parent package is missing
+        return False

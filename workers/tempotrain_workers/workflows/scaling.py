@@ -1,0 +1,90 @@
+"""Cifar10ScalingWorkflow: one Ray Train activity per scale, in order, then the comparison.
+
+Scales run one after another on purpose: each uses the whole Ray cluster, and throughput
+figures measured side by side would be meaningless. A finished scale is never rerun: its
+result is in the history, so a worker crash costs at most the scale in flight, and that one
+resumes from its last epoch checkpoint.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from pydantic import ValidationError
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError
+
+with workflow.unsafe.imports_passed_through():
+    from tempotrain_workers.api import (
+        NON_RETRYABLE_ERRORS,
+        Cifar10ScalingInput,
+        Cifar10ScalingResult,
+        Phase,
+        ScaleTrainResult,
+        compare_scales,
+    )
+    from tempotrain_workers.workflows.status import StatusReporter, root_message
+
+SCALE_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=5),
+    maximum_interval=timedelta(minutes=2),
+    maximum_attempts=5,
+    non_retryable_error_types=NON_RETRYABLE_ERRORS,
+)
+
+
+@workflow.defn(failure_exception_types=[ValidationError])
+class Cifar10ScalingWorkflow:
+    def __init__(self) -> None:
+        self._results: list[ScaleTrainResult] = []
+        self._current: int | None = None
+
+    @workflow.run
+    async def run(self, request: Cifar10ScalingInput) -> Cifar10ScalingResult:
+        status = StatusReporter(request.status_target)
+        total = len(request.scales)
+        status.update(
+            phase=Phase.PENDING,
+            run_id=request.run_id,
+            workflow_id=workflow.info().workflow_id,
+            total_scales=total,
+        )
+        for index in range(total):
+            self._current = index + 1
+            status.update(phase=Phase.TRAINING, current_scale=index + 1, total_scales=total)
+            scale_request = request.request_for(index)
+            try:
+                result: ScaleTrainResult = await workflow.execute_activity(
+                    "train_cifar10_scale",
+                    scale_request,
+                    result_type=ScaleTrainResult,
+                    start_to_close_timeout=timedelta(days=3),
+                    heartbeat_timeout=timedelta(seconds=scale_request.heartbeat_timeout_seconds),
+                    retry_policy=SCALE_RETRY,
+                    cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                )
+            except ActivityError as err:
+                status.update(phase=Phase.FAILED, message=root_message(err))
+                await status.flush()
+                raise
+            self._results.append(result)
+            status.update(scale_results=compare_scales(self._results), total_scales=total)
+        self._current = None
+        outcomes = compare_scales(self._results)
+        status.update(phase=Phase.SUCCEEDED, scale_results=outcomes, total_scales=total)
+        await status.flush()
+        return Cifar10ScalingResult(
+            experiment_name=request.experiment_name,
+            run_id=request.run_id,
+            scales=outcomes,
+            runs=list(self._results),
+        )
+
+    @workflow.query
+    def get_results(self) -> list[ScaleTrainResult]:
+        return list(self._results)
+
+    @workflow.query
+    def get_current_scale(self) -> int | None:
+        return self._current
