@@ -11,6 +11,7 @@ EXTRAS ?= operator,workers,dev
 STATE_DIR ?= .tempotrain/platform
 DEV := PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m tempotrain_dev --state-dir $(STATE_DIR)
 PYTEST_ARGS ?=
+DEMO ?= bert
 
 .PHONY: help venv tools up down status demo test lint crds
 
@@ -25,7 +26,7 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed ## create .venv and install tempotrain with its extras
 
-tools: ## build (or find cached) etcd, Kubernetes, kwok, helm under ~/.cache/tempotrain
+tools: ## build (or find cached) etcd, Kubernetes, kwok, helm, KubeRay under ~/.cache/tempotrain
 	bash dev/build-tools.sh >/dev/null
 
 up: venv tools ## start the local control plane and Temporal (no-op when up)
@@ -37,14 +38,14 @@ down: ## stop everything `up` started
 status: venv ## which platform processes run
 	$(DEV) status
 
-demo: up ## bring the platform up and run a real BertExperiment on it
+demo: up ## bring the platform up and run a real experiment on it (DEMO=bert|cifar10)
 	@source $(STATE_DIR)/env.sh && \
 	  echo "== kubectl version" && kubectl version && \
 	  echo "== kubectl get nodes" && kubectl get nodes \
 	    -o custom-columns='NAME:.metadata.name,POOL:.metadata.labels.tempotrain\.dev/node-pool,CPU:.status.capacity.cpu,GPUS:.status.capacity.nvidia\.com/gpu,READY:.status.conditions[?(@.type=="Ready")].status' && \
 	  echo "== temporal operator cluster health" && $(VENV)/bin/temporal operator cluster health --address "$$TEMPORAL_ADDRESS"
-	@echo; echo "== the local BertExperiment (operator + host worker, MiniLM on CPU)"
-	$(DEV) demo
+	@echo; echo "== the local $(DEMO) experiment (operator + host worker, CPU)"
+	$(DEV) demo --experiment $(DEMO)
 	@echo; echo "Platform is up. Use it with:  source $(STATE_DIR)/env.sh   Stop it with:  make down"
 
 test: venv tools ## run the whole test suite against a platform of its own

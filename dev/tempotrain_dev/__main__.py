@@ -27,7 +27,15 @@ def main(argv: list[str] | None = None) -> int:
     down = commands.add_parser("down", help="stop every process the platform started")
     down.add_argument("--purge", action="store_true", help="also delete its state (etcd, db)")
     commands.add_parser("status", help="what runs, and where")
-    commands.add_parser("demo", help="run examples/bert-experiment-local.yaml end to end")
+    demo = commands.add_parser(
+        "demo", help="run examples/bert-experiment-local.yaml (or the CIFAR one) end to end"
+    )
+    demo.add_argument(
+        "--experiment",
+        choices=["bert", "cifar10"],
+        default="bert",
+        help="bert: BertExperiment with MiniLM; cifar10: Cifar10Scaling on Ray (1 and 2 workers)",
+    )
     commands.add_parser("env", help="print export lines for KUBECONFIG and TEMPORAL_ADDRESS")
     commands.add_parser("tools", help="build or find the Go-built binaries, print their dirs")
     stray = commands.add_parser("leftovers", help="list (and fail on) processes still running")
@@ -56,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "demo":
         from tempotrain_dev.demo import run_demo  # needs the operator and workers installed
 
-        return run_demo(platform)
+        return run_demo(platform, args.experiment)
     elif args.command == "env":
         for key, value in platform.env().items():
             print(f"export {key}={value}")

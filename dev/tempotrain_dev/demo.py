@@ -1,16 +1,24 @@
-"""`python -m tempotrain_dev demo`: a real BertExperiment on the local platform.
+"""`python -m tempotrain_dev demo [--experiment bert|cifar10]`: a real experiment on the
+local platform.
 
-Starts the operator and a host worker (training + eval queues) as platform processes, so
-`make down` stops them too; places MiniLM and a generated dataset on the host's "snapshots
-volume"; applies examples/bert-experiment-local.yaml and shows `kubectl get bexp` as it
-changes until the experiment finishes.
+Starts the operator and a host worker (training, eval and Ray queues) as platform processes,
+so `make down` stops them too. `bert` places MiniLM and a generated dataset on the host's
+"snapshots volume" and applies examples/bert-experiment-local.yaml; `cifar10` applies
+examples/cifar10-scaling-local.yaml (synthetic images, 1 and 2 Ray Train workers; KubeRay
+creates the RayCluster's pods on kwok nodes while the host worker's own Ray trains). Either
+way `kubectl get` is shown as it changes until the experiment finishes.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from tempotrain_workers.api import EVAL_QUEUE, RAY_QUEUE, TRAINING_QUEUE
 
 from tempotrain_dev.commands import operator_command, worker_command
 from tempotrain_dev.platform import Platform
@@ -18,9 +26,51 @@ from tempotrain_dev.processes import ManagedProcess
 from tempotrain_dev.tools import REPO_ROOT
 from tempotrain_dev.waiting import wait_for
 
-EXAMPLE = REPO_ROOT / "examples" / "bert-experiment-local.yaml"
-NAME = "sentiment-minilm"
 TIMEOUT_SECONDS = 20 * 60
+
+
+@dataclass(frozen=True)
+class DemoExperiment:
+    example: Path
+    name: str
+    resource: str  # what `kubectl get` calls it
+    change_key: Callable[[dict[str, Any]], tuple[object, ...]]  # a line per change
+    final_fields: tuple[str, ...]
+
+
+DEMOS = {
+    "bert": DemoExperiment(
+        example=REPO_ROOT / "examples" / "bert-experiment-local.yaml",
+        name="sentiment-minilm",
+        resource="bexp",
+        change_key=lambda status: (
+            status.get("phase"),
+            (status.get("progress") or {}).get("step"),
+            (status.get("latestCheckpoint") or {}).get("step"),
+        ),
+        final_fields=(
+            "phase",
+            "runId",
+            "workflowId",
+            "snapshot",
+            "latestCheckpoint",
+            "checkpointsSaved",
+            "progress",
+            "metrics",
+        ),
+    ),
+    "cifar10": DemoExperiment(
+        example=REPO_ROOT / "examples" / "cifar10-scaling-local.yaml",
+        name="cifar10-scaling-local",
+        resource="c10s",
+        change_key=lambda status: (
+            status.get("phase"),
+            status.get("currentScale"),
+            status.get("done"),
+        ),
+        final_fields=("phase", "runId", "workflowId", "rayCluster", "done", "results"),
+    ),
+}
 
 
 def prepare_volume(snapshots: Path) -> None:
@@ -36,7 +86,8 @@ def prepare_volume(snapshots: Path) -> None:
         write_sentiment_jsonl(data, 2000)
 
 
-def run_demo(platform: Platform) -> int:
+def run_demo(platform: Platform, experiment: str = "bert") -> int:
+    demo = DEMOS[experiment]
     platform.up()
     cluster = platform.cluster
     demo_state = platform.state_dir / "demo"
@@ -51,52 +102,38 @@ def run_demo(platform: Platform) -> int:
     operator = ManagedProcess("operator", demo_state)
     worker = ManagedProcess("worker", demo_state)
     address = platform.temporal.address
-    operator.start(operator_command("default", address), env=env)
-    worker.start(worker_command(address, [], snapshots, runs), env=env)  # default queues
+    # The RayCluster's pods are kwok's: Ray drivers start a Ray on the host instead.
+    operator.start(operator_command("default", address, None, "--ray-address", "local"), env=env)
+    queues = [TRAINING_QUEUE, EVAL_QUEUE, RAY_QUEUE]
+    worker.start(worker_command(address, queues, snapshots, runs), env=env)
     print(f"operator log: {operator.log_file}\nworker log:   {worker.log_file}\n")
 
-    cluster.kubectl("delete", "bexp", NAME, "--ignore-not-found", "--wait=true")
+    name, resource = demo.name, demo.resource
+    cluster.kubectl("delete", resource, name, "--ignore-not-found", "--wait=true")
     # A re-created experiment resumes its run's checkpoints (the volumes are Retain); the demo
     # wants to show training, so it starts the run afresh.
-    shutil.rmtree(runs / NAME, ignore_errors=True)
-    print(cluster.kubectl("apply", "-f", str(EXAMPLE)).strip())
+    shutil.rmtree(runs / name, ignore_errors=True)
+    print(cluster.kubectl("apply", "-f", str(demo.example)).strip())
     shown: tuple[object, ...] = ()
+
+    def status_now() -> dict[str, Any]:
+        raw = json.loads(cluster.kubectl("get", resource, name, "-o", "json"))
+        return dict(raw.get("status") or {})
 
     def finished() -> bool:
         nonlocal shown
-        status = json.loads(cluster.kubectl("get", "bexp", NAME, "-o", "json")).get("status", {})
-        key = (
-            status.get("phase"),
-            (status.get("progress") or {}).get("step"),
-            (status.get("latestCheckpoint") or {}).get("step"),
-        )
+        status = status_now()
+        key = demo.change_key(status)
         if key != shown:  # like `kubectl get -w`: a line per change (Age alone is no change)
-            table = cluster.kubectl("get", "bexp", NAME, "-o", "wide").strip().splitlines()
+            table = cluster.kubectl("get", resource, name, "-o", "wide").strip().splitlines()
             print("\n".join(table if not shown else table[1:]))
             shown = key
         return status.get("phase") in ("Succeeded", "Failed")
 
-    wait_for(finished, timeout=TIMEOUT_SECONDS, what=f"{NAME} to finish", interval=1.0)
-    status = json.loads(cluster.kubectl("get", "bexp", NAME, "-o", "json"))["status"]
+    wait_for(finished, timeout=TIMEOUT_SECONDS, what=f"{name} to finish", interval=1.0)
+    status = status_now()
     print("\nfinal status:")
-    print(
-        json.dumps(
-            {
-                k: status.get(k)
-                for k in (
-                    "phase",
-                    "runId",
-                    "workflowId",
-                    "snapshot",
-                    "latestCheckpoint",
-                    "checkpointsSaved",
-                    "progress",
-                    "metrics",
-                )
-            },
-            indent=2,
-        )
-    )
-    print(f"\ncheckpoints and the trained model: {runs / status.get('runId', NAME)}")
+    print(json.dumps({k: status.get(k) for k in demo.final_fields}, indent=2))
+    print(f"\ncheckpoints: {runs / status.get('runId', name)}")
     print(f"Temporal UI: {platform.temporal.ui_url}   (stop everything with: make down)")
     return 0 if status.get("phase") == "Succeeded" else 1

@@ -126,8 +126,9 @@ async def cifar10scaling_reconcile(
         await kube.patch_status(obj, pending)
 
     address = await _ray_address(experiment, runtime, patch, status, meta, started)
-    if address is None:
-        return  # gave up waiting: Failed with the reason in RayClusterReady
+    if address is None:  # gave up waiting: Failed with the reason in RayClusterReady
+        await release_resources(namespace, name, dict(spec))
+        return
     patch.status["rayAddress"] = address
     await start_workflow_once(
         runtime,

@@ -101,3 +101,39 @@ async def test_semantically_invalid_scaling_spec_reaches_invalid_spec(
     assert "existingClaim 'shared-runs'" in condition["message"]
     assert not kube_json(cluster, ns, "rayclusters.ray.io")["items"]
     assert "workflowId" not in status
+
+
+async def test_ray_cluster_that_never_gets_ready_fails_after_its_timeout(
+    cluster: ClusterHandle, stack: Stack
+) -> None:
+    ns = stack.namespace
+    unschedulable = {
+        "readyTimeoutSeconds": 10,
+        "head": {"cpu": "1", "memory": "2Gi"},
+        "worker": {"memory": "2Gi", "nodeSelector": {"tempotrain.dev/no-such-pool": "x"}},
+    }
+    apply(cluster, ns, scaling("stuck", ray=unschedulable))
+
+    async def waiting() -> dict[str, Any] | None:
+        condition = conditions_by_type(experiment_status(cluster, ns, "stuck", KIND)).get(
+            "RayClusterReady", {}
+        )
+        return condition if condition.get("reason") == "Provisioning" else None
+
+    provisioning = await eventually(waiting, within=30, what="RayClusterReady Provisioning")
+    assert provisioning["status"] == "False"
+
+    async def failed() -> dict[str, Any] | None:
+        status = experiment_status(cluster, ns, "stuck", KIND)
+        return status if status.get("phase") == "Failed" else None
+
+    status = await eventually(failed, within=60, what="phase Failed after the timeout")
+    condition = conditions_by_type(status)["RayClusterReady"]
+    assert (condition["status"], condition["reason"]) == ("False", "Timeout")
+    assert "not ready after 10s" in status["message"]
+    assert "workflowId" not in status
+
+    async def ray_cluster_gone() -> bool:
+        return not kube_json(cluster, ns, "rayclusters.ray.io")["items"]
+
+    await eventually(ray_cluster_gone, within=30, what="the RayCluster released")

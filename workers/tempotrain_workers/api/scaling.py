@@ -46,7 +46,7 @@ class ScaleTrainRequest(Contract):
     use_gpu: bool = False
     seed: int = Field(default=42, ge=0)
     # For one worker; scaled linearly with the worker count (the global batch grows with it).
-    learning_rate: float = Field(default=0.05, gt=0, lt=10)
+    learning_rate: float = Field(default=0.02, gt=0, lt=10)
     ray_address: str = Field(default=LOCAL_RAY, min_length=1)
     max_failures: int = Field(default=2, ge=0, le=100, description="Ray Train FailureConfig")
     runs_root: str | None = None  # default: the worker's --runs-root
@@ -136,7 +136,7 @@ class Cifar10ScalingInput(Contract):
     model: CifarModel = CifarModel.SIMPLE_CNN
     use_gpu: bool = False
     random_seed: int = Field(default=42, ge=0)
-    learning_rate: float = Field(default=0.05, gt=0, lt=10)
+    learning_rate: float = Field(default=0.02, gt=0, lt=10)
     ray_address: str = Field(default=LOCAL_RAY, min_length=1)
     max_failures: int = Field(default=2, ge=0, le=100)
     status_target: StatusTarget | None = None

@@ -110,7 +110,7 @@ class Cifar10ScalingSpec(WireModel):
     use_gpu: bool = False
     random_seed: int = Field(default=42, ge=0)
     learning_rate: float = Field(
-        default=0.05,
+        default=0.02,
         gt=0,
         lt=10,
         description="for one worker; scaled linearly with the worker count",
