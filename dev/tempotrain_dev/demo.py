@@ -61,7 +61,7 @@ DEMOS = {
     ),
     "cifar10": DemoExperiment(
         example=REPO_ROOT / "examples" / "cifar10-scaling-local.yaml",
-        name="cifar10-scaling-local",
+        name="cifar10-local-scaling",
         resource="c10s",
         change_key=lambda status: (
             status.get("phase"),

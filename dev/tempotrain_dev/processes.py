@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tempotrain_dev.waiting import wait_for
+from tempotrain_dev.waiting import WaitTimeout, wait_for
 
 PLATFORM_ENV_MARKER = "TEMPOTRAIN_PLATFORM"
 
@@ -137,10 +137,19 @@ def pids_running(*fragments: str) -> list[int]:
 
 
 def kill_leftovers(state_dir: Path) -> list[int]:
+    """SIGKILL every process carrying our marker and wait (bounded) until they are gone, so a
+    check right after does not see one that is merely still dying."""
     pids = leftovers(state_dir)
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+    if pids:
+        with contextlib.suppress(WaitTimeout):
+            wait_for(
+                lambda: not any(_is_ours(pid, state_dir) for pid in pids),
+                timeout=10,
+                what="killed leftovers to exit",
+            )
     return pids
 
 
