@@ -19,13 +19,11 @@ from tempotrain_workers.api import (
 )
 from tempotrain_workers.workflows.training import CheckpointedBertTrainingWorkflow
 
-from tempotrain_operator import kube
+from tempotrain_operator import kube, lifecycle
 from tempotrain_operator.children import (
     Experiment,
     WorkerConfig,
-    build_pvc,
     build_worker_deployment,
-    pvc_is_owned,
     worker_deployment_names,
 )
 from tempotrain_operator.lifecycle import (
@@ -34,7 +32,9 @@ from tempotrain_operator.lifecycle import (
     now,
     reject_spec,
     start_workflow_once,
+    storage_errors,
     validation_problems,
+    volume_children,
 )
 from tempotrain_operator.mapping import coordinator_input, run_id_of
 from tempotrain_operator.runtime import Runtime
@@ -44,14 +44,7 @@ PLURAL = "bertexperiments"
 
 def semantic_errors(spec: BertExperimentSpec) -> list[str]:
     """Rules the schema cannot state (or that must hold even if the CRD is old)."""
-    errors = []
-    for volume in ("snapshots", "runs"):
-        claim = getattr(spec.storage, volume)
-        if claim.existing_claim and claim.reclaim_policy.value == "Delete":
-            errors.append(
-                f"storage.{volume}: reclaimPolicy Delete cannot apply to "
-                f"existingClaim {claim.existing_claim!r} (not ours to delete)"
-            )
+    errors = storage_errors(spec.storage)
     if spec.dataset.file and spec.dataset.config:
         errors.append("dataset.config applies to Hub datasets, not to dataset.file")
     return errors
@@ -135,12 +128,7 @@ async def _ensure_children(
         eval_queue=eval_queue,
     )
     children: list[dict[str, Any]] = []
-    for volume in ("snapshots", "runs"):
-        pvc = build_pvc(experiment, volume)
-        if pvc is not None:
-            if pvc_is_owned(experiment, volume):
-                kopf.append_owner_reference(pvc, owner=body)
-            children.append(pvc)
+    children.extend(volume_children(body, experiment))
     for role in ("training", "eval"):
         deployment = build_worker_deployment(experiment, workers, role)
         kopf.append_owner_reference(deployment, owner=body)
@@ -185,14 +173,7 @@ async def bertexperiment_resync(
 
 
 def register_resync(interval: float) -> None:
-    kopf.timer(
-        GROUP,
-        VERSION,
-        PLURAL,
-        interval=interval,
-        initial_delay=interval / 2,
-        idle=min(10.0, interval),
-    )(bertexperiment_resync)
+    lifecycle.register_resync(PLURAL, bertexperiment_resync, interval)
 
 
 async def derive_status(client: Client, workflow_id: str, known_step: int) -> dict[str, Any]:

@@ -17,16 +17,15 @@ from tempotrain_workers.api import (
     Cifar10ScalingSpec,
     CompletionPolicy,
     Phase,
+    RaySpec,
     workflow_id_for,
 )
 
-from tempotrain_operator import kube
+from tempotrain_operator import kube, lifecycle
 from tempotrain_operator.children import (
     Experiment,
     WorkerConfig,
-    build_pvc,
     build_worker_deployment,
-    pvc_is_owned,
     worker_deployment_names,
 )
 from tempotrain_operator.lifecycle import (
@@ -36,7 +35,9 @@ from tempotrain_operator.lifecycle import (
     reject_spec,
     set_condition,
     start_workflow_once,
+    storage_errors,
     validation_problems,
+    volume_children,
 )
 from tempotrain_operator.mapping import scaling_input, scaling_results_patch
 from tempotrain_operator.ray_children import (
@@ -57,13 +58,7 @@ def semantic_errors(spec: Cifar10ScalingSpec) -> list[str]:
     errors = []
     if not spec.use_gpu and any(s.gpus_per_worker for s in spec.scales):
         errors.append("a scale sets gpusPerWorker > 0 but useGpu is false")
-    for volume in ("snapshots", "runs"):
-        claim = getattr(spec.storage, volume)
-        if claim.existing_claim and claim.reclaim_policy.value == "Delete":
-            errors.append(
-                f"storage.{volume}: reclaimPolicy Delete cannot apply to "
-                f"existingClaim {claim.existing_claim!r} (not ours to delete)"
-            )
+    errors += storage_errors(spec.storage)
     return errors
 
 
@@ -79,8 +74,10 @@ def _validated(spec: kopf.Spec) -> tuple[Cifar10ScalingSpec | None, str]:
 async def release_resources(namespace: str, name: str, spec: dict[str, Any]) -> None:
     """At the end: scale the driver worker to 0 and, unless kept, delete the RayCluster."""
     await kube.scale_to_zero(namespace, worker_deployment_names(name, KIND))
-    policy = (spec.get("ray") or {}).get("onCompletion", CompletionPolicy.DELETE.value)
-    if policy == CompletionPolicy.DELETE.value:
+    ray = spec.get("ray") or {}
+    if ray.get("address"):
+        return  # not our cluster: we created none
+    if ray.get("onCompletion", CompletionPolicy.DELETE.value) == CompletionPolicy.DELETE.value:
         await kube.delete_if_present("RayCluster", namespace, ray_cluster_name(name))
 
 
@@ -111,7 +108,16 @@ async def cifar10scaling_reconcile(
         return
     experiment = Experiment(name=name, namespace=namespace, uid=uid, spec=model)
     ray_queue = runtime.settings.ray_queue_for(uid)
-    await _ensure_children(body, experiment, runtime, ray_queue)
+    if not await _ensure_children(body, experiment, runtime, ray_queue):
+        message = (
+            "this cluster has no ray.io/v1 RayCluster API: install the KubeRay operator "
+            "(its CRDs) or point spec.ray.address at an existing Ray cluster"
+        )
+        patch.status["phase"] = Phase.FAILED.value
+        patch.status["message"] = message
+        set_condition(patch, status, meta, "RayClusterReady", False, "KubeRayMissing", message)
+        kopf.warn(body, reason="KubeRayMissing", message=message)
+        return
 
     if not status.get("phase"):
         # Written now: the workflow's own updates may land before this handler returns.
@@ -125,7 +131,12 @@ async def cifar10scaling_reconcile(
             pending["rayCluster"] = ray_cluster_name(name)
         await kube.patch_status(obj, pending)
 
-    address = await _ray_address(experiment, runtime, patch, status, meta, started)
+    if status.get("workflowId") and status.get("rayAddress"):
+        # Started before (operator restart): the workflow owns the run now. A RayCluster that
+        # is briefly not ready (head pod restarting) must not fail it; Ray Train retries.
+        address: str | None = status["rayAddress"]
+    else:
+        address = await _ray_address(experiment, runtime, patch, status, meta, started)
     if address is None:  # gave up waiting: Failed with the reason in RayClusterReady
         await release_resources(namespace, name, dict(spec))
         return
@@ -155,18 +166,18 @@ async def _ray_address(
 ) -> str | None:
     """Where the workflow finds Ray: the spec's address, else our RayCluster once it is ready
     (kopf retries this handler while it is not; bounded by ray.readyTimeoutSeconds)."""
-    ray = experiment.spec.ray
-    if ray.address:
-        return ray.address
+    ray_spec: RaySpec = experiment.spec.ray
+    if ray_spec.address:
+        return ray_spec.address
     cluster_name = ray_cluster_name(experiment.name)
     cluster = await kube.get_object("RayCluster", experiment.namespace, cluster_name)
     raw = dict(cluster.raw) if cluster is not None else {}
     if not is_ready(raw):
         state = (raw.get("status") or {}).get("state") or "not reported yet"
         waited = (datetime.now(UTC) - started).total_seconds()
-        if waited > ray.ready_timeout_seconds:
+        if waited > ray_spec.ready_timeout_seconds:
             message = (
-                f"RayCluster {cluster_name} not ready after {ray.ready_timeout_seconds}s "
+                f"RayCluster {cluster_name} not ready after {ray_spec.ready_timeout_seconds}s "
                 f"(state: {state}); is the KubeRay operator running?"
             )
             patch.status["phase"] = Phase.FAILED.value
@@ -195,7 +206,8 @@ async def _ensure_children(
     experiment: Experiment[Cifar10ScalingSpec],
     runtime: Runtime,
     ray_queue: str,
-) -> None:
+) -> bool:
+    """Create what is missing; False when the cluster has no RayCluster API (no KubeRay)."""
     settings = runtime.settings
     workers = WorkerConfig(
         image=settings.worker_image,
@@ -206,20 +218,22 @@ async def _ensure_children(
         ray_queue=ray_queue,
     )
     children: list[dict[str, Any]] = []
-    for volume in ("snapshots", "runs"):
-        pvc = build_pvc(experiment, volume)
-        if pvc is not None:
-            if pvc_is_owned(experiment, volume):
-                kopf.append_owner_reference(pvc, owner=body)
-            children.append(pvc)
+    children.extend(volume_children(body, experiment))
     driver = build_worker_deployment(experiment, workers, "ray-driver")
     kopf.append_owner_reference(driver, owner=body)
     children.append(driver)
-    if not experiment.spec.ray.address:
-        cluster = build_ray_cluster(experiment, settings.worker_image)
-        kopf.append_owner_reference(cluster, owner=body)
-        children.append(cluster)
     await kube.create_children(body, children)
+    if experiment.spec.ray.address:
+        return True
+    cluster = build_ray_cluster(experiment, settings.worker_image)
+    kopf.append_owner_reference(cluster, owner=body)
+    try:
+        await kube.create_children(body, [cluster])
+    except kopf.TemporaryError as err:
+        if kube.is_not_found(err.__cause__):  # no ray.io/v1 API: retrying will not help
+            return False
+        raise
+    return True
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
@@ -257,14 +271,7 @@ async def cifar10scaling_resync(
 
 
 def register_resync(interval: float) -> None:
-    kopf.timer(
-        GROUP,
-        VERSION,
-        PLURAL,
-        interval=interval,
-        initial_delay=interval / 2,
-        idle=min(10.0, interval),
-    )(cifar10scaling_resync)
+    lifecycle.register_resync(PLURAL, cifar10scaling_resync, interval)
 
 
 async def derive_status(client: Client, workflow_id: str) -> dict[str, Any]:

@@ -90,6 +90,13 @@ async def delete_if_present(kind: str, namespace: str, name: str) -> bool:
     return True
 
 
+def is_not_found(err: BaseException | None) -> bool:
+    if isinstance(err, kr8s.NotFoundError):
+        return True
+    response = getattr(err, "response", None)
+    return isinstance(err, kr8s.ServerError) and getattr(response, "status_code", 0) == 404
+
+
 async def patch_status(obj: APIObject, status: dict[str, Any]) -> bool:
     """Merge-patch `/status`; False when the object is gone (404 is an answer, not an error)."""
     try:

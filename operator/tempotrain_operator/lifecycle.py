@@ -13,8 +13,10 @@ from pydantic import BaseModel, ValidationError
 from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
+from tempotrain_workers.api import GROUP, VERSION, StorageSpec
 
 from tempotrain_operator import conditions
+from tempotrain_operator.children import Experiment, build_pvc, pvc_is_owned
 from tempotrain_operator.runtime import Runtime
 
 CANCEL_WAIT_SECONDS = 20.0
@@ -47,6 +49,42 @@ def namespaced(namespace: str | None, kind: str) -> str:
 
 def validation_problems(err: ValidationError) -> str:
     return "; ".join(f"spec.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+
+
+def storage_errors(storage: StorageSpec) -> list[str]:
+    errors = []
+    for volume in ("snapshots", "runs"):
+        claim = getattr(storage, volume)
+        if claim.existing_claim and claim.reclaim_policy.value == "Delete":
+            errors.append(
+                f"storage.{volume}: reclaimPolicy Delete cannot apply to "
+                f"existingClaim {claim.existing_claim!r} (not ours to delete)"
+            )
+    return errors
+
+
+def volume_children(body: kopf.Body, experiment: Experiment[Any]) -> list[dict[str, Any]]:
+    """The snapshots and runs PVCs to create; owned (deleted with the CR) only when Delete."""
+    pvcs = []
+    for volume in ("snapshots", "runs"):
+        pvc = build_pvc(experiment, volume)
+        if pvc is not None:
+            if pvc_is_owned(experiment, volume):
+                kopf.append_owner_reference(pvc, owner=body)
+            pvcs.append(pvc)
+    return pvcs
+
+
+def register_resync(plural: str, handler: Any, interval: float) -> None:
+    """A slow timer that re-derives status from the workflow (heals missed pushes)."""
+    kopf.timer(
+        GROUP,
+        VERSION,
+        plural,
+        interval=interval,
+        initial_delay=interval / 2,
+        idle=min(10.0, interval),
+    )(handler)
 
 
 def reject_spec(

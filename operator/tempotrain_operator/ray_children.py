@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tempotrain_workers.api import Cifar10ScalingSpec
+from tempotrain_workers.api import Cifar10ScalingSpec, effective_gpus
 
 from tempotrain_operator.children import (
     GPU_RESOURCE,
@@ -39,7 +39,7 @@ def largest_scale(spec: Cifar10ScalingSpec) -> tuple[int, int, int]:
     return (
         max(s.workers for s in spec.scales),
         max(s.cpus_per_worker for s in spec.scales),
-        max(s.gpus_per_worker for s in spec.scales),
+        max(effective_gpus(s.gpus_per_worker, spec.use_gpu) for s in spec.scales),
     )
 
 

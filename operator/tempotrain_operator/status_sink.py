@@ -52,7 +52,7 @@ async def publish_status(update: StatusUpdate) -> None:
         )
     if patch:
         await kube.patch_status(experiment, patch)
-    if finished:
+    if update.phase in TERMINAL_PHASES:  # idempotent: a retried update releases what is left
         await _release(target.kind, target.namespace, target.name, dict(raw.get("spec") or {}))
 
 

@@ -129,10 +129,16 @@ def test_gpu_scales_give_each_worker_pod_the_most_gpus_any_scale_asks_and_the_gp
     assert "tolerations" not in head_pod and "nodeSelector" not in head_pod
 
 
-def test_use_gpu_without_gpus_per_worker_still_asks_for_no_gpu() -> None:
+def test_use_gpu_without_gpus_per_worker_gives_each_worker_one_gpu() -> None:
+    """Ray Train places a `use_gpu` worker on one GPU by default: pods without one would leave
+    its workers unplaceable."""
     _, workers = _groups(build_ray_cluster(_experiment(useGpu=True), DEFAULT_IMAGE))
-    assert "nvidia.com/gpu" not in _container(workers)["resources"]["limits"]
-    assert "tolerations" not in workers["template"]["spec"]
+    assert _container(workers)["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert workers["rayStartParams"]["num-gpus"] == "1"
+    assert GPU_TOLERATION in workers["template"]["spec"]["tolerations"]
+    assert RayScaleConfig(workers=2).gpus(use_gpu=True) == 1
+    assert RayScaleConfig(workers=2, gpus_per_worker=2).gpus(use_gpu=True) == 2
+    assert RayScaleConfig(workers=2).gpus(use_gpu=False) == 0
 
 
 def test_the_head_runs_no_training_and_serves_the_jobs_api() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 from pathlib import Path
@@ -13,6 +14,7 @@ from temporalio.testing import ActivityEnvironment
 from tempotrain_workers.activities import RayScalingActivities, StorageRoots
 from tempotrain_workers.api import CifarDataset, RayScaleConfig, ScaleTrainRequest
 from tempotrain_workers.cifar.layout import ScaleLayout
+from tempotrain_workers.scale_supervisor import RAY_UNAVAILABLE_ATTEMPTS
 
 from tests.support import eventually
 
@@ -57,11 +59,16 @@ async def test_killed_train_worker_is_restored_from_the_last_epoch_checkpoint(
     assert restarted_from[0] == 0 and restarted_from[-1] == result.resumed_epoch
 
 
-async def test_unreachable_ray_jobs_api_is_not_retried(tmp_path: Path) -> None:
+async def test_unreachable_ray_jobs_api_is_retried_then_given_up(tmp_path: Path) -> None:
     request = _request(ray_address="http://127.0.0.1:9")  # discard port: nothing listens
     activities = RayScalingActivities(StorageRoots(tmp_path / "snapshots", tmp_path / "runs"))
-    with pytest.raises(ApplicationError) as failure:
-        await ActivityEnvironment().run(activities.train_cifar10_scale, request)
-    assert failure.value.type == "RayUnavailable"
-    assert failure.value.non_retryable
-    assert "127.0.0.1:9" in str(failure.value)
+    environment = ActivityEnvironment()
+    with pytest.raises(ApplicationError) as early:  # a head pod may just be restarting
+        await environment.run(activities.train_cifar10_scale, request)
+    assert (early.value.type, early.value.non_retryable) == ("RayUnreachable", False)
+
+    environment.info = dataclasses.replace(environment.info, attempt=RAY_UNAVAILABLE_ATTEMPTS)
+    with pytest.raises(ApplicationError) as final:
+        await environment.run(activities.train_cifar10_scale, request)
+    assert (final.value.type, final.value.non_retryable) == ("RayUnavailable", True)
+    assert "no Ray Jobs API at http://127.0.0.1:9" in str(final.value)

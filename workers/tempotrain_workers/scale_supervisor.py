@@ -17,7 +17,7 @@ import contextlib
 import importlib.util
 import json
 import os
-import re
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -35,6 +35,8 @@ from tempotrain_workers.subprocesses import die_with_parent
 STOP_GRACE_SECONDS = 60
 POLL_SECONDS = 2.0
 JOBS_CONNECT_ATTEMPTS = 3
+JOBS_CALL_SECONDS = 60.0
+RAY_UNAVAILABLE_ATTEMPTS = 4  # Temporal attempts (backoff 5 s, 10 s, 20 s) before giving up
 REQUIRED_MODULES = ("ray.train", "torch", "torchvision")
 
 
@@ -53,6 +55,7 @@ class LocalDriver:
     def __init__(self, process: asyncio.subprocess.Process, log_file: Path) -> None:
         self.process = process
         self.log_file = log_file
+        self._exited = asyncio.ensure_future(process.wait())  # one waiter, polled many times
 
     @classmethod
     async def start(cls, job_file: Path, log_file: Path) -> LocalDriver:
@@ -69,10 +72,8 @@ class LocalDriver:
         return cls(process, log_file)
 
     async def wait(self, within: float) -> int | None:
-        try:
-            return await asyncio.wait_for(asyncio.shield(self.process.wait()), within)
-        except TimeoutError:
-            return None
+        done, _ = await asyncio.wait({self._exited}, timeout=within)
+        return self._exited.result() if done else None
 
     async def stop(self) -> None:
         if self.process.returncode is not None:
@@ -109,55 +110,81 @@ class RayJobDriver:
         for previous in range(attempt - 1, 0, -1):
             submission_id = f"{run_key}-a{previous}"
             try:
-                status = await asyncio.to_thread(client.get_job_status, submission_id)
+                status = await _jobs_call(client.get_job_status, submission_id)
             except Exception:
                 continue
             if status in (JobStatus.PENDING, JobStatus.RUNNING):
                 return cls(client, submission_id, log_file)
         submission_id = f"{run_key}-a{attempt}"
-        entrypoint = f"python -m tempotrain_workers.cifar.driver {job_file} --ray-address auto"
-        await asyncio.to_thread(
-            client.submit_job, entrypoint=entrypoint, submission_id=submission_id
+        entrypoint = shlex.join(
+            [
+                "python",
+                "-m",
+                "tempotrain_workers.cifar.driver",
+                str(job_file),
+                "--ray-address",
+                "auto",
+            ]
         )
+        await _jobs_call(client.submit_job, entrypoint=entrypoint, submission_id=submission_id)
         return cls(client, submission_id, log_file)
 
     async def wait(self, within: float) -> int | None:
         from ray.job_submission import JobStatus
 
         await asyncio.sleep(within)  # a remote job can only be polled
-        info = await asyncio.to_thread(self.client.get_job_info, self.submission_id)
+        info = await _jobs_call(self.client.get_job_info, self.submission_id)
         if info.status in (JobStatus.PENDING, JobStatus.RUNNING):
             return None
-        logs = await asyncio.to_thread(self.client.get_job_logs, self.submission_id)
-        self.log_file.write_text(logs)
+        self.log_file.write_text(await _jobs_call(self.client.get_job_logs, self.submission_id))
         if info.status == JobStatus.SUCCEEDED:
             return 0
-        code = re.search(r"exit code (\d+)", info.message or "")
-        return int(code.group(1)) if code else 1
+        return info.driver_exit_code if info.driver_exit_code is not None else 1
 
     async def stop(self) -> None:
-        await asyncio.to_thread(self.client.stop_job, self.submission_id)
+        """Stop the job and wait (bounded) until Ray reports it ended."""
+        await _jobs_call(self.client.stop_job, self.submission_id)
+        deadline = asyncio.get_running_loop().time() + STOP_GRACE_SECONDS
+        status = None
+        while asyncio.get_running_loop().time() < deadline:
+            status = await _jobs_call(self.client.get_job_status, self.submission_id)
+            if status.is_terminal():
+                return
+            await asyncio.sleep(POLL_SECONDS)
+        activity.logger.warning("Ray job %s still %s after stop", self.submission_id, status)
 
     def log_tail(self) -> str:
         return _tail(self.log_file)
 
 
+async def _jobs_call(call: Any, *args: Any, **kwargs: Any) -> Any:
+    """The Ray Jobs SDK sets no HTTP timeout: a head that vanished mid-request would hold this
+    worker's only activity slot forever."""
+    return await asyncio.wait_for(asyncio.to_thread(call, *args, **kwargs), JOBS_CALL_SECONDS)
+
+
 async def _jobs_client(factory: Any, address: str) -> Any:
-    """Connect to the Ray Jobs API, retrying briefly (a head pod may be restarting); a head
-    that stays unreachable is a configuration error, not worth Temporal's retries."""
+    """Connect to the Ray Jobs API, retrying briefly (a head pod may be restarting)."""
     delay = 1.0
     for attempt in range(1, JOBS_CONNECT_ATTEMPTS + 1):
         try:
-            return await asyncio.to_thread(factory, address)
+            return await _jobs_call(factory, address)
         except Exception as err:
             if attempt == JOBS_CONNECT_ATTEMPTS:
-                raise non_retryable(
-                    ErrorType.RAY_UNAVAILABLE,
-                    f"no Ray Jobs API at {address} after {attempt} attempts: {err}",
+                raise ray_unavailable(
+                    f"no Ray Jobs API at {address} after {attempt} attempts: {err}"
                 ) from err
             await asyncio.sleep(delay)
             delay *= 2
     raise AssertionError("unreachable")
+
+
+def ray_unavailable(message: str) -> ApplicationError:
+    """Retryable for the first attempts (a head pod restarting between scales must not fail
+    the experiment); after that, a clear non-retryable error instead of retrying for days."""
+    if activity.info().attempt < RAY_UNAVAILABLE_ATTEMPTS:
+        return ApplicationError(message, type="RayUnreachable")
+    return non_retryable(ErrorType.RAY_UNAVAILABLE, message)
 
 
 def _tail(log_file: Path, lines: int = 25) -> str:
@@ -211,7 +238,10 @@ class ScaleSupervisor:
         address = self.request.ray_address
         log_file = self.layout.own_dir / f"driver-attempt-{attempt}.log"
         if address.startswith(("http://", "https://")):
-            run_key = f"tempotrain-{self.request.run_id}-{self.request.scale_name}"
+            # The workflow id carries the CR's uid: a re-created experiment never attaches to
+            # (or collides with) its predecessor's jobs on a long-lived Ray cluster.
+            workflow_id = activity.info().workflow_id or self.request.run_id
+            run_key = f"{workflow_id}-{self.request.scale_name}"
             return await RayJobDriver.start(
                 address, self.layout.job_file, log_file, run_key, attempt
             )
@@ -227,10 +257,7 @@ class ScaleSupervisor:
         if code == EXIT_DEPENDENCY:
             raise non_retryable(ErrorType.DEPENDENCY_MISSING, log_tail)
         if code == EXIT_RAY_UNAVAILABLE:
-            raise non_retryable(
-                ErrorType.RAY_UNAVAILABLE,
-                f"Ray unreachable at {self.request.ray_address}:\n{log_tail}",
-            )
+            raise ray_unavailable(f"Ray unreachable at {self.request.ray_address}:\n{log_tail}")
         if code != 0 or not self.layout.result_file.is_file():
             raise ApplicationError(
                 f"scale {self.request.scale_name} failed (driver exit {code}):\n{log_tail}",

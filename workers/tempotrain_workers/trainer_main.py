@@ -29,6 +29,7 @@ from tempotrain_workers.api import (
     ErrorType,
 )
 from tempotrain_workers.checkpoints import write_marker
+from tempotrain_workers.files import write_json_atomically
 
 EVENT_PREFIX = "@tempotrain "
 EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped on request after saving; not a failure
@@ -61,12 +62,6 @@ def pick_device() -> str:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return "mps"
     return "cpu"
-
-
-def _write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
-    staging = path.with_name(f".{path.name}.tmp")
-    staging.write_text(json.dumps(payload, default=str))
-    staging.replace(path)
 
 
 def build_callback(job: TrainerJob) -> Any:
@@ -107,7 +102,7 @@ def build_callback(job: TrainerJob) -> Any:
             elif interval and time.monotonic() - self.last_save >= interval:
                 control.should_save = True
             if state.is_world_process_zero:
-                _write_json_atomically(
+                write_json_atomically(
                     run_dir / "progress.json",
                     {
                         "step": state.global_step,
@@ -140,7 +135,7 @@ def build_callback(job: TrainerJob) -> Any:
                 snapshot_hash=job.snapshot_hash,
             )
             self.checkpoints_saved += 1
-            _write_json_atomically(run_state_file, {"checkpoints_saved": self.checkpoints_saved})
+            write_json_atomically(run_state_file, {"checkpoints_saved": self.checkpoints_saved})
             self.latest = json.loads(info.model_dump_json())
             self.checkpoint_seconds += time.monotonic() - self.step_ended
             emit("checkpoint", checkpoint=self.latest, total_steps=state.max_steps)
@@ -256,7 +251,7 @@ def run(job: TrainerJob) -> int:
             train_seconds=train_seconds,
             checkpoint_seconds=callback.checkpoint_seconds,
         )
-        _write_json_atomically(
+        write_json_atomically(
             Path(job.run_dir) / "result.json", json.loads(result.model_dump_json(by_alias=True))
         )
         emit("finished", step=trainer.state.global_step)

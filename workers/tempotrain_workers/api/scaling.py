@@ -30,8 +30,17 @@ class RayScaleConfig(Contract):
     workers: int = Field(ge=1, le=256, description="Ray Train workers (DDP ranks)")
     epochs: int = Field(default=2, ge=1, le=1000)
     batch_size: int = Field(default=128, ge=1, le=8192, description="per worker")
-    gpus_per_worker: int = Field(default=0, ge=0, le=16)
+    gpus_per_worker: int = Field(default=0, ge=0, le=16, description="0 with use_gpu: 1")
     cpus_per_worker: int = Field(default=1, ge=1, le=256)
+
+    def gpus(self, use_gpu: bool) -> int:
+        return effective_gpus(self.gpus_per_worker, use_gpu)
+
+
+def effective_gpus(gpus_per_worker: int, use_gpu: bool) -> int:
+    """GPUs each worker gets: Ray Train gives a `use_gpu` worker one GPU unless told more, so
+    the RayCluster's pods must offer at least that."""
+    return gpus_per_worker or (1 if use_gpu else 0)
 
 
 class ScaleTrainRequest(Contract):

@@ -25,7 +25,9 @@ class ScaleSpec(WireModel):
     workers: int = Field(ge=1, le=256, description="Ray Train workers (DDP ranks)")
     epochs: int = Field(default=2, ge=1, le=1000)
     batch_size: int = Field(default=128, ge=1, le=8192, description="per worker")
-    gpus_per_worker: int = Field(default=0, ge=0, le=16)
+    gpus_per_worker: int = Field(
+        default=0, ge=0, le=16, description="default: 1 when useGpu, else 0"
+    )
     cpus_per_worker: int = Field(default=1, ge=1, le=256)
 
 

@@ -19,13 +19,15 @@ from typing import Any
 from pydantic import BaseModel
 
 from tempotrain_workers.api import LOCAL_RAY, CifarDataset, ScaleTrainRequest, ScaleTrainResult
-from tempotrain_workers.cifar.layout import ScaleLayout, write_json_atomically
+from tempotrain_workers.cifar.layout import ScaleLayout
+from tempotrain_workers.files import write_json_atomically
 
 EXIT_FAILED = 1  # training failed after Ray Train's own retries: worth another attempt
 EXIT_DEPENDENCY = 3  # ray/torch/torchvision missing: not retryable
 EXIT_RAY_UNAVAILABLE = 4  # no Ray at the address after retries: not retryable
 EXIT_STOPPED = 5  # SIGTERM: stopped on request
 CONNECT_ATTEMPTS = 5
+CONTROLLER_FAILURE_LIMIT = 3
 OBJECT_STORE_BYTES = 256 * 1024**2  # a local Ray holds no datasets in its object store
 
 
@@ -35,16 +37,16 @@ class DriverJob(BaseModel):
     datasets_dir: str
 
 
-def _connect(address: str, needed_cpus: int, needed_gpus: int) -> None:
+def _connect(address: str, needed_cpus: int) -> None:
     import ray
 
     if address == LOCAL_RAY:
         # Logical CPUs: at least what the scale asks for, so a 2-worker scale runs on a
-        # 1-core laptop too (slower, but the same code path as a real cluster).
+        # 1-core laptop too (slower, but the same code path as a real cluster). GPUs are
+        # detected: a scale asking for more than the machine has fails instead of faking them.
         ray.init(
             address="local",
             num_cpus=max(os.cpu_count() or 1, needed_cpus),
-            num_gpus=needed_gpus or None,
             include_dashboard=False,
             object_store_memory=OBJECT_STORE_BYTES,
         )
@@ -76,8 +78,8 @@ def run(job: DriverJob) -> ScaleTrainResult:
         data.download_cifar10(Path(job.datasets_dir) / "cifar10")
     scale = request.scale
     resources: dict[str, float] = {"CPU": scale.cpus_per_worker}
-    if scale.gpus_per_worker:
-        resources["GPU"] = scale.gpus_per_worker
+    if gpus := scale.gpus(request.use_gpu):
+        resources["GPU"] = gpus
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=job.model_dump(mode="json"),
@@ -87,15 +89,19 @@ def run(job: DriverJob) -> ScaleTrainResult:
         run_config=ray.train.RunConfig(
             name=request.scale_name,
             storage_path=job.storage_path,
-            failure_config=ray.train.FailureConfig(max_failures=request.max_failures),
+            # Ray Train V2's FailureConfig (the stubs mypy sees are V1's).
+            failure_config=ray.train.FailureConfig(  # type: ignore[call-arg]
+                max_failures=request.max_failures,
+                # Not unlimited: workers that can never be placed (a scale larger than the
+                # cluster) must end the run with an error, not retry silently forever.
+                controller_failure_limit=CONTROLLER_FAILURE_LIMIT,
+            ),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),
     )
     started = time.monotonic()
-    result = trainer.fit()
+    result = trainer.fit()  # raises when training failed after Ray Train's own retries
     seconds = time.monotonic() - started
-    if result.error is not None:
-        raise RuntimeError(f"Ray Train failed: {result.error}")
     metrics = json.loads(layout.final_metrics_file.read_text())
     return _result(request, layout, metrics, result.checkpoint, seconds)
 
@@ -150,11 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_DEPENDENCY
     scale = job.request.scale
     try:
-        _connect(
-            args.ray_address or job.request.ray_address,
-            scale.workers * scale.cpus_per_worker,
-            scale.workers * scale.gpus_per_worker,
-        )
+        _connect(args.ray_address or job.request.ray_address, scale.workers * scale.cpus_per_worker)
     except ConnectionError as err:
         print(str(err), file=sys.stderr)
         return EXIT_RAY_UNAVAILABLE

@@ -6,7 +6,6 @@ the worker pods mount at the same path."""
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,10 +62,3 @@ class ScaleLayout:
             return []
         lines = self.attempts_file.read_text().splitlines()
         return [json.loads(line) for line in lines if line.strip()]
-
-
-def write_json_atomically(path: Path, payload: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    staging.write_text(json.dumps(payload, indent=2))
-    staging.replace(path)

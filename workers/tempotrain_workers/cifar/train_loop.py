@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import ray.train
+import ray.train.collective
 import ray.train.torch
 import torch
 import torch.distributed as dist
@@ -29,7 +30,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tempotrain_workers import checkpoints
 from tempotrain_workers.api import ScaleTrainRequest
 from tempotrain_workers.cifar import data, models
-from tempotrain_workers.cifar.layout import ScaleLayout, write_json_atomically
+from tempotrain_workers.cifar.layout import ScaleLayout
+from tempotrain_workers.files import write_json_atomically
 
 STATE_FILE = "training-state.json"
 MODEL_FILE = "model.pt"
@@ -46,11 +48,18 @@ class TrainingState:
     test_accuracy: float | None = None
 
 
-def dataset_identity(request: ScaleTrainRequest) -> str:
-    """What a checkpoint must have been trained on to be resumed (the marker's snapshot hash)."""
-    if request.dataset.value == "synthetic":
-        return f"synthetic-{request.synthetic_size}-{request.seed}-{request.model.value}"
-    return f"cifar10-{request.model.value}"
+def training_identity(request: ScaleTrainRequest) -> str:
+    """What a checkpoint must have been trained with to be resumed (the marker's snapshot
+    hash): a re-applied experiment with other data or hyper-parameters starts afresh instead
+    of continuing someone else's optimisation. Epochs are left out: more epochs continue."""
+    scale = request.scale
+    data = (
+        f"synthetic-{request.synthetic_size}" if request.dataset.value == "synthetic" else "cifar10"
+    )
+    return (
+        f"{data}-{request.model.value}-seed{request.seed}-lr{request.learning_rate}"
+        f"-bs{scale.batch_size}-w{scale.workers}-gpu{int(request.use_gpu)}"
+    )
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -68,7 +77,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     model = models.build(request.model)
     num_parameters = sum(p.numel() for p in model.parameters())
-    state, restored = _restore(request, layout, model)
+    state, restored = _restore(request, layout, model, rank)
     _log_attempt(layout, rank, state)
     model = ray.train.torch.prepare_model(model)  # to the device; DDP when world > 1
     optimizer = torch.optim.SGD(
@@ -83,8 +92,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     sampler: DistributedSampler[Any] = DistributedSampler(
         train_set, num_replicas=world, rank=rank, shuffle=True, seed=request.seed
     )
-    loader = DataLoader(train_set, batch_size=request.scale.batch_size, sampler=sampler)
-    identity = dataset_identity(request)
+    loader = DataLoader(
+        train_set,
+        batch_size=request.scale.batch_size,
+        sampler=sampler,
+        # Decoding and augmenting real images on the worker's other CPUs keeps a GPU fed;
+        # synthetic tensors need no loader processes.
+        num_workers=_loader_processes(request),
+        pin_memory=device.type == "cuda",
+    )
+    identity = training_identity(request)
     for epoch in range(state.epochs_done, request.scale.epochs):
         sampler.set_epoch(epoch)  # a different shuffle each epoch, the same on every rank
         started = time.perf_counter()
@@ -108,6 +125,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     final["test_accuracy"] = _accuracy(model, test_set, rank, world, device)
     final["parameter_digests"] = _gather(parameter_digest(model), world)
     if request.sync_probe_steps and world > 1:
+        model.train()  # as in training (BatchNorm batch statistics)
         final["gradient_sync_share"] = _sync_share(model, loader, device, request.sync_probe_steps)
     final["device"] = str(device)
     if rank == 0:
@@ -129,11 +147,24 @@ def _log_attempt(layout: ScaleLayout, rank: int, state: TrainingState) -> None:
 
 
 def _restore(
-    request: ScaleTrainRequest, layout: ScaleLayout, model: nn.Module
+    request: ScaleTrainRequest, layout: ScaleLayout, model: nn.Module, rank: int
 ) -> tuple[TrainingState, Path | None]:
     """Load the newest checkpoint whose marker verifies: Ray's latest first, else any older
-    one in the run (a torn copy falls back instead of failing the scale)."""
-    identity = dataset_identity(request)
+    one in the run (a torn copy falls back instead of failing the scale). Rank 0 chooses and
+    tells the others, so every rank resumes the same epoch even where a shared volume's
+    directory listings differ between nodes."""
+    choice = _newest_verified(request, layout) if rank == 0 else None
+    chosen = ray.train.collective.broadcast_from_rank_zero(str(choice) if choice else None)
+    if chosen is None:
+        return TrainingState(), None
+    path = Path(chosen)
+    model.load_state_dict(torch.load(path / MODEL_FILE, map_location="cpu"))
+    state = TrainingState(**json.loads((path / STATE_FILE).read_text()))
+    return state, path
+
+
+def _newest_verified(request: ScaleTrainRequest, layout: ScaleLayout) -> Path | None:
+    identity = training_identity(request)
     candidates: list[Path] = []
     latest = ray.train.get_checkpoint()
     if latest is not None:
@@ -144,12 +175,13 @@ def _restore(
         for path in candidates
         if (info := checkpoints.verify(path, identity)) is not None
     ]
-    if not verified:
-        return TrainingState(), None
-    _, path = max(verified)
-    model.load_state_dict(torch.load(path / MODEL_FILE, map_location="cpu"))
-    state = TrainingState(**json.loads((path / STATE_FILE).read_text()))
-    return state, path
+    return max(verified)[1] if verified else None
+
+
+def _loader_processes(request: ScaleTrainRequest) -> int:
+    if request.dataset.value == "synthetic":
+        return 0
+    return max(0, request.scale.cpus_per_worker - 1)
 
 
 def _save(
