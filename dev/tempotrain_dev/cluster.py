@@ -30,7 +30,7 @@ COMPONENTS = (
     "kube-scheduler",
     "kwok",
     "provisioner",
-    "kuberay-operator",  # after its CRDs are applied (see `up`)
+    "kuberay-operator",  # its CRDs are applied before the controller-manager (see `up`)
 )
 PORT_NAMES = (
     "etcd_client",
@@ -107,8 +107,10 @@ class LocalCluster:
         ports = self._ports()
         self._write_kubeconfig(ports["apiserver"])
         for name in COMPONENTS:
-            if name == "kuberay-operator":
-                # Its watches cannot sync on kinds the server lacks (the manager gives up).
+            if name == "kube-controller-manager":
+                # Before the controller-manager: its garbage collector discovers resources at
+                # start and only every 30 s after, and it must know RayClusters to delete
+                # their pods with them. The KubeRay operator's watches need them too.
                 self._apply_kuberay_crds()
             already = self.processes[name].is_running()
             self.processes[name].start(self._argv(name, ports), env=self._env(name))
