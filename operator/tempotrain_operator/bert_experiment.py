@@ -155,21 +155,17 @@ async def bertexperiment_resync(
 ) -> None:
     """Re-derive status from the workflow: heals any missed push (operator down, etc.).
     Registered as a timer by `register_resync` with the configured interval."""
-    workflow_id = status.get("workflowId")
-    if not workflow_id or status.get("phase") in TERMINAL_PHASES:
-        return
-    runtime: Runtime = memo.runtime
-    namespace = namespaced(namespace, "BertExperiment")
     known_step = (status.get("latestCheckpoint") or {}).get("step", -1)
-    try:
-        derived = await derive_status(await runtime.client(), workflow_id, known_step)
-    except Exception as err:  # best effort; the next tick tries again
-        logger.warning("resync of %s skipped: %s", workflow_id, err)
-        return
-    for key, value in derived.items():
-        patch.status[key] = value
-    if derived.get("phase") in TERMINAL_PHASES:
-        await kube.scale_to_zero(namespace, worker_deployment_names(name))
+    workers = worker_deployment_names(name)
+    ns = namespaced(namespace, "BertExperiment")
+    await lifecycle.resync_from_workflow(
+        status,
+        patch,
+        memo.runtime,
+        logger,
+        derive=lambda client, workflow_id: derive_status(client, workflow_id, known_step),
+        release=lambda: kube.scale_to_zero(ns, workers),
+    )
 
 
 def register_resync(interval: float) -> None:

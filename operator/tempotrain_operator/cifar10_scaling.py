@@ -255,19 +255,15 @@ async def cifar10scaling_resync(
     **_: Any,
 ) -> None:
     """Re-derive a finished workflow's outcome (heals missed pushes); release resources."""
-    workflow_id = status.get("workflowId")
-    if not workflow_id or status.get("phase") in TERMINAL_PHASES:
-        return
-    runtime: Runtime = memo.runtime
-    try:
-        derived = await derive_status(await runtime.client(), workflow_id)
-    except Exception as err:  # best effort; the next tick tries again
-        logger.warning("resync of %s skipped: %s", workflow_id, err)
-        return
-    for key, value in derived.items():
-        patch.status[key] = value
-    if derived.get("phase") in TERMINAL_PHASES:
-        await release_resources(namespaced(namespace, KIND), name, dict(spec))
+    ns = namespaced(namespace, KIND)
+    await lifecycle.resync_from_workflow(
+        status,
+        patch,
+        memo.runtime,
+        logger,
+        derive=derive_status,
+        release=lambda: release_resources(ns, name, dict(spec)),
+    )
 
 
 def register_resync(interval: float) -> None:

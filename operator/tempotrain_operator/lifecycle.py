@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 from pydantic import BaseModel, ValidationError
-from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
-from tempotrain_workers.api import GROUP, VERSION, StorageSpec
+from tempotrain_workers.api import GROUP, TERMINAL_PHASES, VERSION, StorageSpec
 
 from tempotrain_operator import conditions
 from tempotrain_operator.children import Experiment, build_pvc, pvc_is_owned
@@ -73,6 +74,30 @@ def volume_children(body: kopf.Body, experiment: Experiment[Any]) -> list[dict[s
                 kopf.append_owner_reference(pvc, owner=body)
             pvcs.append(pvc)
     return pvcs
+
+
+async def resync_from_workflow(
+    status: kopf.Status,
+    patch: kopf.Patch,
+    runtime: Runtime,
+    logger: kopf.Logger,
+    derive: Callable[[Client, str], Awaitable[dict[str, Any]]],
+    release: Callable[[], Awaitable[None]],
+) -> None:
+    """Re-derive status from the workflow (heals any missed push: operator down, etc.) and
+    release the compute of an experiment found finished."""
+    workflow_id = status.get("workflowId")
+    if not workflow_id or status.get("phase") in TERMINAL_PHASES:
+        return
+    try:
+        derived = await derive(await runtime.client(), workflow_id)
+    except Exception as err:  # best effort; the next tick tries again
+        logger.warning("resync of %s skipped: %s", workflow_id, err)
+        return
+    for key, value in derived.items():
+        patch.status[key] = value
+    if derived.get("phase") in TERMINAL_PHASES:
+        await release()
 
 
 def register_resync(plural: str, handler: Any, interval: float) -> None:

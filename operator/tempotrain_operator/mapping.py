@@ -18,7 +18,6 @@ from tempotrain_workers.api import (
     Phase,
     RayScaleConfig,
     ScaleOutcome,
-    ScaleResultStatus,
     StatusTarget,
     StatusUpdate,
 )
@@ -191,8 +190,7 @@ def status_patch(update: StatusUpdate, current: dict[str, Any]) -> dict[str, Any
 def scaling_results_patch(outcomes: list[ScaleOutcome]) -> dict[str, Any]:
     """`results[]` plus the printer columns' summary fields (a list cannot be max'ed there)."""
     rows = [
-        ScaleResultStatus.model_validate(outcome.model_dump(mode="json")).wire()
-        for outcome in outcomes
+        outcome.model_dump(mode="json", by_alias=True, exclude_none=True) for outcome in outcomes
     ]
     patch: dict[str, Any] = {"results": rows}
     if outcomes:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
 
 from tempotrain_workers.api.base import Contract, RunId, StatusTarget
 
@@ -94,6 +95,11 @@ class ScaleTrainResult(Contract):
 
 class ScaleOutcome(Contract):
     """A finished scale, compared with the baseline (the 1-worker scale, else the smallest)."""
+
+    # Also a row of the CR's `.status.results`: camelCase on the wire, either name accepted.
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True
+    )
 
     workers: int
     test_accuracy: float

@@ -18,7 +18,12 @@ from tempotrain_workers.api.resources import (
     WorkersSpec,
     cel,
 )
-from tempotrain_workers.api.scaling import DEFAULT_SYNTHETIC_SIZE, CifarDataset, CifarModel
+from tempotrain_workers.api.scaling import (
+    DEFAULT_SYNTHETIC_SIZE,
+    CifarDataset,
+    CifarModel,
+    ScaleOutcome,
+)
 
 
 class ScaleSpec(WireModel):
@@ -123,19 +128,6 @@ class Cifar10ScalingSpec(WireModel):
     workers: WorkersSpec = Field(default_factory=WorkersSpec)
 
 
-class ScaleResultStatus(WireModel):
-    workers: int
-    test_accuracy: float
-    training_seconds: float
-    images_per_second: float
-    speedup: float
-    efficiency: float
-    num_parameters: int
-    checkpoint_path: str | None = None
-    restarts: int = 0
-    resumed_epoch: int | None = None
-
-
 class Cifar10ScalingStatus(WireModel):
     phase: Phase | None = None
     run_id: str | None = None
@@ -144,7 +136,7 @@ class Cifar10ScalingStatus(WireModel):
     ray_address: str | None = None
     current_scale: int | None = None
     done: str | None = Field(default=None, description="finished scales: n/total")
-    results: list[ScaleResultStatus] = Field(default_factory=list)
+    results: list[ScaleOutcome] = Field(default_factory=list)
     best_accuracy: float | None = None
     best_speedup: float | None = None
     message: str | None = None
