@@ -209,16 +209,12 @@ class MetricsStatus(WireModel):
     num_eval_examples: int | None = None
 
 
-class BertExperimentStatus(WireModel):
+class ExperimentStatus(WireModel):
+    """What every experiment kind's `.status` has: its phase, run and workflow, conditions."""
+
     phase: Phase | None = None
     run_id: str | None = None
     workflow_id: str | None = None
-    snapshot: SnapshotStatus | None = None
-    latest_checkpoint: CheckpointStatus | None = None
-    checkpoints_saved: int | None = None
-    progress: ProgressStatus | None = None
-    metrics: MetricsStatus | None = None
-    attempts: int | None = None
     message: str | None = None
     conditions: list[Condition] = Field(
         default_factory=list,
@@ -227,6 +223,15 @@ class BertExperimentStatus(WireModel):
     observed_generation: int | None = None
     start_time: datetime | None = None
     completion_time: datetime | None = None
+
+
+class BertExperimentStatus(ExperimentStatus):
+    snapshot: SnapshotStatus | None = None
+    latest_checkpoint: CheckpointStatus | None = None
+    checkpoints_saved: int | None = None
+    progress: ProgressStatus | None = None
+    metrics: MetricsStatus | None = None
+    attempts: int | None = None
 
 
 TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED})

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from enum import StrEnum
 
 from pydantic import ConfigDict, Field
 
-from tempotrain_workers.api.contract import Phase
 from tempotrain_workers.api.resources import (
     CEL,
-    Condition,
+    ExperimentStatus,
     Quantity,
     StorageSpec,
     Toleration,
@@ -128,10 +126,7 @@ class Cifar10ScalingSpec(WireModel):
     workers: WorkersSpec = Field(default_factory=WorkersSpec)
 
 
-class Cifar10ScalingStatus(WireModel):
-    phase: Phase | None = None
-    run_id: str | None = None
-    workflow_id: str | None = None
+class Cifar10ScalingStatus(ExperimentStatus):
     ray_cluster: str | None = None
     ray_address: str | None = None
     current_scale: int | None = None
@@ -139,11 +134,3 @@ class Cifar10ScalingStatus(WireModel):
     results: list[ScaleOutcome] = Field(default_factory=list)
     best_accuracy: float | None = None
     best_speedup: float | None = None
-    message: str | None = None
-    conditions: list[Condition] = Field(
-        default_factory=list,
-        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
-    )
-    observed_generation: int | None = None
-    start_time: datetime | None = None
-    completion_time: datetime | None = None
