@@ -1,5 +1,5 @@
-"""The generated CRD is current, and the apiserver refuses malformed BertExperiments at
-`kubectl apply`, naming the field."""
+"""The generated CRDs are current, and the apiserver refuses malformed experiments of every
+kind at `kubectl apply`, naming the field or the rule."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from tempotrain_workers.api.crdgen import KINDS, path_for, render
 from tests.conftest import ClusterHandle
 from tests.e2e.conftest import experiment
 
-INVALID = sorted((Path(__file__).parent / "manifests" / "invalid").glob("*.yaml"))
+MANIFESTS = Path(__file__).parent / "manifests"
+INVALID = sorted(MANIFESTS.glob("invalid/*.yaml")) + sorted(MANIFESTS.glob("invalid-c10s/*.yaml"))
 
 
 def test_committed_crds_match_the_generator() -> None:
@@ -28,7 +29,7 @@ def test_there_are_at_least_twelve_malformed_manifests() -> None:
 
 
 @pytest.mark.kube
-@pytest.mark.parametrize("manifest", INVALID, ids=lambda p: p.stem)
+@pytest.mark.parametrize("manifest", INVALID, ids=lambda p: f"{p.parent.name}/{p.stem}")
 async def test_malformed_manifest_is_refused_with_its_field_path(
     crds: None, cluster: ClusterHandle, namespace: str, manifest: Path
 ) -> None:
@@ -36,7 +37,8 @@ async def test_malformed_manifest_is_refused_with_its_field_path(
     result = cluster.kubectl.run("apply", "-n", namespace, "-f", str(manifest))
     assert result.returncode != 0, f"{manifest.name} was accepted"
     assert expected in result.stderr, result.stderr
-    assert not json.loads(cluster.kubectl("get", "bexp", "-n", namespace, "-o", "json"))["items"]
+    stored = cluster.kubectl("get", "bexp,c10s", "-n", namespace, "-o", "json")
+    assert not json.loads(stored)["items"]
 
 
 @pytest.mark.kube
