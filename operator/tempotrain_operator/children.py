@@ -99,18 +99,26 @@ def pvc_is_owned(experiment: Experiment[Any], volume: str) -> bool:
     return spec.reclaim_policy == ReclaimPolicy.DELETE and not spec.existing_claim
 
 
-def data_volumes(experiment: Experiment[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The snapshots and runs claims at their fixed mount points, plus a writable /tmp."""
+def data_volumes(
+    experiment: Experiment[Any], *, shared_memory: bool = False
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The snapshots and runs claims at their fixed mount points, plus a writable /tmp; with
+    `shared_memory`, a memory-backed /dev/shm (a container's default 64 MiB is too small for
+    DataLoader workers, NCCL and Ray's object store)."""
     volumes = [
         {"name": volume, "persistentVolumeClaim": {"claimName": claim_name(experiment, volume)}}
         for volume in ("snapshots", "runs")
     ]
+    volumes.append({"name": "tmp", "emptyDir": {}})
     mounts = [
         {"name": "snapshots", "mountPath": SNAPSHOTS_MOUNT},
         {"name": "runs", "mountPath": RUNS_MOUNT},
         {"name": "tmp", "mountPath": "/tmp"},
     ]
-    return [*volumes, {"name": "tmp", "emptyDir": {}}], mounts
+    if shared_memory:
+        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
+        mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
+    return volumes, mounts
 
 
 def build_worker_deployment(
@@ -127,7 +135,7 @@ def build_worker_deployment(
     }[role]
     component = f"{role}-worker"
     pod_labels = labels(experiment, component)
-    volumes, mounts = data_volumes(experiment)
+    volumes, mounts = data_volumes(experiment, shared_memory=training)
     resources: dict[str, Any] = {
         "requests": {
             "cpu": spec.resources.cpu if training else "1",
@@ -145,7 +153,8 @@ def build_worker_deployment(
         "name": "worker",
         "image": spec.workers.image or workers.image,
         "imagePullPolicy": spec.workers.image_pull_policy,
-        "args": ["python", "-m", "tempotrain_workers", "--queue", queue],
+        # `command`, not `args`: args would be appended to the image's own entrypoint.
+        "command": ["python", "-m", "tempotrain_workers", "--queue", queue],
         "env": [
             {"name": "TEMPORAL_ADDRESS", "value": workers.temporal_address},
             {"name": "TEMPORAL_NAMESPACE", "value": workers.temporal_namespace},

@@ -46,7 +46,7 @@ def largest_scale(spec: Cifar10ScalingSpec) -> tuple[int, int, int]:
 def _pod_spec(
     experiment: Experiment[Cifar10ScalingSpec], container: dict[str, Any]
 ) -> dict[str, Any]:
-    volumes, mounts = data_volumes(experiment)
+    volumes, mounts = data_volumes(experiment, shared_memory=True)
     return {
         "containers": [{**container, "volumeMounts": mounts}],
         "volumes": volumes,

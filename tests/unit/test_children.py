@@ -48,8 +48,10 @@ def test_training_pod_asks_for_gpus_tolerates_the_gpu_taint_and_runs_non_root() 
     assert pod["nodeSelector"] == {"pool": "a100"}
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
-    assert container["args"][-2:] == ["--queue", "tq"]
-    assert {m["mountPath"] for m in container["volumeMounts"]} >= {"/data/snapshots", "/data/runs"}
+    assert container["command"][-2:] == ["--queue", "tq"]
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts >= {"/data/snapshots", "/data/runs", "/dev/shm"}
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory"}} in pod["volumes"]
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
 
 
@@ -58,6 +60,7 @@ def test_eval_pod_is_cpu_only_and_labelled() -> None:
     pod = deployment["spec"]["template"]["spec"]
     assert "limits" not in pod["containers"][0]["resources"]
     assert "tolerations" not in pod
+    assert "/dev/shm" not in {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
     labels = deployment["metadata"]["labels"]
     assert labels["tempotrain.dev/experiment"] == "exp"
     assert labels["app.kubernetes.io/component"] == "eval-worker"

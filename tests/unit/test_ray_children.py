@@ -251,7 +251,7 @@ def test_ray_driver_worker_polls_the_ray_queue_on_cpu() -> None:
     assert deployment["metadata"]["labels"]["app.kubernetes.io/component"] == "ray-driver-worker"
     pod = deployment["spec"]["template"]["spec"]
     container = pod["containers"][0]
-    assert container["args"][-2:] == ["--queue", "ray-q-uid"]
+    assert container["command"][-2:] == ["--queue", "ray-q-uid"]
     assert container["image"] == "img:1"
     assert "limits" not in container["resources"]
     assert "tolerations" not in pod
@@ -397,3 +397,11 @@ def test_semantic_errors_refuse_deleting_a_claim_that_is_not_ours() -> None:
     ).spec
     (error,) = semantic_errors(spec)
     assert error.startswith("storage.runs: reclaimPolicy Delete") and "shared-runs" in error
+
+
+def test_ray_pods_get_a_memory_backed_dev_shm_for_the_object_store() -> None:
+    head, workers = _groups(build_ray_cluster(_experiment(), DEFAULT_IMAGE))
+    for group in (head, workers):
+        pod = group["template"]["spec"]
+        assert {"name": "dshm", "emptyDir": {"medium": "Memory"}} in pod["volumes"]
+        assert {"name": "dshm", "mountPath": "/dev/shm"} in _container(group)["volumeMounts"]
