@@ -1,0 +1,40 @@
+{{/*
+The operator's rules in the watched namespaces (all of them with rbac.scope=cluster, in a
+ClusterRole; each of watchNamespaces with rbac.scope=namespaced, in a Role). Exactly the calls
+the operator makes; no wildcards. kr8s' `get(name)` is a LIST with a fieldSelector on the
+name, hence `list` wherever the operator looks an object up.
+*/}}
+{{- define "tempotrain.operatorRules" -}}
+# Framework (kopf): posting the events of handlers' progress and errors, and of
+# kopf.info/kopf.warn (Created, WorkflowStarted, InvalidSpec, ChildCreateFailed, ...).
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
+# Framework (kopf) + application: watching the experiments (kopf list/watch), patching their
+# finalizer and kopf's progress annotations (kopf), reading one by name for the status sink
+# (kr8s list by field selector).
+- apiGroups: [tempotrain.dev]
+  resources: [bertexperiments, cifar10scalings]
+  verbs: [list, watch, patch]
+# Framework (kopf) + application: status writes go through the status subresource only
+# (kopf's handler patches and the status sink's merge patches).
+- apiGroups: [tempotrain.dev]
+  resources: [bertexperiments/status, cifar10scalings/status]
+  verbs: [patch]
+# Application: each experiment's snapshots and runs volumes, created if absent (never read,
+# updated or deleted by the operator: Retain data outlives the experiment).
+- apiGroups: [""]
+  resources: [persistentvolumeclaims]
+  verbs: [create]
+# Application: the worker Deployments, created if absent and scaled to 0 when the experiment
+# finishes (kr8s scale = GET + PATCH of spec.replicas, then GET until it reads back; the
+# lookup by name is a LIST).
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [get, list, create, patch]
+# Application: a Cifar10Scaling's KubeRay cluster, created if absent, read for its state,
+# deleted when the experiment finishes (spec.ray.onCompletion: Delete).
+- apiGroups: [ray.io]
+  resources: [rayclusters]
+  verbs: [list, create, delete]
+{{- end }}
