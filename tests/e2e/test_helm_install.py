@@ -1,0 +1,166 @@
+"""The Helm chart on the local control plane: it installs (its pods land on kwok nodes), its
+RBAC is enough for the operator to run real experiments as the chart's ServiceAccount, and
+uninstalling leaves only the CRDs (kept on purpose: deleting them would delete every CR)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from tempotrain_dev.commands import Queues
+from tempotrain_dev.tools import REPO_ROOT, Tools
+from tempotrain_workers.sample_data import write_sentiment_jsonl
+
+from tests.conftest import ClusterHandle
+from tests.e2e.conftest import Stack, apply, experiment, experiment_status, kube_json
+from tests.e2e.test_cifar10_scaling import scaling
+from tests.support import eventually
+
+pytestmark = pytest.mark.kube
+CHART = REPO_ROOT / "charts" / "tempotrain"
+CRD_NAMES = [p.name.removesuffix(".yaml") for p in sorted((REPO_ROOT / "crds").glob("*.yaml"))]
+
+
+def helm(tools: Tools, cluster: ClusterHandle, *args: str) -> str:
+    result = subprocess.run(
+        [str(tools.helm / "helm"), "--kubeconfig", str(cluster.kubeconfig), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, f"helm {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def token_kubeconfig(cluster: ClusterHandle, namespace: str, account: str, target: Path) -> Path:
+    """The admin kubeconfig's server and CA, but authenticated as the ServiceAccount."""
+    admin = yaml.safe_load(cluster.kubeconfig.read_text())
+    token = cluster.kubectl("create", "token", account, "-n", namespace, "--duration=2h").strip()
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": admin["clusters"],
+        "users": [{"name": account, "user": {"token": token}}],
+        "contexts": [
+            {
+                "name": account,
+                "context": {"cluster": admin["clusters"][0]["name"], "user": account},
+            }
+        ],
+        "current-context": account,
+    }
+    target.write_text(yaml.safe_dump(config))
+    return target
+
+
+async def test_chart_installs_its_rbac_suffices_and_uninstall_keeps_only_the_crds(
+    crds: None,
+    cluster: ClusterHandle,
+    tools: Tools,
+    temporal_address: str,
+    namespace: str,
+    minilm_path: Path,
+    tmp_path: Path,
+) -> None:
+    release = f"tt-{uuid.uuid4().hex[:6]}"
+    # --take-ownership: the session's `crds` fixture applied the CRDs already.
+    helm(
+        tools,
+        cluster,
+        "install",
+        release,
+        str(CHART),
+        "-n",
+        namespace,
+        "--take-ownership",
+        "--wait",
+        "--timeout",
+        "120s",
+        "--set",
+        "operator.image.tag=test",
+        # Namespaced RBAC (a Role in the watched namespace), like the operator below, which
+        # watches only this test's namespace.
+        "--set",
+        "rbac.scope=namespaced",
+        "--set",
+        f"watchNamespaces={{{namespace}}}",
+    )
+
+    pods = kube_json(cluster, namespace, "pods", "")["items"]
+    operator_pods = [
+        p for p in pods if p["metadata"]["labels"].get("app.kubernetes.io/component") == "operator"
+    ]
+    assert len(operator_pods) == 1, [p["metadata"]["name"] for p in pods]
+    assert operator_pods[0]["status"]["phase"] == "Running"
+    assert operator_pods[0]["spec"]["nodeName"].startswith("kwok-")
+    account = operator_pods[0]["spec"]["serviceAccountName"]
+
+    # RBAC is sufficient: the operator as that ServiceAccount, not as admin, runs a
+    # BertExperiment and a Cifar10Scaling (PVCs, Deployments, scaling, RayCluster, status).
+    as_operator = token_kubeconfig(cluster, namespace, account, tmp_path / "operator.kubeconfig")
+    denied = cluster.kubectl.run(
+        "--kubeconfig", str(as_operator), "get", "secrets", "-n", namespace
+    )
+    assert denied.returncode != 0 and "forbidden" in denied.stderr.lower()  # it is not admin
+    suffix = uuid.uuid4().hex[:8]
+    stack = Stack(
+        namespace=namespace,
+        kubeconfig=as_operator,
+        temporal_address=temporal_address,
+        root=tmp_path,
+        queues=Queues(f"train-{suffix}", f"eval-{suffix}", f"op-{suffix}", f"ray-{suffix}"),
+    )
+    write_sentiment_jsonl(stack.snapshots / "datasets" / "sentiment.jsonl", 400)
+    stack.start_operator()
+    stack.start_worker()
+    try:
+        apply(cluster, namespace, experiment("bert", minilm_path))
+        one_scale = [{"workers": 1, "epochs": 1, "batchSize": 64}]
+        apply(cluster, namespace, scaling("ray", scales=one_scale))
+
+        async def both_succeeded() -> bool:
+            phases = {
+                experiment_status(cluster, namespace, "bert").get("phase"),
+                experiment_status(cluster, namespace, "ray", "cifar10scalings").get("phase"),
+            }
+            if "Failed" in phases:
+                raise AssertionError(stack.log("operator"))
+            return phases == {"Succeeded"}
+
+        await eventually(both_succeeded, within=300, what="both experiments Succeeded")
+
+        async def ray_cluster_deleted() -> bool:
+            return not kube_json(cluster, namespace, "rayclusters.ray.io")["items"]
+
+        await eventually(ray_cluster_deleted, within=60, what="the RayCluster deleted")
+    finally:
+        stack.stop_all()
+    log = (tmp_path / "operator.log").read_text(errors="replace")
+    assert "forbidden" not in log.lower(), log[-3000:]  # kr8s and kopf both say 403 Forbidden
+
+    helm(tools, cluster, "uninstall", release, "-n", namespace, "--wait")
+    left: dict[str, Any] = json.loads(
+        cluster.kubectl(
+            "get",
+            "deploy,sa,role,rolebinding,svc",
+            "-n",
+            namespace,
+            "-l",
+            f"app.kubernetes.io/instance={release}",
+            "-o",
+            "json",
+        )
+    )
+    assert left["items"] == []
+    cluster_wide = cluster.kubectl(
+        "get", "clusterrole,clusterrolebinding", "-l", f"app.kubernetes.io/instance={release}"
+    )
+    assert release not in cluster_wide
+    for crd in CRD_NAMES:  # kept: helm.sh/resource-policy: keep
+        kept = json.loads(cluster.kubectl("get", "crd", crd, "-o", "json"))
+        assert kept["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
