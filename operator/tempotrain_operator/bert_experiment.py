@@ -122,8 +122,8 @@ async def _ensure_children(
 ) -> None:
     workers = WorkerConfig(
         image=runtime.settings.worker_image,
-        temporal_address=runtime.settings.temporal_address,
-        temporal_namespace=runtime.settings.temporal_namespace,
+        temporal=runtime.settings.temporal,
+        temporal_secret=runtime.settings.worker_temporal_secret,
         training_queue=training_queue,
         eval_queue=eval_queue,
     )

@@ -18,6 +18,7 @@ from tempotrain_workers.api import (
     ReclaimPolicy,
     VolumeSpec,
 )
+from tempotrain_workers.temporal_client import SECRET_MOUNT, TemporalConnection
 
 SNAPSHOTS_MOUNT = "/data/snapshots"
 RUNS_MOUNT = "/data/runs"
@@ -41,11 +42,11 @@ class Experiment(Generic[SpecT]):
 @dataclass(frozen=True)
 class WorkerConfig:
     image: str
-    temporal_address: str
-    temporal_namespace: str
+    temporal: TemporalConnection
     training_queue: str
     eval_queue: str
     ray_queue: str = RAY_QUEUE
+    temporal_secret: str | None = None  # mounted for the TLS files / API key workers need
 
 
 def labels(experiment: Experiment[Any], component: str) -> dict[str, str]:
@@ -156,8 +157,7 @@ def build_worker_deployment(
         # `command`, not `args`: args would be appended to the image's own entrypoint.
         "command": ["python", "-m", "tempotrain_workers", "--queue", queue],
         "env": [
-            {"name": "TEMPORAL_ADDRESS", "value": workers.temporal_address},
-            {"name": "TEMPORAL_NAMESPACE", "value": workers.temporal_namespace},
+            *workers.temporal.worker_environment(with_files=workers.temporal_secret is not None),
             {"name": "TEMPOTRAIN_SNAPSHOTS_ROOT", "value": SNAPSHOTS_MOUNT},
             {"name": "TEMPOTRAIN_RUNS_ROOT", "value": RUNS_MOUNT},
             {"name": "HF_HOME", "value": f"{SNAPSHOTS_MOUNT}/.hf-cache"},
@@ -170,6 +170,9 @@ def build_worker_deployment(
             "capabilities": {"drop": ["ALL"]},
         },
     }
+    if workers.temporal_secret:
+        volumes.append({"name": "temporal", "secret": {"secretName": workers.temporal_secret}})
+        mounts.append({"name": "temporal", "mountPath": SECRET_MOUNT, "readOnly": True})
     pod_spec: dict[str, Any] = {
         "containers": [container],
         "volumes": volumes,

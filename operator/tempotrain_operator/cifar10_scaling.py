@@ -211,8 +211,8 @@ async def _ensure_children(
     settings = runtime.settings
     workers = WorkerConfig(
         image=settings.worker_image,
-        temporal_address=settings.temporal_address,
-        temporal_namespace=settings.temporal_namespace,
+        temporal=settings.temporal,
+        temporal_secret=settings.worker_temporal_secret,
         training_queue=settings.training_queue,
         eval_queue=settings.eval_queue,
         ray_queue=ray_queue,

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from temporalio.client import Client
 
 from tempotrain_operator.settings import OperatorSettings
-from tempotrain_operator.temporal import connect
 
 
 @dataclass
@@ -20,5 +19,5 @@ class Runtime:
     async def client(self) -> Client:
         async with self._lock:
             if self._client is None:
-                self._client = await asyncio.wait_for(connect(self.settings), timeout=10)
+                self._client = await asyncio.wait_for(self.settings.temporal.connect(), timeout=10)
             return self._client

@@ -7,6 +7,11 @@ import os
 from dataclasses import dataclass
 
 from tempotrain_workers.api import EVAL_QUEUE, OPERATOR_QUEUE, RAY_QUEUE, TRAINING_QUEUE
+from tempotrain_workers.temporal_client import (
+    TemporalConnection,
+    add_connection_arguments,
+    connection_from,
+)
 
 DEFAULT_WORKER_IMAGE = "ghcr.io/tempotrain/workers:0.1.0"
 
@@ -14,12 +19,7 @@ DEFAULT_WORKER_IMAGE = "ghcr.io/tempotrain/workers:0.1.0"
 @dataclass(frozen=True)
 class OperatorSettings:
     namespaces: list[str]  # empty: cluster-wide
-    temporal_address: str
-    temporal_namespace: str
-    temporal_tls_cert: str | None
-    temporal_tls_key: str | None
-    temporal_tls_ca: str | None
-    temporal_api_key_file: str | None
+    temporal: TemporalConnection
     worker_image: str
     status_queue: str
     training_queue: str
@@ -32,6 +32,9 @@ class OperatorSettings:
     # Ray Jobs API. The local platform says `local`: its RayCluster pods are kwok's, so the
     # host worker starts a Ray of its own.
     ray_address: str | None = None
+    # A Secret in each experiment's namespace with the TLS files / API key its worker pods
+    # need to reach Temporal as the operator does (keys: ca.crt, tls.crt, tls.key, api-key).
+    worker_temporal_secret: str | None = None
 
     def queues_for(self, uid: str) -> tuple[str, str]:
         """(training, eval) queues of one experiment. Per-experiment queues keep a worker pod
@@ -60,18 +63,7 @@ def parse_settings(argv: list[str] | None = None) -> OperatorSettings:
         help="watch this namespace (repeatable; env TEMPOTRAIN_NAMESPACES, "
         "comma-separated); default: all namespaces",
     )
-    parser.add_argument("--temporal-address", default=_env("TEMPORAL_ADDRESS", "localhost:7233"))
-    parser.add_argument("--temporal-namespace", default=_env("TEMPORAL_NAMESPACE", "default"))
-    parser.add_argument(
-        "--temporal-tls-cert",
-        default=_env("TEMPORAL_TLS_CERT"),
-        help="client certificate file (mTLS)",
-    )
-    parser.add_argument("--temporal-tls-key", default=_env("TEMPORAL_TLS_KEY"))
-    parser.add_argument(
-        "--temporal-tls-ca", default=_env("TEMPORAL_TLS_CA"), help="CA bundle to verify the server"
-    )
-    parser.add_argument("--temporal-api-key-file", default=_env("TEMPORAL_API_KEY_FILE"))
+    add_connection_arguments(parser)
     parser.add_argument(
         "--worker-image", default=_env("TEMPOTRAIN_WORKER_IMAGE", DEFAULT_WORKER_IMAGE)
     )
@@ -80,6 +72,12 @@ def parse_settings(argv: list[str] | None = None) -> OperatorSettings:
         "--training-queue", default=_env("TEMPOTRAIN_TRAINING_QUEUE", TRAINING_QUEUE)
     )
     parser.add_argument("--eval-queue", default=_env("TEMPOTRAIN_EVAL_QUEUE", EVAL_QUEUE))
+    parser.add_argument(
+        "--worker-temporal-secret",
+        default=_env("TEMPOTRAIN_WORKER_TEMPORAL_SECRET"),
+        help="Secret (in each experiment's namespace) mounted into worker pods for their "
+        "Temporal TLS files / API key: keys ca.crt, tls.crt, tls.key, api-key",
+    )
     parser.add_argument("--ray-queue", default=_env("TEMPOTRAIN_RAY_QUEUE", RAY_QUEUE))
     parser.add_argument(
         "--ray-address",
@@ -106,12 +104,7 @@ def parse_settings(argv: list[str] | None = None) -> OperatorSettings:
     ]
     return OperatorSettings(
         namespaces=namespaces,
-        temporal_address=args.temporal_address,
-        temporal_namespace=args.temporal_namespace,
-        temporal_tls_cert=args.temporal_tls_cert,
-        temporal_tls_key=args.temporal_tls_key,
-        temporal_tls_ca=args.temporal_tls_ca,
-        temporal_api_key_file=args.temporal_api_key_file,
+        temporal=connection_from(args),
         worker_image=args.worker_image,
         status_queue=args.status_queue,
         training_queue=args.training_queue,
@@ -121,4 +114,5 @@ def parse_settings(argv: list[str] | None = None) -> OperatorSettings:
         resync_seconds=args.resync_seconds,
         ray_queue=args.ray_queue,
         ray_address=args.ray_address,
+        worker_temporal_secret=args.worker_temporal_secret,
     )

@@ -294,19 +294,27 @@ def test_operator_env_is_what_the_operator_reads(
     for name, value in env_of(container).items():
         monkeypatch.setenv(name, value)
     settings = parse_settings(container["args"])
-    assert settings.temporal_address == "temporal-frontend.temporal.svc:7233"
-    assert settings.temporal_namespace == "training"
+    assert settings.temporal.address == "temporal-frontend.temporal.svc:7233"
+    assert settings.temporal.namespace == "training"
     assert settings.namespaces == ["ml-team-a", "ml-team-b"]
     assert settings.worker_image == "registry.example.com/tempotrain/workers:ci"
     assert settings.per_experiment_queues is True
     assert settings.ray_address == "local"
     assert settings.resync_seconds == 30.0
-    assert settings.temporal_tls_ca == "/etc/tempotrain/temporal-tls/ca.crt"
-    assert settings.temporal_tls_cert == "/etc/tempotrain/temporal-tls/tls.crt"
-    assert settings.temporal_tls_key == "/etc/tempotrain/temporal-tls/tls.key"
-    assert settings.temporal_api_key_file == "/etc/tempotrain/temporal-api-key/api-key"
+    assert settings.temporal.tls_ca == "/etc/tempotrain/temporal-tls/ca.crt"
+    assert settings.temporal.tls_cert == "/etc/tempotrain/temporal-tls/tls.crt"
+    assert settings.temporal.tls_key == "/etc/tempotrain/temporal-tls/tls.key"
+    assert settings.temporal.api_key_file == "/etc/tempotrain/temporal-api-key/api-key"
+    assert settings.temporal.tls is True
+    assert settings.worker_temporal_secret == "temporal-worker-credentials"
     chart_vars = {n for n in env_of(container) if n.startswith(("TEMPORAL_", "TEMPOTRAIN_"))}
-    operator_source = (REPO_ROOT / "operator/tempotrain_operator/settings.py").read_text()
+    operator_source = "".join(
+        (REPO_ROOT / path).read_text()
+        for path in (
+            "operator/tempotrain_operator/settings.py",
+            "workers/tempotrain_workers/temporal_client.py",  # the shared connection flags
+        )
+    )
     unknown = {n for n in chart_vars if f'"{n}"' not in operator_source}
     assert not unknown, f"the chart sets variables the operator never reads: {unknown}"
 
@@ -525,10 +533,6 @@ def test_rbac_create_false_renders_no_rbac(helm: Helm) -> None:
         (
             ["--set", "temporal.address=t.example:7233", "--set", "temporal.tls.mode=mtls"],
             "temporal.tls.mode is mtls: set temporal.tls.secretName",
-        ),
-        (
-            ["--set", "temporal.address=t.example:7233", "--set", "temporal.tls.mode=tls"],
-            "temporal.tls.mode is tls: set temporal.tls.secretName",
         ),
         (
             ["--set", "temporal.tls.secretName=certs"],

@@ -20,11 +20,11 @@ from tempotrain_workers.api import (
     StatusTarget,
     StatusUpdate,
 )
+from tempotrain_workers.temporal_client import TemporalConnection
 
 WORKERS = WorkerConfig(
     image="img:1",
-    temporal_address="t:7233",
-    temporal_namespace="default",
+    temporal=TemporalConnection("t:7233"),
     training_queue="tq",
     eval_queue="eq",
 )

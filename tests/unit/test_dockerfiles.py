@@ -22,6 +22,7 @@ from tempotrain_operator.children import (
     data_volumes,
 )
 from tempotrain_workers.api import BertExperimentSpec
+from tempotrain_workers.temporal_client import TemporalConnection
 
 REPO = Path(__file__).resolve().parents[2]
 OPERATOR_DOCKERFILE = REPO / "operator" / "Dockerfile"
@@ -131,7 +132,7 @@ def test_workers_image_has_ray_default_for_kuberay_and_keeps_the_base_torch() ->
 
 def test_worker_pod_command_line_with_the_image_entrypoint() -> None:
     entrypoint = json.loads(_one(_final_stage(WORKERS_DOCKERFILE), "ENTRYPOINT"))
-    workers = WorkerConfig("img", "t:7233", "default", "tq", "eq")
+    workers = WorkerConfig("img", TemporalConnection("t:7233"), "tq", "eq")
     container = build_worker_deployment(_experiment(), workers, "training")["spec"]["template"][
         "spec"
     ]["containers"][0]

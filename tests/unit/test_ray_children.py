@@ -32,13 +32,13 @@ from tempotrain_workers.api import (
     StatusTarget,
     StatusUpdate,
 )
+from tempotrain_workers.temporal_client import TemporalConnection
 
 DEFAULT_IMAGE = "operator-default:1"
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 WORKERS = WorkerConfig(
     image="img:1",
-    temporal_address="t:7233",
-    temporal_namespace="default",
+    temporal=TemporalConnection("t:7233"),
     training_queue="tq",
     eval_queue="eq",
     ray_queue="ray-q-uid",

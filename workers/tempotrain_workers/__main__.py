@@ -12,8 +12,6 @@ import signal
 import sys
 from datetime import timedelta
 
-from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
 from tempotrain_workers.activities import BertActivities, RayScalingActivities, StorageRoots
@@ -25,9 +23,7 @@ log = logging.getLogger("tempotrain_workers")
 
 
 async def run_workers(settings: WorkerSettings, stop: asyncio.Event) -> None:
-    client = await Client.connect(
-        settings.address, namespace=settings.namespace, data_converter=pydantic_data_converter
-    )
+    client = await settings.temporal.connect()
     settings.snapshots_root.mkdir(parents=True, exist_ok=True)
     settings.runs_root.mkdir(parents=True, exist_ok=True)
     roots = StorageRoots(settings.snapshots_root, settings.runs_root)
@@ -53,7 +49,7 @@ async def run_workers(settings: WorkerSettings, stop: asyncio.Event) -> None:
     log.info(
         "polling %s at %s (snapshots %s, runs %s)",
         ", ".join(settings.queues),
-        settings.address,
+        settings.temporal.address,
         settings.snapshots_root,
         settings.runs_root,
     )

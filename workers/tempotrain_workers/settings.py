@@ -8,6 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tempotrain_workers.api import EVAL_QUEUE, TRAINING_QUEUE
+from tempotrain_workers.temporal_client import (
+    TemporalConnection,
+    add_connection_arguments,
+    connection_from,
+)
 
 ENV_QUEUES = "TEMPOTRAIN_QUEUES"  # comma-separated
 
@@ -15,8 +20,7 @@ ENV_QUEUES = "TEMPOTRAIN_QUEUES"  # comma-separated
 @dataclass(frozen=True)
 class WorkerSettings:
     queues: list[str]
-    address: str
-    namespace: str
+    temporal: TemporalConnection
     snapshots_root: Path
     runs_root: Path
     max_concurrent_activities: int | None
@@ -35,15 +39,11 @@ def parse_worker_settings(argv: list[str] | None = None) -> WorkerSettings:
         help=f"task queue to poll; repeatable (env {ENV_QUEUES}, comma-separated; "
         f"default {TRAINING_QUEUE} and {EVAL_QUEUE})",
     )
-    parser.add_argument(
-        "--address",
-        default=os.environ.get("TEMPORAL_ADDRESS", "localhost:7233"),
-        help="Temporal frontend host:port (env TEMPORAL_ADDRESS)",
-    )
-    parser.add_argument(
-        "--namespace",
-        default=os.environ.get("TEMPORAL_NAMESPACE", "default"),
-        help="Temporal namespace (env TEMPORAL_NAMESPACE)",
+    # --address/--namespace: the worker's historical short flags (no Kubernetes namespace here).
+    add_connection_arguments(
+        parser,
+        address_flags=("--address", "--temporal-address"),
+        namespace_flags=("--namespace", "--temporal-namespace"),
     )
     parser.add_argument(
         "--snapshots-root",
@@ -68,8 +68,7 @@ def parse_worker_settings(argv: list[str] | None = None) -> WorkerSettings:
     queues = args.queues or [q for q in os.environ.get(ENV_QUEUES, "").split(",") if q]
     return WorkerSettings(
         queues=queues or [TRAINING_QUEUE, EVAL_QUEUE],
-        address=args.address,
-        namespace=args.namespace,
+        temporal=connection_from(args),
         snapshots_root=args.snapshots_root,
         runs_root=args.runs_root,
         max_concurrent_activities=args.max_concurrent_activities,

@@ -172,9 +172,6 @@ matter (for `--skip-schema-validation`) and add the rules across fields a schema
 {{- end }}
 {{- end }}
 {{- if eq $tls.mode "tls" }}
-{{- if and (not $tls.secretName) (not $v.temporal.apiKey.enabled) }}
-{{- fail "temporal.tls.mode is tls: set temporal.tls.secretName to a Secret with the server's CA bundle (key temporal.tls.caKey), or enable temporal.apiKey (then the system CAs verify the server); the operator turns TLS on only when given a CA file or an API key" }}
-{{- end }}
 {{- if and $tls.secretName (not $tls.caKey) }}
 {{- fail "temporal.tls.mode is tls with temporal.tls.secretName set: temporal.tls.caKey must name the CA bundle in the Secret" }}
 {{- end }}
