@@ -24,6 +24,7 @@ from tempotrain_operator.children import (
     Experiment,
     WorkerConfig,
     build_worker_deployment,
+    worker_config,
     worker_deployment_names,
 )
 from tempotrain_operator.lifecycle import (
@@ -85,8 +86,8 @@ async def bertexperiment_reconcile(
         return
 
     experiment = Experiment(name=name, namespace=namespace, uid=uid, spec=model)
-    training_queue, eval_queue = runtime.settings.queues_for(uid)
-    await _ensure_children(body, experiment, runtime, training_queue, eval_queue)
+    workers = worker_config(runtime.settings, uid)
+    await _ensure_children(body, experiment, workers)
 
     if not status.get("phase"):
         # Written now, not with the handler's patch: the workflow's own updates (Snapshotting,
@@ -96,14 +97,20 @@ async def bertexperiment_reconcile(
 
     workflow_id = workflow_id_for("BertExperiment", namespace, name, uid)
     request = coordinator_input(
-        name, namespace, uid, model, runtime.settings.status_queue, training_queue, eval_queue
+        name,
+        namespace,
+        uid,
+        model,
+        runtime.settings.status_queue,
+        workers.training_queue,
+        workers.eval_queue,
     )
     await start_workflow_once(
         runtime,
         "CoordinatorWorkflow",
         request,
         workflow_id,
-        eval_queue,
+        workers.eval_queue,
         body=body,
         patch=patch,
         status=status,
@@ -114,19 +121,8 @@ async def bertexperiment_reconcile(
 
 
 async def _ensure_children(
-    body: kopf.Body,
-    experiment: Experiment[BertExperimentSpec],
-    runtime: Runtime,
-    training_queue: str,
-    eval_queue: str,
+    body: kopf.Body, experiment: Experiment[BertExperimentSpec], workers: WorkerConfig
 ) -> None:
-    workers = WorkerConfig(
-        image=runtime.settings.worker_image,
-        temporal=runtime.settings.temporal,
-        temporal_secret=runtime.settings.worker_temporal_secret,
-        training_queue=training_queue,
-        eval_queue=eval_queue,
-    )
     children: list[dict[str, Any]] = []
     children.extend(volume_children(body, experiment))
     for role in ("training", "eval"):

@@ -20,6 +20,8 @@ from tempotrain_workers.api import (
 )
 from tempotrain_workers.temporal_client import SECRET_MOUNT, TemporalConnection
 
+from tempotrain_operator.settings import OperatorSettings
+
 SNAPSHOTS_MOUNT = "/data/snapshots"
 RUNS_MOUNT = "/data/runs"
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -47,6 +49,19 @@ class WorkerConfig:
     eval_queue: str
     ray_queue: str = RAY_QUEUE
     temporal_secret: str | None = None  # mounted for the TLS files / API key workers need
+
+
+def worker_config(settings: OperatorSettings, uid: str) -> WorkerConfig:
+    """What an experiment's worker pods need: image, Temporal, and its task queues."""
+    training_queue, eval_queue = settings.queues_for(uid)
+    return WorkerConfig(
+        image=settings.worker_image,
+        temporal=settings.temporal,
+        temporal_secret=settings.worker_temporal_secret,
+        training_queue=training_queue,
+        eval_queue=eval_queue,
+        ray_queue=settings.ray_queue_for(uid),
+    )
 
 
 def labels(experiment: Experiment[Any], component: str) -> dict[str, str]:

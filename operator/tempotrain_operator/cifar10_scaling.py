@@ -26,6 +26,7 @@ from tempotrain_operator.children import (
     Experiment,
     WorkerConfig,
     build_worker_deployment,
+    worker_config,
     worker_deployment_names,
 )
 from tempotrain_operator.lifecycle import (
@@ -107,8 +108,8 @@ async def cifar10scaling_reconcile(
         reject_spec(body, patch, status, meta, problem)
         return
     experiment = Experiment(name=name, namespace=namespace, uid=uid, spec=model)
-    ray_queue = runtime.settings.ray_queue_for(uid)
-    if not await _ensure_children(body, experiment, runtime, ray_queue):
+    workers = worker_config(runtime.settings, uid)
+    if not await _ensure_children(body, experiment, workers):
         message = (
             "this cluster has no ray.io/v1 RayCluster API: install the KubeRay operator "
             "(its CRDs) or point spec.ray.address at an existing Ray cluster"
@@ -146,7 +147,7 @@ async def cifar10scaling_reconcile(
         "Cifar10ScalingWorkflow",
         scaling_input(name, namespace, uid, model, address, runtime.settings.status_queue),
         workflow_id_for(KIND, namespace, name, uid),
-        ray_queue,
+        workers.ray_queue,
         body=body,
         patch=patch,
         status=status,
@@ -202,21 +203,9 @@ async def _ray_address(
 
 
 async def _ensure_children(
-    body: kopf.Body,
-    experiment: Experiment[Cifar10ScalingSpec],
-    runtime: Runtime,
-    ray_queue: str,
+    body: kopf.Body, experiment: Experiment[Cifar10ScalingSpec], workers: WorkerConfig
 ) -> bool:
     """Create what is missing; False when the cluster has no RayCluster API (no KubeRay)."""
-    settings = runtime.settings
-    workers = WorkerConfig(
-        image=settings.worker_image,
-        temporal=settings.temporal,
-        temporal_secret=settings.worker_temporal_secret,
-        training_queue=settings.training_queue,
-        eval_queue=settings.eval_queue,
-        ray_queue=ray_queue,
-    )
     children: list[dict[str, Any]] = []
     children.extend(volume_children(body, experiment))
     driver = build_worker_deployment(experiment, workers, "ray-driver")
@@ -225,7 +214,7 @@ async def _ensure_children(
     await kube.create_children(body, children)
     if experiment.spec.ray.address:
         return True
-    cluster = build_ray_cluster(experiment, settings.worker_image)
+    cluster = build_ray_cluster(experiment, workers.image)
     kopf.append_owner_reference(cluster, owner=body)
     try:
         await kube.create_children(body, [cluster])

@@ -33,6 +33,15 @@ def scaling(name: str, **spec_overrides: Any) -> dict[str, Any]:
     }
 
 
+async def until_no_ray_cluster(cluster: ClusterHandle, namespace: str, within: float) -> None:
+    """Wait (bounded) until the namespace holds no RayCluster."""
+
+    async def gone() -> bool:
+        return not kube_json(cluster, namespace, "rayclusters.ray.io")["items"]
+
+    await eventually(gone, within=within, what="the RayCluster deleted")
+
+
 async def test_scaling_experiment_runs_on_ray_and_reports_results(
     cluster: ClusterHandle, stack: Stack
 ) -> None:
@@ -74,10 +83,7 @@ async def test_scaling_experiment_runs_on_ray_and_reports_results(
     assert status["bestAccuracy"] == max(one["testAccuracy"], two["testAccuracy"])
     assert two["checkpointPath"].startswith(str(stack.runs / "scale" / "scale-1-2w"))
 
-    async def ray_cluster_gone() -> bool:
-        return not kube_json(cluster, ns, "rayclusters.ray.io")["items"]
-
-    await eventually(ray_cluster_gone, within=60, what="the RayCluster deleted")
+    await until_no_ray_cluster(cluster, ns, within=60)
     table = cluster.kubectl("get", "c10s", "scale", "-n", ns)
     assert "Succeeded" in table and "2/2" in table
 
@@ -133,7 +139,4 @@ async def test_ray_cluster_that_never_gets_ready_fails_after_its_timeout(
     assert "not ready after 10s" in status["message"]
     assert "workflowId" not in status
 
-    async def ray_cluster_gone() -> bool:
-        return not kube_json(cluster, ns, "rayclusters.ray.io")["items"]
-
-    await eventually(ray_cluster_gone, within=30, what="the RayCluster released")
+    await until_no_ray_cluster(cluster, ns, within=30)

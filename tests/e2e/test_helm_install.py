@@ -18,7 +18,7 @@ from tempotrain_workers.sample_data import write_sentiment_jsonl
 
 from tests.conftest import ClusterHandle
 from tests.e2e.conftest import Stack, apply, experiment, experiment_status, kube_json
-from tests.e2e.test_cifar10_scaling import scaling
+from tests.e2e.test_cifar10_scaling import scaling, until_no_ray_cluster
 from tests.support import eventually
 
 pytestmark = pytest.mark.kube
@@ -134,10 +134,7 @@ async def test_chart_installs_its_rbac_suffices_and_uninstall_keeps_only_the_crd
 
         await eventually(both_succeeded, within=300, what="both experiments Succeeded")
 
-        async def ray_cluster_deleted() -> bool:
-            return not kube_json(cluster, namespace, "rayclusters.ray.io")["items"]
-
-        await eventually(ray_cluster_deleted, within=60, what="the RayCluster deleted")
+        await until_no_ray_cluster(cluster, namespace, within=60)
     finally:
         stack.stop_all()
     log = (tmp_path / "operator.log").read_text(errors="replace")

@@ -10,8 +10,10 @@ from tempotrain_operator.children import (
     build_pvc,
     build_worker_deployment,
     pvc_is_owned,
+    worker_config,
 )
 from tempotrain_operator.mapping import coordinator_input, status_patch
+from tempotrain_operator.settings import parse_settings
 from tempotrain_workers.api import (
     BertExperimentSpec,
     CheckpointInfo,
@@ -143,3 +145,18 @@ def test_status_never_moves_backwards() -> None:
     assert status_patch(_update(phase=Phase.TRAINING), {"phase": "Succeeded"}) == {}
     done = status_patch(_update(phase=Phase.SUCCEEDED, metrics={"evalAccuracy": 0.9}), current)
     assert done["completionTime"] == "2026-01-01T00:00:00Z" and done["metrics"]["evalAccuracy"]
+
+
+def test_worker_config_gives_each_experiment_its_queues_when_asked() -> None:
+    shared = worker_config(parse_settings([]), "0123456789abcdef")
+    assert (shared.training_queue, shared.eval_queue, shared.ray_queue) == (
+        "tempotrain-training",
+        "tempotrain-eval",
+        "tempotrain-ray",
+    )
+    own = worker_config(parse_settings(["--per-experiment-queues"]), "0123456789abcdef")
+    assert (own.training_queue, own.eval_queue, own.ray_queue) == (
+        "tempotrain-training-01234567",
+        "tempotrain-eval-01234567",
+        "tempotrain-ray-01234567",
+    )
