@@ -38,7 +38,7 @@ down: ## stop everything `up` started
 status: venv ## which platform processes run
 	$(DEV) status
 
-demo: up ## bring the platform up and run a real experiment on it (DEMO=bert|cifar10)
+demo: up ## bring the platform up and run a real experiment on it (DEMO=bert|cifar10|inference)
 	@source $(STATE_DIR)/env.sh && \
 	  echo "== kubectl version" && kubectl version && \
 	  echo "== kubectl get nodes" && kubectl get nodes \

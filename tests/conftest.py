@@ -158,6 +158,22 @@ def tiny_bert(minilm_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return target
 
 
+@pytest.fixture(scope="session")
+def minilm_classifier(minilm_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """MiniLM with a seeded 2-label head, saved: the same predictions in every process (the
+    packaged model has no classifier, so each load would draw a new random head)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    target = tmp_path_factory.mktemp("minilm-classifier")
+    torch.manual_seed(0)
+    AutoModelForSequenceClassification.from_pretrained(minilm_path, num_labels=2).save_pretrained(
+        target
+    )
+    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(target)
+    return target
+
+
 @pytest.fixture
 def sentiment_file(tmp_path: Path) -> Path:
     from tempotrain_workers.sample_data import write_sentiment_jsonl

@@ -28,13 +28,15 @@ def main(argv: list[str] | None = None) -> int:
     down.add_argument("--purge", action="store_true", help="also delete its state (etcd, db)")
     commands.add_parser("status", help="what runs, and where")
     demo = commands.add_parser(
-        "demo", help="run examples/bert-experiment-local.yaml (or the CIFAR one) end to end"
+        "demo",
+        help="run examples/bert-experiment-local.yaml (or the CIFAR or inference one) end to end",
     )
     demo.add_argument(
         "--experiment",
-        choices=["bert", "cifar10"],
+        choices=["bert", "cifar10", "inference"],
         default="bert",
-        help="bert: BertExperiment with MiniLM; cifar10: Cifar10Scaling on Ray (1 and 2 workers)",
+        help="bert: BertExperiment with MiniLM; cifar10: Cifar10Scaling on Ray (1 and 2 "
+        "workers); inference: BatchInference over the bert demo's model (runs it first)",
     )
     commands.add_parser("env", help="print export lines for KUBECONFIG and TEMPORAL_ADDRESS")
     commands.add_parser("tools", help="build or find the Go-built binaries, print their dirs")

@@ -14,6 +14,7 @@ class Queues:
     eval: str
     status: str
     ray: str | None = None  # None: the default, tempotrain-ray
+    inference: str | None = None  # None: the default, tempotrain-inference
 
 
 def operator_command(
@@ -39,6 +40,8 @@ def operator_command(
         ]
         if queues.ray is not None:
             argv += ["--ray-queue", queues.ray]
+        if queues.inference is not None:
+            argv += ["--inference-queue", queues.inference]
     return [*argv, *extra]
 
 

@@ -1,12 +1,14 @@
-"""`python -m tempotrain_dev demo [--experiment bert|cifar10]`: a real experiment on the
-local platform.
+"""`python -m tempotrain_dev demo [--experiment bert|cifar10|inference]`: a real experiment
+on the local platform.
 
-Starts the operator and a host worker (training, eval and Ray queues) as platform processes,
-so `make down` stops them too. `bert` places MiniLM and a generated dataset on the host's
-"snapshots volume" and applies examples/bert-experiment-local.yaml; `cifar10` applies
+Starts the operator and a host worker (training, eval, Ray and inference queues) as platform
+processes, so `make down` stops them too. `bert` places MiniLM and a generated dataset on the
+host's "snapshots volume" and applies examples/bert-experiment-local.yaml; `cifar10` applies
 examples/cifar10-scaling-local.yaml (synthetic images, 1 and 2 Ray Train workers; KubeRay
-creates the RayCluster's pods on kwok nodes while the host worker's own Ray trains). Either
-way `kubectl get` is shown as it changes until the experiment finishes.
+creates the RayCluster's pods on kwok nodes while the host worker's own Ray trains);
+`inference` runs the BERT demo first (or reuses it, once Succeeded) and then
+examples/batch-inference-local.yaml over its trained model. Each time `kubectl get` is shown
+as it changes until the resource finishes.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tempotrain_workers.api import EVAL_QUEUE, RAY_QUEUE, TRAINING_QUEUE
+from tempotrain_workers.api import EVAL_QUEUE, INFERENCE_QUEUE, RAY_QUEUE, TRAINING_QUEUE
 
 from tempotrain_dev.commands import operator_command, worker_command
 from tempotrain_dev.platform import Platform
@@ -36,6 +38,8 @@ class DemoExperiment:
     resource: str  # what `kubectl get` calls it
     change_key: Callable[[dict[str, Any]], tuple[object, ...]]  # a line per change
     final_fields: tuple[str, ...]
+    output_dir: Callable[[str], str] = lambda name: name  # on the runs volume, per name
+    needs: str | None = None  # a demo whose result this one uses
 
 
 DEMOS = {
@@ -69,6 +73,15 @@ DEMOS = {
             status.get("done"),
         ),
         final_fields=("phase", "runId", "workflowId", "rayCluster", "done", "results"),
+    ),
+    "inference": DemoExperiment(
+        example=REPO_ROOT / "examples" / "batch-inference-local.yaml",
+        name="sentiment-scores",
+        resource="binf",
+        change_key=lambda status: (status.get("phase"), status.get("chunksDone")),
+        final_fields=("phase", "workflowId", "chunks", "rowsPerSecond", "output"),
+        output_dir=lambda name: f"inference/{name}",
+        needs="bert",
     ),
 }
 
@@ -104,25 +117,45 @@ def run_demo(platform: Platform, experiment: str = "bert") -> int:
     address = platform.temporal.address
     # The RayCluster's pods are kwok's: Ray drivers start a Ray on the host instead.
     operator.start(operator_command("default", address, None, "--ray-address", "local"), env=env)
-    queues = [TRAINING_QUEUE, EVAL_QUEUE, RAY_QUEUE]
+    queues = [TRAINING_QUEUE, EVAL_QUEUE, RAY_QUEUE, INFERENCE_QUEUE]
     worker.start(worker_command(address, queues, snapshots, runs), env=env)
     print(f"operator log: {operator.log_file}\nworker log:   {worker.log_file}\n")
 
+    if demo.needs is not None:
+        needed = DEMOS[demo.needs]
+        if _phase(cluster, needed) == "Succeeded":
+            print(f"{needed.resource}/{needed.name} has Succeeded already: using its model\n")
+        elif _show_until_finished(cluster, needed, runs).get("phase") != "Succeeded":
+            return 1
+        print()
+    status = _show_until_finished(cluster, demo, runs)
+    print(f"Temporal UI: {platform.temporal.ui_url}   (stop everything with: make down)")
+    return 0 if status.get("phase") == "Succeeded" else 1
+
+
+def _status(cluster: Any, demo: DemoExperiment) -> dict[str, Any]:
+    found = cluster.kubectl("get", demo.resource, demo.name, "--ignore-not-found", "-o", "json")
+    return dict(json.loads(found).get("status") or {}) if found.strip() else {}
+
+
+def _phase(cluster: Any, demo: DemoExperiment) -> str | None:
+    phase: str | None = _status(cluster, demo).get("phase")
+    return phase
+
+
+def _show_until_finished(cluster: Any, demo: DemoExperiment, runs: Path) -> dict[str, Any]:
+    """Apply the example afresh and print `kubectl get` at each change until it finishes."""
     name, resource = demo.name, demo.resource
     cluster.kubectl("delete", resource, name, "--ignore-not-found", "--wait=true")
-    # A re-created experiment resumes its run's checkpoints (the volumes are Retain); the demo
-    # wants to show training, so it starts the run afresh.
-    shutil.rmtree(runs / name, ignore_errors=True)
+    # A re-created resource resumes from what its volume holds (Retain); the demo wants to
+    # show the work being done, so it starts afresh.
+    shutil.rmtree(runs / demo.output_dir(name), ignore_errors=True)
     print(cluster.kubectl("apply", "-f", str(demo.example)).strip())
     shown: tuple[object, ...] = ()
 
-    def status_now() -> dict[str, Any]:
-        raw = json.loads(cluster.kubectl("get", resource, name, "-o", "json"))
-        return dict(raw.get("status") or {})
-
     def finished() -> bool:
         nonlocal shown
-        status = status_now()
+        status = _status(cluster, demo)
         key = demo.change_key(status)
         if key != shown:  # like `kubectl get -w`: a line per change (Age alone is no change)
             table = cluster.kubectl("get", resource, name, "-o", "wide").strip().splitlines()
@@ -131,9 +164,8 @@ def run_demo(platform: Platform, experiment: str = "bert") -> int:
         return status.get("phase") in ("Succeeded", "Failed")
 
     wait_for(finished, timeout=TIMEOUT_SECONDS, what=f"{name} to finish", interval=1.0)
-    status = status_now()
+    status = _status(cluster, demo)
     print("\nfinal status:")
     print(json.dumps({k: status.get(k) for k in demo.final_fields}, indent=2))
-    print(f"\ncheckpoints: {runs / status.get('runId', name)}")
-    print(f"Temporal UI: {platform.temporal.ui_url}   (stop everything with: make down)")
-    return 0 if status.get("phase") == "Succeeded" else 1
+    print(f"\noutputs: {runs / demo.output_dir(status.get('runId') or name)}")
+    return status

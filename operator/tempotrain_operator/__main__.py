@@ -10,7 +10,8 @@ from typing import Any
 import kopf
 from tempotrain_workers.api import FINALIZER, GROUP
 
-from tempotrain_operator import bert_experiment, cifar10_scaling  # registers the handlers
+# Importing the handler modules registers their handlers.
+from tempotrain_operator import batch_inference, bert_experiment, cifar10_scaling
 from tempotrain_operator.runtime import Runtime
 from tempotrain_operator.settings import parse_settings
 from tempotrain_operator.status_sink import run_status_sink
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     bert_experiment.register_resync(settings.resync_seconds)
     cifar10_scaling.register_resync(settings.resync_seconds)
+    batch_inference.register_resync(settings.resync_seconds)
     runtime = Runtime(settings)
     asyncio.run(
         kopf.operator(

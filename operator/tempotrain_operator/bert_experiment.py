@@ -28,7 +28,6 @@ from tempotrain_operator.children import (
     worker_deployment_names,
 )
 from tempotrain_operator.lifecycle import (
-    cancel_workflow,
     namespaced,
     now,
     reject_spec,
@@ -132,12 +131,8 @@ async def _ensure_children(
     await kube.create_children(body, children)
 
 
-@kopf.on.delete(GROUP, VERSION, PLURAL)
-async def bertexperiment_delete(
-    status: kopf.Status, logger: kopf.Logger, memo: kopf.Memo, **_: Any
-) -> None:
-    """Cancel the workflow (the trainer saves a checkpoint on its way out), then let go."""
-    await cancel_workflow(status, memo.runtime, logger)
+# Cancel the workflow (the trainer saves a checkpoint on its way out), then let go.
+lifecycle.cancel_on_delete(PLURAL)
 
 
 async def bertexperiment_resync(

@@ -7,12 +7,14 @@ is Retain: those are deliberately left unowned so garbage collection never delet
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from tempotrain_workers.api import (
+    INFERENCE_QUEUE,
     LABEL_PREFIX,
     RAY_QUEUE,
+    BatchInferenceSpec,
     BertExperimentSpec,
     Cifar10ScalingSpec,
     ReclaimPolicy,
@@ -28,7 +30,7 @@ GPU_RESOURCE = "nvidia.com/gpu"
 NON_ROOT_UID = 1000
 
 
-SpecT = TypeVar("SpecT", BertExperimentSpec, Cifar10ScalingSpec)
+SpecT = TypeVar("SpecT", BertExperimentSpec, Cifar10ScalingSpec, BatchInferenceSpec)
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ class WorkerConfig:
     training_queue: str
     eval_queue: str
     ray_queue: str = RAY_QUEUE
+    inference_queue: str = INFERENCE_QUEUE
     temporal_secret: str | None = None  # mounted for the TLS files / API key workers need
 
 
@@ -61,6 +64,7 @@ def worker_config(settings: OperatorSettings, uid: str) -> WorkerConfig:
         training_queue=training_queue,
         eval_queue=eval_queue,
         ray_queue=settings.ray_queue_for(uid),
+        inference_queue=settings.inference_queue_for(uid),
     )
 
 
@@ -77,6 +81,8 @@ def labels(experiment: Experiment[Any], component: str) -> dict[str, str]:
 def worker_deployment_names(name: str, kind: str = "BertExperiment") -> list[str]:
     if kind == "Cifar10Scaling":
         return [f"{name}-ray-driver"]
+    if kind == "BatchInference":
+        return [f"{name}-inference"]
     return [f"{name}-training", f"{name}-eval"]
 
 
@@ -137,6 +143,27 @@ def data_volumes(
     return volumes, mounts
 
 
+@dataclass(frozen=True)
+class PodShape:
+    """What differs between worker roles: queue, size, placement, how many, how they roll."""
+
+    queue: str
+    image: str
+    pull_policy: str
+    cpu: str
+    memory: str
+    gpus: int = 0
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = field(default_factory=list)
+    shared_memory: bool = False
+    grace_seconds: int = 30
+    replicas: int = 1
+    # Recreate: never two trainers on one run directory. Chunked inference is idempotent, so
+    # its pods may overlap while they roll.
+    strategy: str = "Recreate"
+    worker_args: tuple[str, ...] = ()
+
+
 def build_worker_deployment(
     experiment: Experiment[Any], workers: WorkerConfig, role: str
 ) -> dict[str, Any]:
@@ -144,33 +171,76 @@ def build_worker_deployment(
     (CPU: the Cifar10Scaling workflow and the Ray Train drivers it supervises) worker pods."""
     spec = experiment.spec
     training = role == "training"
-    queue = {
-        "training": workers.training_queue,
-        "eval": workers.eval_queue,
-        "ray-driver": workers.ray_queue,
-    }[role]
-    component = f"{role}-worker"
-    pod_labels = labels(experiment, component)
-    volumes, mounts = data_volumes(experiment, shared_memory=training)
-    resources: dict[str, Any] = {
-        "requests": {
-            "cpu": spec.resources.cpu if training else "1",
-            "memory": spec.resources.memory if training else "4Gi",
-        },
-    }
     # BertExperiment's tolerations apply to all its workers; a Cifar10Scaling's driver is a
     # plain CPU pod (its Ray pods carry the spec's tolerations).
     user_tolerations = spec.resources.tolerations if isinstance(spec, BertExperimentSpec) else []
-    tolerations = [t.wire() for t in user_tolerations]
-    if training and spec.resources.gpus > 0:
-        resources["limits"] = {GPU_RESOURCE: str(spec.resources.gpus)}
+    shape = PodShape(
+        queue={
+            "training": workers.training_queue,
+            "eval": workers.eval_queue,
+            "ray-driver": workers.ray_queue,
+        }[role],
+        image=spec.workers.image or workers.image,
+        pull_policy=spec.workers.image_pull_policy,
+        cpu=spec.resources.cpu if training else "1",
+        memory=spec.resources.memory if training else "4Gi",
+        gpus=spec.resources.gpus if training else 0,
+        node_selector=dict(spec.resources.node_selector) if training else {},
+        tolerations=[t.wire() for t in user_tolerations],
+        shared_memory=training,
+        # The trainer saves a checkpoint on SIGTERM; give it time to finish writing.
+        grace_seconds=300 if training else 30,
+    )
+    return _deployment(experiment, workers, role, shape)
+
+
+def build_inference_deployment(
+    experiment: Experiment[BatchInferenceSpec], workers: WorkerConfig
+) -> dict[str, Any]:
+    """`workers` inference pods, each with `gpusPerWorker` GPUs and as many chunks at a time,
+    polling the job's queue."""
+    spec = experiment.spec
+    shape = PodShape(
+        queue=workers.inference_queue,
+        image=spec.image.image or workers.image,
+        pull_policy=spec.image.image_pull_policy,
+        cpu=spec.resources.cpu,
+        memory=spec.resources.memory,
+        gpus=spec.gpus_per_worker,
+        node_selector=dict(spec.resources.node_selector),
+        tolerations=[t.wire() for t in spec.resources.tolerations],
+        shared_memory=True,
+        replicas=spec.workers,
+        strategy="RollingUpdate",
+        # One chunk per GPU at a time: the worker spreads them over its GPUs.
+        worker_args=("--max-concurrent-activities", str(max(1, spec.gpus_per_worker))),
+    )
+    return _deployment(experiment, workers, "inference", shape)
+
+
+def _deployment(
+    experiment: Experiment[Any], workers: WorkerConfig, role: str, shape: PodShape
+) -> dict[str, Any]:
+    pod_labels = labels(experiment, f"{role}-worker")
+    volumes, mounts = data_volumes(experiment, shared_memory=shape.shared_memory)
+    resources: dict[str, Any] = {"requests": {"cpu": shape.cpu, "memory": shape.memory}}
+    tolerations = list(shape.tolerations)
+    if shape.gpus > 0:
+        resources["limits"] = {GPU_RESOURCE: str(shape.gpus)}
         tolerations.append({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
     container = {
         "name": "worker",
-        "image": spec.workers.image or workers.image,
-        "imagePullPolicy": spec.workers.image_pull_policy,
+        "image": shape.image,
+        "imagePullPolicy": shape.pull_policy,
         # `command`, not `args`: args would be appended to the image's own entrypoint.
-        "command": ["python", "-m", "tempotrain_workers", "--queue", queue],
+        "command": [
+            "python",
+            "-m",
+            "tempotrain_workers",
+            "--queue",
+            shape.queue,
+            *shape.worker_args,
+        ],
         "env": [
             *workers.temporal.worker_environment(with_files=workers.temporal_secret is not None),
             {"name": "TEMPOTRAIN_SNAPSHOTS_ROOT", "value": SNAPSHOTS_MOUNT},
@@ -197,11 +267,10 @@ def build_worker_deployment(
             "fsGroup": NON_ROOT_UID,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        # The trainer saves a checkpoint on SIGTERM; give it time to finish writing.
-        "terminationGracePeriodSeconds": 300 if training else 30,
+        "terminationGracePeriodSeconds": shape.grace_seconds,
     }
-    if training and spec.resources.node_selector:
-        pod_spec["nodeSelector"] = dict(spec.resources.node_selector)
+    if shape.node_selector:
+        pod_spec["nodeSelector"] = shape.node_selector
     if tolerations:
         pod_spec["tolerations"] = tolerations
     return {
@@ -213,9 +282,8 @@ def build_worker_deployment(
             "labels": pod_labels,
         },
         "spec": {
-            "replicas": 1,
-            # Never two trainers on one run directory: stop the old pod before the new one.
-            "strategy": {"type": "Recreate"},
+            "replicas": shape.replicas,
+            "strategy": {"type": shape.strategy},
             "selector": {
                 "matchLabels": {
                     k: pod_labels[k]

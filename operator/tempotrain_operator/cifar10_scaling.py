@@ -30,7 +30,6 @@ from tempotrain_operator.children import (
     worker_deployment_names,
 )
 from tempotrain_operator.lifecycle import (
-    cancel_workflow,
     namespaced,
     now,
     reject_spec,
@@ -225,12 +224,8 @@ async def _ensure_children(
     return True
 
 
-@kopf.on.delete(GROUP, VERSION, PLURAL)
-async def cifar10scaling_delete(
-    status: kopf.Status, logger: kopf.Logger, memo: kopf.Memo, **_: Any
-) -> None:
-    """Cancel the workflow (the driver stops Ray Train); the RayCluster goes by ownership."""
-    await cancel_workflow(status, memo.runtime, logger)
+# Cancel the workflow (the driver stops Ray Train); the RayCluster goes by ownership.
+lifecycle.cancel_on_delete(PLURAL)
 
 
 async def cifar10scaling_resync(

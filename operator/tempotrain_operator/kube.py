@@ -15,11 +15,15 @@ BertExperimentResource = new_class(
 Cifar10ScalingResource = new_class(
     f"Cifar10Scaling.{API_VERSION}", namespaced=True, plural="cifar10scalings"
 )
+BatchInferenceResource = new_class(
+    f"BatchInference.{API_VERSION}", namespaced=True, plural="batchinferences"
+)
 RayCluster = new_class("RayCluster.ray.io/v1", namespaced=True, plural="rayclusters")
 
 EXPERIMENT_KINDS: dict[str, type[APIObject]] = {
     "BertExperiment": BertExperimentResource,
     "Cifar10Scaling": Cifar10ScalingResource,
+    "BatchInference": BatchInferenceResource,
 }
 _KINDS: dict[str, type[APIObject]] = {
     "Deployment": Deployment,

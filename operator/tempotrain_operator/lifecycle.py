@@ -176,6 +176,18 @@ async def start_workflow_once(
     kopf.info(body, reason="WorkflowStarted", message=f"workflow {workflow_id}")
 
 
+def cancel_on_delete(plural: str) -> None:
+    """On delete, cancel the CR's workflow (activities checkpoint on their way out), then let
+    the finalizer go."""
+    kopf.on.delete(GROUP, VERSION, plural)(_cancel_on_delete)
+
+
+async def _cancel_on_delete(
+    status: kopf.Status, logger: kopf.Logger, memo: kopf.Memo, **_: Any
+) -> None:
+    await cancel_workflow(status, memo.runtime, logger)
+
+
 async def cancel_workflow(status: kopf.Status, runtime: Runtime, logger: kopf.Logger) -> None:
     """Cancel the CR's workflow if running (its activities save a checkpoint on the way out)
     and wait, bounded, for it to close: an unreachable Temporal must not pin the CR forever."""

@@ -8,6 +8,9 @@ from typing import Any
 
 from tempotrain_workers.api import (
     TERMINAL_PHASES,
+    ActivationsSpec,
+    BatchInferenceInput,
+    BatchInferenceSpec,
     BertEvalRequest,
     BertExperimentSpec,
     BertFineTuneConfig,
@@ -15,8 +18,11 @@ from tempotrain_workers.api import (
     Cifar10ScalingSpec,
     CoordinatorWorkflowConfig,
     CoordinatorWorkflowInput,
+    InferenceJob,
+    InferenceProgress,
     Phase,
     RayScaleConfig,
+    RowRange,
     ScaleOutcome,
     StatusTarget,
     StatusUpdate,
@@ -24,6 +30,7 @@ from tempotrain_workers.api import (
 
 KIND = "BertExperiment"
 SCALING_KIND = "Cifar10Scaling"
+INFERENCE_KIND = "BatchInference"
 
 
 def run_id_of(name: str, spec: BertExperimentSpec) -> str:
@@ -103,12 +110,55 @@ def scaling_input(
     )
 
 
+def inference_input(
+    name: str,
+    namespace: str,
+    uid: str,
+    spec: BatchInferenceSpec,
+    model_run: str | None,
+    status_queue: str,
+    inference_queue: str,
+) -> BatchInferenceInput:
+    """`model_run`: the finished run of `model.fromExperiment`, resolved by the handler."""
+    dataset = spec.dataset
+    activations = spec.outputs.activations
+    job = InferenceJob(
+        job_id=name,
+        model_run=model_run,
+        model_name=None if model_run else spec.model.name,
+        dataset_name=dataset.file or dataset.name or "",
+        dataset_config=None if dataset.file else dataset.config,
+        split=dataset.split,
+        text_field=dataset.text_field,
+        output_dir=spec.output_path(name),
+        activations=ActivationsSpec.model_validate(activations.model_dump())
+        if activations
+        else None,
+        batch_size=spec.batch_size,
+        max_seq_length=spec.max_seq_length,
+    )
+    whole = spec.range
+    return BatchInferenceInput(
+        job=job,
+        range=RowRange(start=whole.start, end=whole.end) if whole.end is not None else None,
+        chunk_size=spec.chunk_size,
+        # Chunks in flight: one per GPU of every pod (one per pod without GPUs).
+        workers=spec.workers * max(1, spec.gpus_per_worker),
+        retain_chunks=spec.retain_chunks,
+        inference_queue=inference_queue,
+        status_target=StatusTarget(
+            kind=INFERENCE_KIND, namespace=namespace, name=name, uid=uid, queue=status_queue
+        ),
+    )
+
+
 # Updates from the coordinator and its children travel separately and may arrive out of
 # order: status only ever moves forward.
 PHASE_RANK = {
     Phase.PENDING: 0,
     Phase.SNAPSHOTTING: 1,
     Phase.TRAINING: 2,
+    Phase.RUNNING: 2,
     Phase.EVALUATING: 3,
     Phase.SUSPENDED: 3,
     Phase.SUCCEEDED: 4,
@@ -182,8 +232,30 @@ def status_patch(update: StatusUpdate, current: dict[str, Any]) -> dict[str, Any
         current.get("results") or []
     ):
         patch |= scaling_results_patch(update.scale_results)
+    if update.inference is not None:
+        patch |= inference_patch(update.inference, current)
     if update.message:
         patch["message"] = update.message
+    return patch
+
+
+def inference_patch(progress: InferenceProgress, current: dict[str, Any]) -> dict[str, Any]:
+    """Chunk counts (never moving back), rows/s and, at the end, the merged output."""
+    patch: dict[str, Any] = {}
+    done = progress.completed + progress.skipped
+    known = current.get("chunks") or {}
+    if done >= known.get("completed", 0) + known.get("skipped", 0):
+        patch["chunks"] = {
+            "total": progress.total,
+            "completed": progress.completed,
+            "skipped": progress.skipped,
+            "failed": progress.failed,
+        }
+        patch["chunksDone"] = f"{done}/{progress.total}"
+        if progress.rows_per_second is not None:
+            patch["rowsPerSecond"] = progress.rows_per_second
+    if progress.output is not None:
+        patch["output"] = progress.output.model_dump(mode="json")
     return patch
 
 

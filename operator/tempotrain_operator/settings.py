@@ -6,7 +6,13 @@ import argparse
 import os
 from dataclasses import dataclass
 
-from tempotrain_workers.api import EVAL_QUEUE, OPERATOR_QUEUE, RAY_QUEUE, TRAINING_QUEUE
+from tempotrain_workers.api import (
+    EVAL_QUEUE,
+    INFERENCE_QUEUE,
+    OPERATOR_QUEUE,
+    RAY_QUEUE,
+    TRAINING_QUEUE,
+)
 from tempotrain_workers.temporal_client import (
     TemporalConnection,
     add_connection_arguments,
@@ -28,6 +34,7 @@ class OperatorSettings:
     liveness_endpoint: str | None
     resync_seconds: float
     ray_queue: str = RAY_QUEUE
+    inference_queue: str = INFERENCE_QUEUE
     # Where Ray drivers run when the operator created the RayCluster; None: the cluster's own
     # Ray Jobs API. The local platform says `local`: its RayCluster pods are kwok's, so the
     # host worker starts a Ray of its own.
@@ -46,6 +53,11 @@ class OperatorSettings:
 
     def ray_queue_for(self, uid: str) -> str:
         return f"{self.ray_queue}-{uid[:8]}" if self.per_experiment_queues else self.ray_queue
+
+    def inference_queue_for(self, uid: str) -> str:
+        if not self.per_experiment_queues:
+            return self.inference_queue
+        return f"{self.inference_queue}-{uid[:8]}"
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -80,6 +92,9 @@ def parse_settings(argv: list[str] | None = None) -> OperatorSettings:
     )
     parser.add_argument("--ray-queue", default=_env("TEMPOTRAIN_RAY_QUEUE", RAY_QUEUE))
     parser.add_argument(
+        "--inference-queue", default=_env("TEMPOTRAIN_INFERENCE_QUEUE", INFERENCE_QUEUE)
+    )
+    parser.add_argument(
         "--ray-address",
         default=_env("TEMPOTRAIN_RAY_ADDRESS"),
         help="Ray address handed to Cifar10Scaling workflows instead of their RayCluster's "
@@ -113,6 +128,7 @@ def parse_settings(argv: list[str] | None = None) -> OperatorSettings:
         liveness_endpoint=args.liveness_endpoint,
         resync_seconds=args.resync_seconds,
         ray_queue=args.ray_queue,
+        inference_queue=args.inference_queue,
         ray_address=args.ray_address,
         worker_temporal_secret=args.worker_temporal_secret,
     )

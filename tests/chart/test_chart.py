@@ -36,8 +36,10 @@ OPERATOR_PERMISSIONS = {
     ("", "events"): {"create"},
     ("tempotrain.dev", "bertexperiments"): {"list", "watch", "patch"},
     ("tempotrain.dev", "cifar10scalings"): {"list", "watch", "patch"},
+    ("tempotrain.dev", "batchinferences"): {"list", "watch", "patch"},
     ("tempotrain.dev", "bertexperiments/status"): {"patch"},
     ("tempotrain.dev", "cifar10scalings/status"): {"patch"},
+    ("tempotrain.dev", "batchinferences/status"): {"patch"},
     ("", "persistentvolumeclaims"): {"create"},
     ("apps", "deployments"): {"get", "list", "create", "patch"},
     ("ray.io", "rayclusters"): {"list", "create", "delete"},
@@ -149,6 +151,7 @@ def test_default_values_render_the_operator_rbac_crds_and_dev_server(
             ("Service", f"{FULLNAME}-temporal"),
             ("CustomResourceDefinition", "bertexperiments.tempotrain.dev"),
             ("CustomResourceDefinition", "cifar10scalings.tempotrain.dev"),
+            ("CustomResourceDefinition", "batchinferences.tempotrain.dev"),
         ]
     )
     for obj in default_objects:
@@ -300,6 +303,7 @@ def test_operator_env_is_what_the_operator_reads(
     assert settings.worker_image == "registry.example.com/tempotrain/workers:ci"
     assert settings.per_experiment_queues is True
     assert settings.ray_address == "local"
+    assert settings.inference_queue == "tempotrain-inference"
     assert settings.resync_seconds == 30.0
     assert settings.temporal.tls_ca == "/etc/tempotrain/temporal-tls/ca.crt"
     assert settings.temporal.tls_cert == "/etc/tempotrain/temporal-tls/tls.crt"

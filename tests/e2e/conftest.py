@@ -61,7 +61,12 @@ class Stack:
             "worker",
             worker_command(
                 self.temporal_address,
-                [self.queues.training, self.queues.eval, str(self.queues.ray)],
+                [
+                    self.queues.training,
+                    self.queues.eval,
+                    str(self.queues.ray),
+                    str(self.queues.inference),
+                ],
                 self.snapshots,
                 self.runs,
             ),
@@ -111,6 +116,7 @@ def stack(
             eval=f"eval-{suffix}",
             status=f"op-{suffix}",
             ray=f"ray-{suffix}",
+            inference=f"inf-{suffix}",
         ),
     )
     write_sentiment_jsonl(result.snapshots / "datasets" / "sentiment.jsonl", 400)

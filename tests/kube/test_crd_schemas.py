@@ -14,7 +14,11 @@ from tests.conftest import ClusterHandle
 from tests.e2e.conftest import experiment
 
 MANIFESTS = Path(__file__).parent / "manifests"
-INVALID = sorted(MANIFESTS.glob("invalid/*.yaml")) + sorted(MANIFESTS.glob("invalid-c10s/*.yaml"))
+INVALID = [
+    p
+    for folder in ("invalid", "invalid-c10s", "invalid-binf")
+    for p in sorted(MANIFESTS.glob(f"{folder}/*.yaml"))
+]
 
 
 def test_committed_crds_match_the_generator() -> None:
@@ -37,7 +41,7 @@ async def test_malformed_manifest_is_refused_with_its_field_path(
     result = cluster.kubectl.run("apply", "-n", namespace, "-f", str(manifest))
     assert result.returncode != 0, f"{manifest.name} was accepted"
     assert expected in result.stderr, result.stderr
-    stored = cluster.kubectl("get", "bexp,c10s", "-n", namespace, "-o", "json")
+    stored = cluster.kubectl("get", "bexp,c10s,binf", "-n", namespace, "-o", "json")
     assert not json.loads(stored)["items"]
 
 

@@ -14,8 +14,13 @@ from datetime import timedelta
 
 from temporalio.worker import Worker
 
-from tempotrain_workers.activities import BertActivities, RayScalingActivities, StorageRoots
-from tempotrain_workers.api import RAY_QUEUE, TRAINING_QUEUE
+from tempotrain_workers.activities import (
+    BertActivities,
+    InferenceActivities,
+    RayScalingActivities,
+    StorageRoots,
+)
+from tempotrain_workers.api import INFERENCE_QUEUE, RAY_QUEUE, TRAINING_QUEUE
 from tempotrain_workers.settings import WorkerSettings, parse_worker_settings
 from tempotrain_workers.workflows import ALL_WORKFLOWS
 
@@ -27,7 +32,11 @@ async def run_workers(settings: WorkerSettings, stop: asyncio.Event) -> None:
     settings.snapshots_root.mkdir(parents=True, exist_ok=True)
     settings.runs_root.mkdir(parents=True, exist_ok=True)
     roots = StorageRoots(settings.snapshots_root, settings.runs_root)
-    activities = [*BertActivities(roots).all(), *RayScalingActivities(roots).all()]
+    activities = [
+        *BertActivities(roots).all(),
+        *RayScalingActivities(roots).all(),
+        *InferenceActivities(roots).all(),
+    ]
     workers = [
         Worker(
             client,
@@ -35,7 +44,7 @@ async def run_workers(settings: WorkerSettings, stop: asyncio.Event) -> None:
             workflows=ALL_WORKFLOWS,
             activities=activities,
             max_concurrent_activities=settings.max_concurrent_activities
-            or (1 if queue.startswith((TRAINING_QUEUE, RAY_QUEUE)) else 8),
+            or (1 if queue.startswith((TRAINING_QUEUE, RAY_QUEUE, INFERENCE_QUEUE)) else 8),
             graceful_shutdown_timeout=timedelta(seconds=0),
             # Cancellation reaches an activity on a heartbeat reply: keep that within seconds,
             # so a deleted experiment stops (and checkpoints) promptly.

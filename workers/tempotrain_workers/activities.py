@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from temporalio import activity
 
@@ -17,11 +17,19 @@ from tempotrain_workers.api import (
     BertFineTuneResult,
     BertInferenceRequest,
     BertInferenceResult,
+    ChunkOutcome,
+    ChunkRequest,
     DatasetSnapshotRequest,
     DatasetSnapshotResult,
+    InferencePlan,
+    MergeRequest,
+    MergeResult,
+    PlanRequest,
     ScaleTrainRequest,
     ScaleTrainResult,
 )
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -105,3 +113,51 @@ class RayScalingActivities:
 
     def all(self) -> list[Callable[..., Any]]:
         return [self.train_cifar10_scale]
+
+
+class InferenceActivities:
+    """Chunked batch inference; each worker process loads a job's model and data once."""
+
+    def __init__(self, roots: StorageRoots) -> None:
+        self.roots = roots
+
+    def _volumes(self) -> Any:
+        from tempotrain_workers.inference.chunks import Volumes
+
+        return Volumes(snapshots=self.roots.snapshots, runs=self.roots.runs)
+
+    @activity.defn(name="plan_inference")
+    async def plan_inference(self, request: PlanRequest) -> InferencePlan:
+        from tempotrain_workers.inference.chunks import plan_inference
+
+        return await _heartbeating(plan_inference, request, self._volumes())
+
+    @activity.defn(name="process_chunk")
+    async def process_chunk(self, request: ChunkRequest) -> ChunkOutcome:
+        from tempotrain_workers.inference.chunks import process_chunk
+
+        outcome: ChunkOutcome = await _heartbeating(process_chunk, request, self._volumes())
+        return outcome.model_copy(update={"attempt": activity.info().attempt})
+
+    @activity.defn(name="merge_chunks")
+    async def merge_chunks(self, request: MergeRequest) -> MergeResult:
+        from tempotrain_workers.inference.chunks import merge_chunks
+
+        return await _heartbeating(merge_chunks, request, self._volumes())
+
+    def all(self) -> list[Callable[..., Any]]:
+        return [self.plan_inference, self.process_chunk, self.merge_chunks]
+
+
+HEARTBEAT_SECONDS = 2.0
+
+
+async def _heartbeating(function: Callable[..., T], *args: Any) -> T:
+    """Run blocking work in a thread, heartbeating meanwhile: a worker that dies mid-chunk is
+    noticed within the heartbeat timeout, not the chunk's whole time limit."""
+    work = asyncio.ensure_future(asyncio.to_thread(function, *args))
+    while True:
+        done, _ = await asyncio.wait({work}, timeout=HEARTBEAT_SECONDS)
+        if done:
+            return work.result()
+        activity.heartbeat()

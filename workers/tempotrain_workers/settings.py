@@ -61,8 +61,8 @@ def parse_worker_settings(argv: list[str] | None = None) -> WorkerSettings:
         "--max-concurrent-activities",
         type=int,
         default=None,
-        help="default: 1 on the training and Ray queues (one job per GPU set or Ray "
-        "cluster), else 8",
+        help="default: 1 on the training, Ray and inference queues (one job per GPU set or "
+        "Ray cluster, one chunk per inference pod), else 8",
     )
     args = parser.parse_args(argv)
     queues = args.queues or [q for q in os.environ.get(ENV_QUEUES, "").split(",") if q]

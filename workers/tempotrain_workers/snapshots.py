@@ -133,9 +133,9 @@ def _load(
             ErrorType.DEPENDENCY_MISSING, f"datasets is not installed: {err}"
         ) from err
 
-    local = _local_path(request.dataset_name, base)
+    local = local_path(request.dataset_name, base)
     if local is not None:
-        loaded = datasets.load_dataset(_local_format(local), data_files=str(local), split="train")
+        loaded = datasets.load_dataset(local_format(local), data_files=str(local), split="train")
         source = str(local)
         all_splits = {"train": loaded}
     else:
@@ -196,7 +196,7 @@ def load_split_rows(
     return schema, _rows(loaded.train, schema)
 
 
-def _local_path(name: str, base: Path | None = None) -> Path | None:
+def local_path(name: str, base: Path | None = None) -> Path | None:
     """A local data file, if the name is one; relative names are tried against base (the
     snapshots volume, where a BertExperiment's `dataset.file` lives) first."""
     path = Path(name).expanduser()
@@ -211,7 +211,7 @@ def _local_path(name: str, base: Path | None = None) -> Path | None:
     return None
 
 
-def _local_format(path: Path) -> str:
+def local_format(path: Path) -> str:
     try:
         return LOCAL_FORMATS[path.suffix.lower()]
     except KeyError:

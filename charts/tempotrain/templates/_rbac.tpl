@@ -14,12 +14,12 @@ name, hence `list` wherever the operator looks an object up.
 # finalizer and kopf's progress annotations (kopf), reading one by name for the status sink
 # (kr8s list by field selector).
 - apiGroups: [tempotrain.dev]
-  resources: [bertexperiments, cifar10scalings]
+  resources: [bertexperiments, cifar10scalings, batchinferences]
   verbs: [list, watch, patch]
 # Framework (kopf) + application: status writes go through the status subresource only
 # (kopf's handler patches and the status sink's merge patches).
 - apiGroups: [tempotrain.dev]
-  resources: [bertexperiments/status, cifar10scalings/status]
+  resources: [bertexperiments/status, cifar10scalings/status, batchinferences/status]
   verbs: [patch]
 # Application: each experiment's snapshots and runs volumes, created if absent (never read,
 # updated or deleted by the operator: Retain data outlives the experiment).

@@ -16,6 +16,7 @@ from tempotrain_workers.api.base import (
     RunId,
     StatusTarget,
 )
+from tempotrain_workers.api.inference import InferenceProgress
 from tempotrain_workers.api.scaling import ScaleOutcome
 
 # -- task queues (DESIGN.md §1) ---------------------------------------------------------------
@@ -130,6 +131,7 @@ class Phase(StrEnum):
     SNAPSHOTTING = "Snapshotting"
     TRAINING = "Training"
     EVALUATING = "Evaluating"
+    RUNNING = "Running"  # BatchInference: chunks being processed
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
     SUSPENDED = "Suspended"
@@ -158,6 +160,7 @@ class StatusUpdate(Contract):
     current_scale: int | None = Field(default=None, ge=1)
     total_scales: int | None = Field(default=None, ge=1)
     scale_results: list[ScaleOutcome] | None = None
+    inference: InferenceProgress | None = None  # BatchInference: chunk counts, rate, output
     message: str | None = None
     at: datetime
 

@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel
 
 from tempotrain_workers.api.base import DNS_LABEL_PATTERN
+from tempotrain_workers.api.inference_resources import BatchInferenceSpec, BatchInferenceStatus
 from tempotrain_workers.api.resources import (
     CATEGORY,
     GROUP,
@@ -207,7 +208,23 @@ CIFAR10_SCALING = Kind(
     ],
     root_rules=NAME_RULES,
 )
-KINDS = [BERT_EXPERIMENT, CIFAR10_SCALING]
+BATCH_INFERENCE = Kind(
+    kind="BatchInference",
+    plural="batchinferences",
+    short_name="binf",
+    spec=BatchInferenceSpec,
+    status=BatchInferenceStatus,
+    printer_columns=[
+        _column("Phase", "string", ".status.phase"),
+        _column("Chunks", "string", ".status.chunksDone", description="done/total"),
+        _column("Skipped", "integer", ".status.chunks.skipped"),
+        _column("Rows/s", "number", ".status.rowsPerSecond"),
+        _column("Age", "date", ".metadata.creationTimestamp"),
+        _column("Output", "string", ".status.output.path", priority=1),
+    ],
+    root_rules=NAME_RULES,
+)
+KINDS = [BERT_EXPERIMENT, CIFAR10_SCALING, BATCH_INFERENCE]
 
 
 def render(kind: Kind) -> str:

@@ -1,0 +1,275 @@
+"""kopf handlers for BatchInference: resolve the model (a finished BertExperiment's run, or a
+name), the inference worker Deployment (`workers` pods, `gpusPerWorker` GPUs each), then the
+chunked workflow once. Waiting for an experiment is a condition, not an error."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+from temporalio.client import Client, WorkflowExecutionStatus
+from tempotrain_workers.api import (
+    GROUP,
+    TERMINAL_PHASES,
+    VERSION,
+    BatchInferenceResult,
+    BatchInferenceSpec,
+    BertExperimentSpec,
+    InferenceProgress,
+    Phase,
+    StorageSpec,
+    workflow_id_for,
+)
+from tempotrain_workers.workflows.batch_inference import BatchInferenceWorkflow
+
+from tempotrain_operator import kube, lifecycle
+from tempotrain_operator.children import (
+    Experiment,
+    build_inference_deployment,
+    claim_name,
+    worker_config,
+    worker_deployment_names,
+)
+from tempotrain_operator.lifecycle import (
+    namespaced,
+    now,
+    reject_spec,
+    set_condition,
+    start_workflow_once,
+    storage_errors,
+    validation_problems,
+    volume_children,
+)
+from tempotrain_operator.mapping import inference_input, inference_patch, run_id_of
+from tempotrain_operator.runtime import Runtime
+
+KIND = "BatchInference"
+PLURAL = "batchinferences"
+EXPERIMENT_POLL_SECONDS = 15.0
+
+
+def semantic_errors(spec: BatchInferenceSpec) -> list[str]:
+    """Rules the schema cannot state (or that must hold even if the CRD is old)."""
+    errors = storage_errors(spec.storage)
+    if spec.dataset.file and spec.dataset.config:
+        errors.append("dataset.config applies to Hub datasets, not to dataset.file")
+    return errors
+
+
+def _validated(spec: kopf.Spec) -> tuple[BatchInferenceSpec | None, str]:
+    try:
+        model = BatchInferenceSpec.model_validate(dict(spec))
+    except ValidationError as err:
+        return None, validation_problems(err)
+    problems = semantic_errors(model)
+    return (None, "; ".join(problems)) if problems else (model, "")
+
+
+class ModelUnavailable(Exception):
+    """The model cannot be had, ever: the reason and message of the Failed condition."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+async def _experiment_model(
+    spec: BatchInferenceSpec, namespace: str
+) -> tuple[str, StorageSpec] | None:
+    """(run id, storage on the experiment's volumes) of a Succeeded `model.fromExperiment`;
+    None while it has not finished yet."""
+    source = str(spec.model.from_experiment)
+    obj = await kube.get_experiment(namespace, source, "BertExperiment")
+    if obj is None:
+        raise ModelUnavailable(
+            "InvalidSpec",
+            f"model.fromExperiment: no BertExperiment {source!r} in namespace {namespace}",
+        )
+    raw = dict(obj.raw)
+    phase = (raw.get("status") or {}).get("phase")
+    if phase == Phase.FAILED.value:
+        raise ModelUnavailable(
+            "ExperimentFailed", f"BertExperiment {source!r} failed: it has no trained model"
+        )
+    if phase != Phase.SUCCEEDED.value:
+        return None
+    experiment_spec = BertExperimentSpec.model_validate(raw.get("spec") or {})
+    run_id = (raw.get("status") or {}).get("runId") or run_id_of(source, experiment_spec)
+    source_experiment = Experiment(name=source, namespace=namespace, uid="", spec=experiment_spec)
+    # The trained model is on the experiment's runs volume: read it (and its datasets) there,
+    # unless this spec names claims of its own.
+    volumes = {}
+    for volume in ("snapshots", "runs"):
+        ours = getattr(spec.storage, volume)
+        volumes[volume] = (
+            ours
+            if ours.existing_claim
+            else ours.model_copy(update={"existing_claim": claim_name(source_experiment, volume)})
+        )
+    return run_id, StorageSpec(**volumes)
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+async def batchinference_reconcile(
+    body: kopf.Body,
+    spec: kopf.Spec,
+    meta: kopf.Meta,
+    status: kopf.Status,
+    name: str,
+    namespace: str | None,
+    uid: str,
+    patch: kopf.Patch,
+    logger: kopf.Logger,
+    memo: kopf.Memo,
+    **_: Any,
+) -> None:
+    runtime: Runtime = memo.runtime
+    namespace = namespaced(namespace, KIND)
+    if status.get("phase") in TERMINAL_PHASES:
+        await kube.scale_to_zero(namespace, worker_deployment_names(name, KIND))
+        return  # terminal stays terminal
+    if status.get("workflowId"):
+        # Started before this operator (re)start: the workflow owns the job, with the model
+        # resolved then; the experiment may even be gone since, which must not fail the job.
+        return
+    model, problem = _validated(spec)
+    if model is None:
+        reject_spec(body, patch, status, meta, problem)
+        return
+
+    model_run: str | None = None
+    if model.model.from_experiment:
+        try:
+            resolved = await _experiment_model(model, namespace)
+        except ModelUnavailable as err:
+            if err.reason == "InvalidSpec":
+                reject_spec(body, patch, status, meta, str(err))
+            else:
+                patch.status["phase"] = Phase.FAILED.value
+                patch.status["message"] = str(err)
+                patch.status["completionTime"] = now()
+                set_condition(patch, status, meta, "ModelReady", False, err.reason, str(err))
+                kopf.warn(body, reason=err.reason, message=str(err))
+            return
+        if resolved is None:
+            _wait_for_experiment(body, patch, status, meta, str(model.model.from_experiment))
+        else:
+            model_run, storage = resolved
+            model = model.model_copy(update={"storage": storage})
+            set_condition(
+                patch,
+                status,
+                meta,
+                "ModelReady",
+                True,
+                "ExperimentSucceeded",
+                f"run {model_run} of BertExperiment {model.model.from_experiment}",
+            )
+
+    experiment = Experiment(name=name, namespace=namespace, uid=uid, spec=model)
+    workers = worker_config(runtime.settings, uid)
+    children = volume_children(body, experiment)
+    deployment = build_inference_deployment(experiment, workers)
+    kopf.append_owner_reference(deployment, owner=body)
+    await kube.create_children(body, [*children, deployment])
+
+    if not status.get("phase"):
+        # Written now: the workflow's own updates may land before this handler returns.
+        obj = await kube.BatchInferenceResource(dict(body))
+        await kube.patch_status(obj, {"phase": Phase.PENDING.value, "startTime": now()})
+
+    await start_workflow_once(
+        runtime,
+        "BatchInferenceWorkflow",
+        inference_input(
+            name,
+            namespace,
+            uid,
+            model,
+            model_run,
+            runtime.settings.status_queue,
+            workers.inference_queue,
+        ),
+        workflow_id_for(KIND, namespace, name, uid),
+        workers.inference_queue,
+        body=body,
+        patch=patch,
+        status=status,
+        meta=meta,
+        logger=logger,
+    )
+
+
+def _wait_for_experiment(
+    body: kopf.Body, patch: kopf.Patch, status: kopf.Status, meta: kopf.Meta, source: str
+) -> None:
+    """Pending with a ModelReady=False condition; kopf retries this handler until it can go."""
+    message = f"waiting for BertExperiment {source!r} to succeed: its trained model is the input"
+    if not status.get("phase"):
+        patch.status["phase"] = Phase.PENDING.value
+        patch.status["startTime"] = now()
+    patch.status["message"] = message
+    set_condition(patch, status, meta, "ModelReady", False, "WaitingForExperiment", message)
+    raise kopf.TemporaryError(message, delay=EXPERIMENT_POLL_SECONDS)
+
+
+# Cancel the workflow; chunks already written stay and count for a later job.
+lifecycle.cancel_on_delete(PLURAL)
+
+
+async def batchinference_resync(
+    status: kopf.Status,
+    name: str,
+    namespace: str | None,
+    patch: kopf.Patch,
+    memo: kopf.Memo,
+    logger: kopf.Logger,
+    **_: Any,
+) -> None:
+    """Re-derive status from the workflow (heals missed pushes); release the pods at the end."""
+    ns = namespaced(namespace, KIND)
+    current = dict(status)
+    await lifecycle.resync_from_workflow(
+        status,
+        patch,
+        memo.runtime,
+        logger,
+        derive=lambda client, workflow_id: derive_status(client, workflow_id, current),
+        release=lambda: kube.scale_to_zero(ns, worker_deployment_names(name, KIND)),
+    )
+
+
+def register_resync(interval: float) -> None:
+    lifecycle.register_resync(PLURAL, batchinference_resync, interval)
+
+
+async def derive_status(
+    client: Client, workflow_id: str, current: dict[str, Any]
+) -> dict[str, Any]:
+    handle = client.get_workflow_handle(workflow_id, result_type=BatchInferenceResult)
+    state = (await handle.describe()).status
+    if state == WorkflowExecutionStatus.RUNNING:
+        progress = await handle.query(BatchInferenceWorkflow.get_progress)
+        return inference_patch(progress, current) if progress is not None else {}
+    if state == WorkflowExecutionStatus.COMPLETED:
+        result = await handle.result()
+        tally = result.tally
+        progress = InferenceProgress(
+            total=result.chunks_total,
+            completed=tally.completed,
+            skipped=tally.skipped,
+            failed=tally.failed,
+            output=result.output,
+        )
+        return {
+            "phase": Phase.SUCCEEDED.value,
+            "completionTime": now(),
+            **inference_patch(progress, current),
+        }
+    return {
+        "phase": Phase.FAILED.value,
+        "completionTime": now(),
+        "message": f"workflow {workflow_id} ended {state.name if state else 'unknown'}",
+    }

@@ -1,0 +1,144 @@
+"""BatchInference's pure parts: its worker Deployment, chunks in flight per GPU, the device
+pool, and chunk counts in `.status`."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+
+from tempotrain_operator.children import (
+    Experiment,
+    WorkerConfig,
+    build_inference_deployment,
+    worker_config,
+    worker_deployment_names,
+)
+from tempotrain_operator.mapping import inference_input, status_patch
+from tempotrain_operator.settings import parse_settings
+from tempotrain_workers.api import (
+    BatchInferenceSpec,
+    InferenceProgress,
+    MergeResult,
+    Phase,
+    StatusTarget,
+    StatusUpdate,
+)
+from tempotrain_workers.inference.chunks import DevicePool
+from tempotrain_workers.temporal_client import TemporalConnection
+
+WORKERS = WorkerConfig(
+    image="img:1",
+    temporal=TemporalConnection("t:7233"),
+    training_queue="tq",
+    eval_queue="eq",
+    inference_queue="iq",
+)
+TARGET = StatusTarget(kind="BatchInference", namespace="ns", name="job", uid="u", queue="op")
+
+
+def _job(**spec: object) -> Experiment[BatchInferenceSpec]:
+    model = BatchInferenceSpec.model_validate(
+        {"model": {"name": "bert-base-uncased"}, "dataset": {"name": "imdb"}, **spec}
+    )
+    return Experiment(name="job", namespace="ns", uid="0123456789abcdef", spec=model)
+
+
+def test_one_pod_per_worker_each_with_its_gpus_on_the_job_queue() -> None:
+    deployment = build_inference_deployment(
+        _job(
+            workers=4,
+            gpusPerWorker=2,
+            resources={"nodeSelector": {"pool": "l4"}, "memory": "24Gi"},
+            image={"image": "mine:2"},
+        ),
+        WORKERS,
+    )
+    assert deployment["metadata"]["name"] == "job-inference"
+    assert worker_deployment_names("job", "BatchInference") == ["job-inference"]
+    assert deployment["spec"]["replicas"] == 4
+    # Chunks are idempotent: pods may overlap while they roll.
+    assert deployment["spec"]["strategy"] == {"type": "RollingUpdate"}
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["image"] == "mine:2"
+    # Two GPUs per pod: two chunks at a time, one on each.
+    assert container["command"][-4:] == ["--queue", "iq", "--max-concurrent-activities", "2"]
+    assert container["resources"]["limits"] == {"nvidia.com/gpu": "2"}
+    assert container["resources"]["requests"]["memory"] == "24Gi"
+    assert pod["nodeSelector"] == {"pool": "l4"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in (
+        pod["tolerations"]
+    )
+    claims = {
+        v["persistentVolumeClaim"]["claimName"]
+        for v in pod["volumes"]
+        if "persistentVolumeClaim" in v
+    }
+    assert claims == {"job-snapshots", "job-runs"}
+
+
+def test_a_cpu_job_asks_for_no_gpu_and_tolerates_no_gpu_taint() -> None:
+    pod = build_inference_deployment(_job(gpusPerWorker=0), WORKERS)["spec"]["template"]["spec"]
+    assert "limits" not in pod["containers"][0]["resources"]
+    assert "tolerations" not in pod
+    assert pod["containers"][0]["command"][-1] == "1"  # one chunk at a time
+
+
+def test_chunks_in_flight_are_one_per_gpu_of_every_pod() -> None:
+    for gpus, in_flight in ((0, 3), (1, 3), (4, 12)):
+        spec = _job(workers=3, gpusPerWorker=gpus).spec
+        assert inference_input("job", "ns", "uid", spec, None, "op", "iq").workers == in_flight
+
+
+def test_each_chunk_thread_gets_a_gpu_of_its_own_and_waits_for_a_free_one() -> None:
+    pool = DevicePool(["cuda:0", "cuda:1"])
+    third_started = threading.Event()
+
+    def third() -> None:
+        with pool.device():
+            third_started.set()
+
+    with pool.device() as first, pool.device() as second:
+        assert {first, second} == {"cuda:0", "cuda:1"}
+        waiting = threading.Thread(target=third)
+        waiting.start()
+        assert not third_started.wait(timeout=0.2)  # both GPUs busy: it must wait
+    assert third_started.wait(timeout=5)  # a GPU came free
+    waiting.join(timeout=5)
+    with DevicePool([]).device() as device:
+        assert device == "cpu"  # no CUDA: every chunk shares the CPU
+
+
+def test_per_experiment_queues_give_each_job_its_own_inference_queue() -> None:
+    settings = parse_settings(["--per-experiment-queues"])
+    assert worker_config(settings, "abcdef0123").inference_queue == "tempotrain-inference-abcdef01"
+    shared = parse_settings([])
+    assert worker_config(shared, "abcdef0123").inference_queue == "tempotrain-inference"
+
+
+def _update(completed: int, skipped: int, **fields: object) -> StatusUpdate:
+    return StatusUpdate(
+        target=TARGET,
+        at=datetime(2026, 1, 1, tzinfo=UTC),
+        inference=InferenceProgress(total=10, completed=completed, skipped=skipped, **fields),  # type: ignore[arg-type]
+    )
+
+
+def test_chunk_counts_and_rate_reach_status_and_never_move_back() -> None:
+    patch = status_patch(_update(3, 2, rows_per_second=41.5), {})
+    assert patch["chunks"] == {"total": 10, "completed": 3, "skipped": 2, "failed": 0}
+    assert patch["chunksDone"] == "5/10" and patch["rowsPerSecond"] == 41.5
+    current = {"chunks": patch["chunks"]}
+    assert "chunks" not in status_patch(_update(2, 2), current)  # a stale update arrived late
+    output = MergeResult(path="/data/runs/inference/job/output.parquet", rows=500, sha256="ab")
+    done = status_patch(
+        StatusUpdate(
+            target=TARGET,
+            phase=Phase.SUCCEEDED,
+            at=datetime(2026, 1, 1, tzinfo=UTC),
+            inference=InferenceProgress(total=10, completed=8, skipped=2, output=output),
+        ),
+        {**current, "phase": "Running"},
+    )
+    assert done["phase"] == "Succeeded" and done["chunksDone"] == "10/10"
+    assert done["output"] == {"path": output.path, "rows": 500, "sha256": "ab"}
