@@ -50,6 +50,7 @@ from tempotrain_workers.api import (
     BatchInferenceResult,
     InferenceJob,
     RowRange,
+    RowSelection,
     chunk_ranges,
 )
 from tempotrain_workers.sample_data import write_sentiment_jsonl
@@ -165,7 +166,7 @@ def request_for(
             batch_size=settings.batch_size,
             max_seq_length=settings.max_seq_length,
         ),
-        range=RowRange(start=0, end=rows),
+        range=RowSelection(start=0, end=rows),
         chunk_size=settings.chunk_size,
         workers=settings.workers,
         retain_chunks=False,

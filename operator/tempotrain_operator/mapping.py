@@ -22,7 +22,7 @@ from tempotrain_workers.api import (
     InferenceProgress,
     Phase,
     RayScaleConfig,
-    RowRange,
+    RowSelection,
     ScaleOutcome,
     StatusTarget,
     StatusUpdate,
@@ -140,7 +140,7 @@ def inference_input(
     whole = spec.range
     return BatchInferenceInput(
         job=job,
-        range=RowRange(start=whole.start, end=whole.end) if whole.end is not None else None,
+        range=RowSelection(start=whole.start, end=whole.end),
         chunk_size=spec.chunk_size,
         # Chunks in flight: one per GPU of every pod (one per pod without GPUs).
         workers=spec.workers * max(1, spec.gpus_per_worker),

@@ -19,7 +19,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer, Worker
 from tempotrain_dev.commands import worker_command
 from tempotrain_workers.activities import InferenceActivities, StorageRoots
-from tempotrain_workers.api import BatchInferenceInput, InferenceJob, RowRange
+from tempotrain_workers.api import BatchInferenceInput, InferenceJob, RowSelection
 from tempotrain_workers.sample_data import write_sentiment_jsonl
 from tempotrain_workers.workflows import ALL_WORKFLOWS, BatchInferenceWorkflow
 
@@ -62,7 +62,7 @@ async def test_chunks_run_two_at_a_time_across_continue_as_new_and_a_rerun_skips
     queue = f"inference-{uuid.uuid4().hex[:8]}"
     request = BatchInferenceInput(
         job=_job(tiny_bert, sentiment_file, tmp_path / "out"),
-        range=RowRange(start=0, end=200),
+        range=RowSelection(start=0, end=200),
         chunk_size=40,
         workers=2,
         retain_chunks=True,

@@ -20,6 +20,7 @@ from tempotrain_workers.api import (
     InferenceProgress,
     MergeResult,
     Phase,
+    RowSelection,
     StatusTarget,
     StatusUpdate,
 )
@@ -88,6 +89,16 @@ def test_chunks_in_flight_are_one_per_gpu_of_every_pod() -> None:
     for gpus, in_flight in ((0, 3), (1, 3), (4, 12)):
         spec = _job(workers=3, gpusPerWorker=gpus).spec
         assert inference_input("job", "ns", "uid", spec, None, "op", "iq").workers == in_flight
+
+
+def test_a_range_with_only_a_start_runs_to_the_last_row() -> None:
+    def rows(**range_: int) -> RowSelection:
+        spec = _job(range=range_).spec
+        return inference_input("job", "ns", "uid", spec, None, "op", "iq").range
+
+    assert rows(start=1000) == RowSelection(start=1000, end=None)
+    assert rows(start=5, end=9) == RowSelection(start=5, end=9)
+    assert rows() == RowSelection(start=0, end=None)
 
 
 def test_each_chunk_thread_gets_a_gpu_of_its_own_and_waits_for_a_free_one() -> None:

@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from temporalio.exceptions import ApplicationError
+from tempotrain_workers.activities import StorageRoots
 from tempotrain_workers.api import (
     ActivationsSpec,
     ChunkRequest,
@@ -16,10 +17,10 @@ from tempotrain_workers.api import (
     MergeRequest,
     Pooling,
     RowRange,
+    RowSelection,
     chunk_ranges,
 )
 from tempotrain_workers.inference.chunks import (
-    Volumes,
     chunk_file,
     merge_chunks,
     plan_inference,
@@ -42,7 +43,7 @@ def _job(model: Path, data: Path, out: Path, pooling: Pooling = Pooling.MEAN) ->
 
 
 # Absolute paths in these tests: the volumes are only where relative ones would resolve.
-V = Volumes(snapshots=Path("/nonexistent/snapshots"), runs=Path("/nonexistent/runs"))
+V = StorageRoots(snapshots=Path("/nonexistent/snapshots"), runs=Path("/nonexistent/runs"))
 
 
 def _reference(job: InferenceJob, texts: list[str]) -> tuple[list[int], torch.Tensor]:
@@ -75,7 +76,9 @@ def test_merged_chunks_equal_a_single_reference_pass(
     outcomes = [process_chunk(ChunkRequest(job=job, range=r), V) for r in ranges]
     assert _model.cache_info().misses == 1  # loaded once for all chunks, not per chunk
     assert not any(o.skipped for o in outcomes)
-    merged = merge_chunks(MergeRequest(job=job, ranges=list(reversed(ranges))), V)
+    merged = merge_chunks(
+        MergeRequest(job=job, range=RowRange(start=10, end=130), chunk_size=50), V
+    )
     assert merged.rows == 120
 
     import json
@@ -106,7 +109,9 @@ def test_a_verified_chunk_is_skipped_and_a_corrupted_one_recomputed(
     redone = process_chunk(ChunkRequest(job=job, range=second), V)
     assert not redone.skipped and redone.recomputed
     assert redone.sha256 == original.sha256  # deterministic output, now intact again
-    merged = merge_chunks(MergeRequest(job=job, ranges=[first, second], retain_chunks=True), V)
+    merged = merge_chunks(
+        MergeRequest(job=job, range=RowRange(start=0, end=40), chunk_size=20, retain_chunks=True), V
+    )
     assert merged.rows == 40 and chunk_file(job, V, first).exists()
 
 
@@ -118,7 +123,7 @@ def test_merge_refuses_chunks_that_do_not_verify(
     process_chunk(ChunkRequest(job=job, range=only), V)
     chunk_file(job, V, only).unlink()
     with pytest.raises(ValueError, match="do not verify"):
-        merge_chunks(MergeRequest(job=job, ranges=[only]), V)
+        merge_chunks(MergeRequest(job=job, range=only, chunk_size=10), V)
 
 
 def test_row_ranges_are_validated() -> None:
@@ -154,12 +159,17 @@ def test_plan_resolves_every_row_and_finds_a_finished_output(
     ranges = chunk_ranges(whole, 15)
     for r in ranges:
         process_chunk(ChunkRequest(job=job, range=r), V)
-    merged = merge_chunks(MergeRequest(job=job, ranges=ranges), V)
-    assert plan_inference(PlanRequest(job=job, range=whole), V).existing == merged
+    merged = merge_chunks(MergeRequest(job=job, range=whole, chunk_size=15), V)
+    assert plan_inference(PlanRequest(job=job, range=RowSelection(end=30)), V).existing == merged
     # Another range over the same folder is a different output: not reused.
-    assert plan_inference(PlanRequest(job=job, range=RowRange(start=0, end=20)), V).existing is None
+    assert plan_inference(PlanRequest(job=job, range=RowSelection(end=20)), V).existing is None
     with pytest.raises(ApplicationError, match="beyond"):
-        plan_inference(PlanRequest(job=job, range=RowRange(start=0, end=total + 1)), V)
+        plan_inference(PlanRequest(job=job, range=RowSelection(end=total + 1)), V)
+    # A start alone runs to the split's last row.
+    tail = plan_inference(PlanRequest(job=job, range=RowSelection(start=total - 5)), V)
+    assert tail.range == RowRange(start=total - 5, end=total)
+    with pytest.raises(ApplicationError, match="beyond"):
+        plan_inference(PlanRequest(job=job, range=RowSelection(start=total)), V)
 
 
 def test_relative_paths_resolve_against_the_volumes(
@@ -167,7 +177,7 @@ def test_relative_paths_resolve_against_the_volumes(
 ) -> None:
     import shutil
 
-    volumes = Volumes(snapshots=tmp_path / "snapshots", runs=tmp_path / "runs")
+    volumes = StorageRoots(snapshots=tmp_path / "snapshots", runs=tmp_path / "runs")
     shutil.copytree(tiny_bert, volumes.runs / "trained")
     (volumes.snapshots / "data").mkdir(parents=True)
     shutil.copy(sentiment_file, volumes.snapshots / "data" / "rows.jsonl")

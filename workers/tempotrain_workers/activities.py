@@ -121,29 +121,24 @@ class InferenceActivities:
     def __init__(self, roots: StorageRoots) -> None:
         self.roots = roots
 
-    def _volumes(self) -> Any:
-        from tempotrain_workers.inference.chunks import Volumes
-
-        return Volumes(snapshots=self.roots.snapshots, runs=self.roots.runs)
-
     @activity.defn(name="plan_inference")
     async def plan_inference(self, request: PlanRequest) -> InferencePlan:
         from tempotrain_workers.inference.chunks import plan_inference
 
-        return await _heartbeating(plan_inference, request, self._volumes())
+        return await _heartbeating(plan_inference, request, self.roots)
 
     @activity.defn(name="process_chunk")
     async def process_chunk(self, request: ChunkRequest) -> ChunkOutcome:
         from tempotrain_workers.inference.chunks import process_chunk
 
-        outcome: ChunkOutcome = await _heartbeating(process_chunk, request, self._volumes())
+        outcome: ChunkOutcome = await _heartbeating(process_chunk, request, self.roots)
         return outcome.model_copy(update={"attempt": activity.info().attempt})
 
     @activity.defn(name="merge_chunks")
     async def merge_chunks(self, request: MergeRequest) -> MergeResult:
         from tempotrain_workers.inference.chunks import merge_chunks
 
-        return await _heartbeating(merge_chunks, request, self._volumes())
+        return await _heartbeating(merge_chunks, request, self.roots)
 
     def all(self) -> list[Callable[..., Any]]:
         return [self.plan_inference, self.process_chunk, self.merge_chunks]

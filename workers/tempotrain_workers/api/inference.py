@@ -45,12 +45,21 @@ class RowRange(Contract):
         return self
 
     @property
-    def rows(self) -> int:
-        return self.end - self.start
-
-    @property
     def name(self) -> str:
         return f"chunk_{self.start:09d}-{self.end:09d}"
+
+
+class RowSelection(Contract):
+    """The rows a job asks for: [start, end); no end means up to the split's last row."""
+
+    start: int = Field(default=0, ge=0)
+    end: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RowSelection:
+        if self.end is not None and self.end <= self.start:
+            raise ValueError(f"end ({self.end}) must be greater than start ({self.start})")
+        return self
 
 
 def chunk_ranges(whole: RowRange, chunk_size: int) -> list[RowRange]:
@@ -115,11 +124,11 @@ class MergeResult(Contract):
 
 class PlanRequest(Contract):
     job: InferenceJob
-    range: RowRange | None = None  # None: every row of the split
+    range: RowSelection = RowSelection()
 
 
 class InferencePlan(Contract):
-    range: RowRange  # resolved: None became [0, rows of the split)
+    range: RowRange  # the selection resolved against the split's length
     existing: MergeResult | None = None  # this job's merged output, already there and verified
 
 
@@ -141,7 +150,10 @@ class ChunkOutcome(Contract):
 
 class MergeRequest(Contract):
     job: InferenceJob
-    ranges: list[RowRange] = Field(min_length=1)
+    # The chunks are chunk_ranges(range, chunk_size): derived, so the request stays small
+    # however many chunks a job has (Temporal caps a payload at 2 MB).
+    range: RowRange
+    chunk_size: int = Field(ge=1)
     retain_chunks: bool = False
 
 
@@ -159,13 +171,10 @@ class ChunkTally(Contract):
     compute_seconds: float = 0.0
     started_at: datetime | None = None  # the first run's start, for rows per second
 
-    def done(self) -> int:
-        return self.completed + self.skipped
-
 
 class BatchInferenceInput(Contract):
     job: InferenceJob
-    range: RowRange | None = None  # None: every row of the split
+    range: RowSelection = RowSelection()
     chunk_size: int = Field(default=50, ge=1, le=1_000_000)
     workers: int = Field(default=1, ge=1, le=1024, description="chunks in flight at once")
     retain_chunks: bool = False

@@ -11,15 +11,14 @@ once per worker process, not once per chunk.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
-import os
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tempotrain_workers.api import (
     MERGED_NAME,
@@ -34,10 +33,15 @@ from tempotrain_workers.api import (
     PlanRequest,
     Pooling,
     RowRange,
+    chunk_ranges,
 )
 from tempotrain_workers.checkpoints import file_digest
 from tempotrain_workers.errors import non_retryable
-from tempotrain_workers.files import write_json_atomically
+from tempotrain_workers.files import staging_path, write_json_atomically
+
+if TYPE_CHECKING:
+    # Where a worker finds the job's relative paths.
+    from tempotrain_workers.activities import StorageRoots as Volumes
 
 # Chunks of one worker may run in threads side by side: one of them loads a model or a split
 # (and imports the ML stack, whose lazy modules are not safe to import from two threads).
@@ -82,14 +86,6 @@ class DevicePool:
 _DEVICES = DevicePool()
 
 
-@dataclass(frozen=True)
-class Volumes:
-    """Where a worker finds the job's relative paths."""
-
-    snapshots: Path
-    runs: Path
-
-
 def output_dir(job: InferenceJob, volumes: Volumes) -> Path:
     return volumes.runs / job.output_dir  # an absolute output_dir stays as it is
 
@@ -106,17 +102,23 @@ def merged_file(job: InferenceJob, volumes: Volumes) -> Path:
     return output_dir(job, volumes) / f"{MERGED_NAME}.parquet"
 
 
-def _verified_marker(path: Path, marker: Path, job: InferenceJob, rows: RowRange) -> dict[str, Any]:
-    """The marker's content if it belongs to this job and range and the file matches it."""
+def _job_marker(marker: Path, job: InferenceJob, rows: RowRange) -> dict[str, Any]:
+    """The marker's content if it belongs to this job and range, else {}."""
     try:
         content = json.loads(marker.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return {}
     if content.get("fingerprint") != job.fingerprint() or content.get("range") != rows.model_dump():
         return {}
-    if not path.is_file() or file_digest(path) != content.get("sha256"):
-        return {}
     return dict(content)
+
+
+def _verified_marker(path: Path, marker: Path, job: InferenceJob, rows: RowRange) -> dict[str, Any]:
+    """The marker's content if it belongs to this job and range and the file matches it."""
+    content = _job_marker(marker, job, rows)
+    if not content or not path.is_file() or file_digest(path) != content.get("sha256"):
+        return {}
+    return content
 
 
 def verified(job: InferenceJob, volumes: Volumes, rows: RowRange) -> ChunkOutcome | None:
@@ -133,16 +135,17 @@ def verified(job: InferenceJob, volumes: Volumes, rows: RowRange) -> ChunkOutcom
 def plan_inference(request: PlanRequest, volumes: Volumes) -> InferencePlan:
     """The job's row range (every row when none is given) and its merged output, if that is
     already there for exactly this job and range."""
-    job = request.job
+    job, wanted = request.job, request.range
     with _LOADING:
         texts = _texts(*_dataset_key(job, volumes))
-    whole = request.range or RowRange(start=0, end=max(len(texts), 1))
-    if not texts or whole.end > len(texts):
+    end = len(texts) if wanted.end is None else wanted.end
+    if end > len(texts) or wanted.start >= end:
         raise non_retryable(
             ErrorType.INVALID_INPUT,
-            f"range [{whole.start}, {whole.end}) is beyond {job.dataset_name} "
-            f"(split {job.split!r}), which has {len(texts)} rows",
+            f"range [{wanted.start}, {wanted.end if wanted.end is not None else 'end'}) is "
+            f"beyond {job.dataset_name} (split {job.split!r}), which has {len(texts)} rows",
         )
+    whole = RowRange(start=wanted.start, end=end)
     path = merged_file(job, volumes)
     marker = _verified_marker(path, path.with_suffix(".json"), job, whole)
     existing = (
@@ -172,8 +175,7 @@ def process_chunk(request: ChunkRequest, volumes: Volumes) -> ChunkOutcome:
                 ErrorType.INVALID_INPUT, f"{rows.name}: the split has only {len(texts)} rows"
             )
         table = _predict_table(job, rows, texts[rows.start : rows.end], tokenizer, model)
-    _write_parquet_atomically(table, path)
-    digest = file_digest(path)
+    digest = _write_parquet_atomically(table, path)
     write_json_atomically(  # last: the chunk counts once this exists and agrees
         marker,
         {
@@ -195,25 +197,24 @@ def process_chunk(request: ChunkRequest, volumes: Volumes) -> ChunkOutcome:
 
 
 def merge_chunks(request: MergeRequest, volumes: Volumes) -> MergeResult:
-    """Verify every chunk, concatenate them in row order, write atomically, record sha256."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    """Verify every chunk, concatenate them in row order, write atomically, record sha256.
 
-    job = request.job
-    ordered = sorted(request.ranges, key=lambda r: r.start)
-    whole = RowRange(start=ordered[0].start, end=ordered[-1].end)
+    Streams: each chunk is read once (its bytes checked against the marker, then parsed from
+    memory) and appended to the output, so memory holds one chunk, not the whole job."""
+    job, whole = request.job, request.range
+    ordered = chunk_ranges(whole, request.chunk_size)
     path = merged_file(job, volumes)
     marker = _verified_marker(path, path.with_suffix(".json"), job, whole)
     if marker:  # a retried merge whose first attempt finished writing
         return MergeResult(path=str(path), rows=marker["rows"], sha256=marker["sha256"])
-    missing = [r.name for r in ordered if verified(job, volumes, r) is None]
-    if missing:
-        # Retryable: the workflow only merges chunks it saw verified; a file that went bad
-        # since is recomputed when the job is run again.
-        raise ValueError(f"cannot merge: {len(missing)} chunk(s) do not verify: {missing[:5]}")
-    table = pa.concat_tables([pq.read_table(chunk_file(job, volumes, r)) for r in ordered])
-    _write_parquet_atomically(table, path)
-    result = MergeResult(path=str(path), rows=table.num_rows, sha256=file_digest(path))
+    staging = staging_path(path)
+    try:
+        rows = _concatenate_verified(job, volumes, ordered, staging)
+        # Hashed before the rename: the digest is of the bytes this attempt wrote.
+        result = MergeResult(path=str(path), rows=rows, sha256=file_digest(staging))
+        staging.replace(path)
+    finally:
+        staging.unlink(missing_ok=True)
     write_json_atomically(
         path.with_suffix(".json"),
         {
@@ -224,19 +225,75 @@ def merge_chunks(request: MergeRequest, volumes: Volumes) -> MergeResult:
         },
     )
     if not request.retain_chunks:
-        for rows in ordered:
-            chunk_file(job, volumes, rows).unlink(missing_ok=True)
-            marker_file(job, volumes, rows).unlink(missing_ok=True)
+        for chunk in ordered:
+            chunk_file(job, volumes, chunk).unlink(missing_ok=True)
+            marker_file(job, volumes, chunk).unlink(missing_ok=True)
     return result
 
 
-def _write_parquet_atomically(table: Any, path: Path) -> None:
+def _concatenate_verified(
+    job: InferenceJob, volumes: Volumes, ordered: list[RowRange], destination: Path
+) -> int:
+    """Append every chunk, in order, to one Parquet file; its row count. Raises (retryable)
+    naming the chunks that do not verify: the workflow only merges chunks it saw verified, so
+    a file that went bad since is recomputed when the job is run again."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
+    missing: list[str] = []
+    writer: Any = None
+    rows = 0
+    try:
+        for chunk in ordered:
+            data = _verified_bytes(job, volumes, chunk)
+            if data is None:
+                missing.append(chunk.name)
+                continue
+            if missing:
+                continue  # nothing more to write: only finding every bad chunk is left
+            table = pq.read_table(pa.BufferReader(data))
+            if writer is None:
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                writer = pq.ParquetWriter(destination, table.schema)
+            writer.write_table(table)
+            rows += table.num_rows
+    finally:
+        if writer is not None:
+            writer.close()
+    if missing:
+        raise ValueError(f"cannot merge: {len(missing)} chunk(s) do not verify: {missing[:5]}")
+    return rows
+
+
+def _verified_bytes(job: InferenceJob, volumes: Volumes, rows: RowRange) -> bytes | None:
+    """The chunk file's bytes if its marker belongs to this job and range and they match it."""
+    content = _job_marker(marker_file(job, volumes, rows), job, rows)
+    if not content:
+        return None
+    try:
+        data = chunk_file(job, volumes, rows).read_bytes()
+    except FileNotFoundError:
+        return None
+    return data if hashlib.sha256(data).hexdigest() == content.get("sha256") else None
+
+
+def _write_parquet_atomically(table: Any, path: Path) -> str:
+    """Write `table` to `path` through a staging file of this call's own; the sha256 of the
+    bytes written, hashed from memory (never read back: another writer may rename over it)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    data = sink.getvalue().to_pybytes()
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    pq.write_table(table, staging)
-    staging.replace(path)
+    staging = staging_path(path)
+    try:
+        staging.write_bytes(data)
+        staging.replace(path)
+    finally:
+        staging.unlink(missing_ok=True)
+    return hashlib.sha256(data).hexdigest()
 
 
 def _dataset_key(job: InferenceJob, volumes: Volumes) -> tuple[str, str | None, str, str]:

@@ -31,6 +31,7 @@ with workflow.unsafe.imports_passed_through():
         Phase,
         PlanRequest,
         RowRange,
+        RowSelection,
         chunk_ranges,
     )
     from tempotrain_workers.workflows.status import StatusReporter, root_message
@@ -75,12 +76,18 @@ class BatchInferenceWorkflow:
             tally = tally.model_copy(update={"next_index": stop})
             if stop < len(ranges):
                 await status.flush()  # the next run starts with an empty reporter
+                resolved = RowSelection(start=plan.range.start, end=plan.range.end)
                 workflow.continue_as_new(
-                    request.model_copy(update={"range": plan.range, "tally": tally})
+                    request.model_copy(update={"range": resolved, "tally": tally})
                 )
             merged: MergeResult = await workflow.execute_activity(
                 "merge_chunks",
-                MergeRequest(job=request.job, ranges=ranges, retain_chunks=request.retain_chunks),
+                MergeRequest(
+                    job=request.job,
+                    range=plan.range,
+                    chunk_size=request.chunk_size,
+                    retain_chunks=request.retain_chunks,
+                ),
                 result_type=MergeResult,
                 task_queue=request.inference_queue,
                 start_to_close_timeout=timedelta(hours=2),
@@ -129,17 +136,18 @@ class BatchInferenceWorkflow:
         """Every chunk, at most `workers` at a time. After a failed chunk nothing new starts;
         the chunks in flight finish (their outputs count on a re-run), then the error rises."""
         pending = list(reversed(ranges))
-        in_flight: set[asyncio.Task[ChunkOutcome]] = set()
+        # A list, not a set: results are counted (and the first failure chosen) in the order
+        # the chunks started, which replays the same; a set of tasks iterates by address.
+        in_flight: list[asyncio.Task[ChunkOutcome]] = []
         failure: ActivityError | None = None
         while in_flight or (pending and failure is None):
             while pending and failure is None and len(in_flight) < request.workers:
-                in_flight.add(asyncio.ensure_future(self._chunk(request, pending.pop())))
+                in_flight.append(asyncio.ensure_future(self._chunk(request, pending.pop())))
             # workflow.wait, not asyncio.wait: deterministic on replay.
-            done, still_running = await workflow.wait(
-                in_flight, return_when=asyncio.FIRST_COMPLETED
-            )
-            in_flight = set(still_running)
-            for task in done:
+            done, _ = await workflow.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+            finished = [task for task in in_flight if task in done]
+            in_flight = [task for task in in_flight if task not in done]
+            for task in finished:
                 try:
                     tally = _count(tally, task.result())
                 except ActivityError as err:
