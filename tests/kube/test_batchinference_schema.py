@@ -13,7 +13,7 @@ import yaml
 from tempotrain_dev.tools import REPO_ROOT
 from tempotrain_operator.batch_inference import semantic_errors
 from tempotrain_operator.mapping import inference_input
-from tempotrain_workers.api import BatchInferenceSpec, Pooling
+from tempotrain_workers.api import BatchInferenceSpec, Pooling, RowSelection
 
 from tests.conftest import ClusterHandle
 
@@ -51,7 +51,7 @@ def test_example_round_trips_through_the_model_into_a_workflow_input(example: Pa
     request = inference_input(name, "default", "uid-1234", spec, "run", "op-queue", "inf-queue")
     assert request.job.model_run == "run" and request.job.model_name is None
     assert request.job.output_dir == f"inference/{name}"
-    assert request.range is None  # every row
+    assert request.range == RowSelection(start=0, end=None)  # every row
     assert request.workers == manifest["spec"]["workers"]
     assert request.status_target is not None and request.status_target.kind == "BatchInference"
 
@@ -74,7 +74,7 @@ def test_a_spec_with_a_range_and_a_model_name_maps_as_given() -> None:
     )
     assert job.output_dir == "shared/scores" and job.text_field == "review"
     assert job.activations is not None and job.activations.pooling == Pooling.MEAN
-    assert (request.range.start, request.range.end) == (100, 350)  # type: ignore[union-attr]
+    assert request.range == RowSelection(start=100, end=350)
     assert semantic_errors(
         spec.model_copy(update={"dataset": spec.dataset.model_copy(update={"config": "x"})})
     ) == ["dataset.config applies to Hub datasets, not to dataset.file"]
