@@ -47,17 +47,16 @@ class OperatorSettings:
         """(training, eval) queues of one experiment. Per-experiment queues keep a worker pod
         from picking up an activity whose PVCs it has not mounted; shared queues suit host
         workers that see every experiment's data (the local platform)."""
-        if not self.per_experiment_queues:
-            return self.training_queue, self.eval_queue
-        return f"{self.training_queue}-{uid[:8]}", f"{self.eval_queue}-{uid[:8]}"
+        return self._own(self.training_queue, uid), self._own(self.eval_queue, uid)
 
     def ray_queue_for(self, uid: str) -> str:
-        return f"{self.ray_queue}-{uid[:8]}" if self.per_experiment_queues else self.ray_queue
+        return self._own(self.ray_queue, uid)
 
     def inference_queue_for(self, uid: str) -> str:
-        if not self.per_experiment_queues:
-            return self.inference_queue
-        return f"{self.inference_queue}-{uid[:8]}"
+        return self._own(self.inference_queue, uid)
+
+    def _own(self, queue: str, uid: str) -> str:
+        return f"{queue}-{uid[:8]}" if self.per_experiment_queues else queue
 
 
 def _env(name: str, default: str | None = None) -> str | None:

@@ -17,15 +17,21 @@ from tempotrain_workers.errors import non_retryable
 from tempotrain_workers.snapshots import load_split_rows, read_split
 
 
+def trained_model_dir(run_dir: Path) -> Path:
+    """`run_dir`, if it holds a finished run's final model; RunNotFound if not."""
+    if not (run_dir / "config.json").is_file():
+        raise non_retryable(
+            ErrorType.RUN_NOT_FOUND, f"no trained model in {run_dir} (has the run finished?)"
+        )
+    return run_dir
+
+
 def load_run(run_dir: Path) -> tuple[Any, Any, Any]:
     """(tokenizer, model, device) of a finished run; RunNotFound if it has no final model."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    if not (run_dir / "config.json").is_file():
-        raise non_retryable(
-            ErrorType.RUN_NOT_FOUND, f"no trained model in {run_dir} (has the run finished?)"
-        )
+    trained_model_dir(run_dir)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = AutoTokenizer.from_pretrained(run_dir)
     model = AutoModelForSequenceClassification.from_pretrained(run_dir).to(device).eval()

@@ -196,6 +196,19 @@ def load_split_rows(
     return schema, _rows(loaded.train, schema)
 
 
+def load_split(name: str, config: str | None, split: str) -> Any:
+    """One split, whole and in its own order (no hold-out, no sampling). A local file is a
+    single split: `split` names Hub splits only."""
+    local = local_path(name)
+    request = DatasetSnapshotRequest(
+        dataset_name=name,
+        dataset_config=config,
+        train_split="train" if local is not None else split,
+        eval_split=split,
+    )
+    return _load(request, hold_out=False).train
+
+
 def local_path(name: str, base: Path | None = None) -> Path | None:
     """A local data file, if the name is one; relative names are tried against base (the
     snapshots volume, where a BertExperiment's `dataset.file` lives) first."""

@@ -309,19 +309,9 @@ def _dataset_key(job: InferenceJob, volumes: Volumes) -> tuple[str, str | None, 
 @lru_cache(maxsize=4)
 def _texts(name: str, config: str | None, split: str, field: str) -> list[str]:
     """The split's texts, loaded once per process (every chunk of a job reads the same)."""
-    from datasets import load_dataset
+    from tempotrain_workers.snapshots import load_split
 
-    from tempotrain_workers.snapshots import local_format, local_path
-
-    local = local_path(name)
-    if local is not None:
-        # A file is one split: `split` names Hub splits only.
-        dataset = load_dataset(local_format(local), data_files=str(local), split="train")
-    else:
-        try:
-            dataset = load_dataset(name, config, split=split)
-        except (FileNotFoundError, ValueError) as err:
-            raise non_retryable(ErrorType.DATASET_NOT_FOUND, f"{name} ({split}): {err}") from err
+    dataset = load_split(name, config, split)
     if field not in dataset.column_names:
         raise non_retryable(
             ErrorType.DATASET_SCHEMA,
@@ -333,13 +323,9 @@ def _texts(name: str, config: str | None, split: str, field: str) -> list[str]:
 def resolve_model(job: InferenceJob, volumes: Volumes) -> str:
     """A run's trained model, a model folder on the snapshots volume, or a Hub id."""
     if job.model_run is not None:
-        run_dir = volumes.runs / job.model_run
-        if not (run_dir / "config.json").is_file():
-            raise non_retryable(
-                ErrorType.RUN_NOT_FOUND,
-                f"no trained model in {run_dir} (has run {job.model_run} finished?)",
-            )
-        return str(run_dir)
+        from tempotrain_workers.evaluation import trained_model_dir
+
+        return str(trained_model_dir(volumes.runs / job.model_run))
     name = str(job.model_name)
     for candidate in (volumes.snapshots / name, Path(name).expanduser()):
         if candidate.is_dir():
