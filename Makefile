@@ -13,15 +13,18 @@ DEV := PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m tempotrain_dev --state-dir $
 PYTEST_ARGS ?=
 DEMO ?= bert
 
-.PHONY: help venv tools up down status demo test lint crds
+.PHONY: help venv tools images up down status demo test lint crds
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
 
+# Installed from the wheelhouse (dev/tempotrain_dev/wheelhouse.py): one download of every wheel,
+# shared with the images' builds.
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
+	wheels="$$(PYTHONPATH=dev $(PY) -m tempotrain_dev.wheelhouse)" && \
+	  $(PY) -m pip install --quiet --no-index --find-links "$$wheels" -e '.[$(EXTRAS)]'
 	@touch $@
 
 venv: $(VENV)/.installed ## create .venv and install tempotrain with its extras
@@ -29,7 +32,10 @@ venv: $(VENV)/.installed ## create .venv and install tempotrain with its extras
 tools: ## build (or find cached) etcd, Kubernetes, kwok, helm, KubeRay under ~/.cache/tempotrain
 	bash dev/build-tools.sh >/dev/null
 
-up: venv tools ## start the local control plane and Temporal (no-op when up)
+images: venv tools ## build (or find) the operator and workers images for the real node
+	$(DEV) images
+
+up: venv tools ## start the local control plane, a real node and Temporal (no-op when up)
 	$(DEV) up
 
 down: ## stop everything `up` started
@@ -38,17 +44,17 @@ down: ## stop everything `up` started
 status: venv ## which platform processes run
 	$(DEV) status
 
-demo: up ## bring the platform up and run a real experiment on it (DEMO=bert|cifar10|inference)
+demo: images up ## bring the platform up and run a real experiment on it (DEMO=bert|cifar10|inference)
 	@source $(STATE_DIR)/env.sh && \
 	  echo "== kubectl version" && kubectl version && \
 	  echo "== kubectl get nodes" && kubectl get nodes \
 	    -o custom-columns='NAME:.metadata.name,POOL:.metadata.labels.tempotrain\.dev/node-pool,CPU:.status.capacity.cpu,GPUS:.status.capacity.nvidia\.com/gpu,READY:.status.conditions[?(@.type=="Ready")].status' && \
 	  echo "== temporal operator cluster health" && $(VENV)/bin/temporal operator cluster health --address "$$TEMPORAL_ADDRESS"
-	@echo; echo "== the local $(DEMO) experiment (operator + host worker, CPU)"
+	@echo; echo "== the local $(DEMO) experiment (CPU)"
 	$(DEV) demo --experiment $(DEMO)
 	@echo; echo "Platform is up. Use it with:  source $(STATE_DIR)/env.sh   Stop it with:  make down"
 
-test: venv tools ## run the whole test suite against a platform of its own
+test: venv tools images ## run the whole test suite against a platform of its own
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest $(PYTEST_ARGS)
 
 crds: venv ## regenerate crds/ from the pydantic models

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tempotrain_dev.cluster import kwok_namespace
 from tempotrain_dev.commands import Queues, operator_command, worker_command
 from tempotrain_dev.platform import Platform
 from tempotrain_dev.tools import REPO_ROOT
@@ -78,7 +79,7 @@ def bench_platform(prefix: str) -> Iterator[Bench]:
     with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         platform = Platform(Path(tmp) / "platform")
         try:
-            platform.up(log=lambda _: None)
+            platform.up(real_node=False, log=lambda _: None)
             suffix = uuid.uuid4().hex[:8]
             bench = Bench(
                 kubeconfig=platform.cluster.kubeconfig,
@@ -92,7 +93,8 @@ def bench_platform(prefix: str) -> Iterator[Bench]:
             )
             bench.kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "crds"))
             wait_for(lambda: _established(bench), timeout=30, what="the CRD to be established")
-            bench.kubectl("create", "namespace", bench.namespace)
+            # Its pods go to kwok nodes: no containers for hundreds of experiments.
+            bench.kubectl("apply", "-f", "-", input=json.dumps(kwok_namespace(bench.namespace)))
             yield bench
         finally:
             platform.down(log=lambda _: None)

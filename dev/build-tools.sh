@@ -47,7 +47,9 @@ build_kubernetes() {
     k8s.io/kubernetes/cmd/kube-apiserver \
     k8s.io/kubernetes/cmd/kube-controller-manager \
     k8s.io/kubernetes/cmd/kube-scheduler \
-    k8s.io/kubernetes/cmd/kubectl)
+    k8s.io/kubernetes/cmd/kubectl \
+    k8s.io/kubernetes/cmd/kubelet \
+    k8s.io/kubernetes/cmd/kube-proxy)
 }
 
 build_etcd() {
@@ -86,7 +88,22 @@ build_once etcd "$cache/bin/etcd-$ETCD_VERSION-$(sum_key "$here/gomod/etcd")" "e
 build_kwok() { go_install "$1" "sigs.k8s.io/kwok/cmd/kwok@v$KWOK_VERSION"; }
 build_helm() { go_install "$1" "helm.sh/helm/v3/cmd/helm@v$HELM_VERSION"; }
 
+# CoreDNS: the real node's cluster DNS. Built in its own module like KubeRay (same reason).
+build_coredns() {
+  local dir
+  dir="$(cd "$1" && GOFLAGS=-mod=mod go mod download -json "github.com/coredns/coredns@v$COREDNS_VERSION" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')"
+  (cd "$dir" && go build -trimpath -ldflags "-s -w" -o "$1/coredns" .)
+}
+
+# The real node's sandbox ("pause") program: ours, in dev/gomod/pause.
+build_pause() {
+  (cd "$here/gomod/pause" && go build -trimpath -ldflags "-s -w" -o "$1/pause" .)
+}
+
 build_once kwok "$cache/bin/kwok-$KWOK_VERSION" "kwok v$KWOK_VERSION" build_kwok
 build_once helm "$cache/bin/helm-$HELM_VERSION" "helm v$HELM_VERSION" build_helm
 build_once kuberay "$cache/bin/kuberay-$KUBERAY_VERSION" "KubeRay operator v$KUBERAY_VERSION" build_kuberay
 build_once kuberay_crds "$cache/crds/kuberay-$KUBERAY_VERSION" "KubeRay CRDs v$KUBERAY_VERSION" kuberay_crds
+build_once coredns "$cache/bin/coredns-$COREDNS_VERSION" "CoreDNS v$COREDNS_VERSION" build_coredns
+build_once pause "$cache/bin/pause-$(cat "$here"/gomod/pause/* | sha256sum | cut -c1-12)" "pause" build_pause

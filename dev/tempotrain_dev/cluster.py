@@ -1,14 +1,17 @@
-"""A real Kubernetes control plane on loopback: etcd, kube-apiserver, kube-controller-manager,
+"""A real Kubernetes control plane: etcd, kube-apiserver, kube-controller-manager,
 kube-scheduler, kwok (fake Nodes) and the KubeRay operator, each a process of its own with a
 PID file.
 
-Pods scheduled onto the kwok Nodes turn Running without containers; the real work is done
-by host processes polling Temporal task queues (see DESIGN.md §6).
+Without a real node everything listens on loopback. With one (`real_node.py`) the apiserver
+listens on the host side of the node's network instead, so kubelets and pods reach it.
+
+kwok's Nodes carry kwok's own taint: pods land there only from namespaces that ask for it
+(`KWOK_NAMESPACE_ANNOTATIONS`), where host processes polling Temporal do the real work. Every
+other pod goes to the real node, or stays Pending where there is none.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import subprocess
 import sys
@@ -17,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tempotrain_dev.net import free_ports, http_ok, port_open
+from tempotrain_dev.node_network import NodeNetwork
 from tempotrain_dev.pki import Pki
 from tempotrain_dev.processes import ManagedProcess
 from tempotrain_dev.tools import Tools
@@ -45,6 +49,33 @@ SERVICE_CIDR = "10.96.0.0/16"
 # Fixed, not port-derived, so service-account tokens survive a restart on new ports.
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+# kwok's convention: its Nodes are tainted, and only pods that tolerate it land there.
+KWOK_TAINT = {"key": KWOK_NODE_ANNOTATION, "value": "fake", "effect": "NoSchedule"}
+# A namespace that says so has all its pods placed on kwok Nodes (the PodNodeSelector and
+# PodTolerationRestriction admission plugins): the host-worker mode of the tests and demos.
+KWOK_NAMESPACE_ANNOTATIONS = {
+    "scheduler.alpha.kubernetes.io/node-selector": "type=kwok",
+    "scheduler.alpha.kubernetes.io/defaultTolerations": json.dumps(
+        [{"key": KWOK_NODE_ANNOTATION, "operator": "Exists", "effect": "NoSchedule"}]
+    ),
+}
+
+
+def kwok_namespace(name: str, labels: dict[str, str] | None = None) -> dict[str, object]:
+    """A Namespace whose pods all go to kwok Nodes (host processes do their work)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {
+            "name": name,
+            "labels": labels or {},
+            "annotations": KWOK_NAMESPACE_ANNOTATIONS,
+        },
+    }
+
+
+# The apiserver's client certificate towards kubelets (logs, exec, port-forward).
+KUBELET_CLIENT = "kube-apiserver-kubelet-client"
 GPU_RESOURCE = "nvidia.com/gpu"
 NODE_POOL_LABEL = "tempotrain.dev/node-pool"
 
@@ -80,14 +111,20 @@ def stop_cluster(state_dir: Path, log: Callable[[str], None] = print) -> None:
     processes = cluster_processes(state_dir)
     for name in reversed(COMPONENTS):
         if processes[name].is_running():
-            processes[name].stop()
+            # The apiserver's shutdown waits up to 20 s to take its address out of the
+            # `kubernetes` Service's endpoints, which nothing needs once the platform stops;
+            # its data is etcd's, stopped gracefully next.
+            processes[name].stop(timeout=3 if name == "kube-apiserver" else 15)
             log(f"cluster: {name} stopped")
 
 
 class LocalCluster:
-    def __init__(self, state_dir: Path, tools: Tools) -> None:
+    def __init__(self, state_dir: Path, tools: Tools, network: NodeNetwork | None = None) -> None:
         self.state_dir = state_dir
         self.tools = tools
+        self.network = network
+        # Loopback, unless a real node's kubelet and pods must reach the apiserver.
+        self.address = network.host_ip if network else "127.0.0.1"
         self.pki = Pki(state_dir / "pki")
         self.kubeconfig = state_dir / "kubeconfig"
         self._ports_file = state_dir / "ports.json"
@@ -103,9 +140,10 @@ class LocalCluster:
         if self.is_up():
             log(f"cluster: already up (KUBECONFIG={self.kubeconfig})")
             return
-        self.pki.ensure({"admin": "system:masters"})
+        extra_ips = (self.address,) if self.network else ()
+        self.pki.ensure({"admin": "system:masters", KUBELET_CLIENT: "system:masters"}, extra_ips)
         ports = self._ports()
-        self._write_kubeconfig(ports["apiserver"])
+        self.pki.write_kubeconfig(self.kubeconfig, self.server(ports["apiserver"]), "admin")
         for name in COMPONENTS:
             if name == "kube-controller-manager":
                 # Before the controller-manager: its garbage collector discovers resources at
@@ -117,10 +155,13 @@ class LocalCluster:
             self._wait_healthy(name, ports)
             log(f"cluster: {name} {'already running' if already else 'started'}")
         self._bootstrap()
-        log(f"cluster: ready at https://127.0.0.1:{ports['apiserver']}")
+        log(f"cluster: ready at {self.server(ports['apiserver'])}")
 
     def down(self, log: Callable[[str], None] = print) -> None:
         stop_cluster(self.state_dir, log)
+
+    def server(self, port: int | None = None) -> str:
+        return f"https://{self.address}:{port or self._ports()['apiserver']}"
 
     # -- helpers used by callers ----------------------------------------------------------
 
@@ -176,29 +217,7 @@ class LocalCluster:
                 "--log-level=warn",
             ]
         if name == "kube-apiserver":
-            return [
-                str(self.tools.binary("kube-apiserver")),
-                f"--etcd-servers=http://127.0.0.1:{ports['etcd_client']}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
-                f"--secure-port={ports['apiserver']}",
-                f"--cert-dir={state / 'apiserver'}",
-                f"--tls-cert-file={pki.serving_cert}",
-                f"--tls-private-key-file={pki.serving_key}",
-                f"--client-ca-file={pki.ca_cert}",
-                "--authorization-mode=RBAC",
-                "--allow-privileged=true",
-                f"--service-cluster-ip-range={SERVICE_CIDR}",
-                f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
-                f"--service-account-key-file={pki.service_account_pub}",
-                f"--service-account-signing-key-file={pki.service_account_key}",
-                # Without a kubelet nothing mounts tokens, and the plugin would reject
-                # pods created before the namespace's default ServiceAccount exists.
-                "--disable-admission-plugins=ServiceAccount",
-                # 127.0.0.1 is not a valid Endpoints address; nothing routes here anyway.
-                "--endpoint-reconciler-type=none",
-                "--profiling=false",
-            ]
+            return self._apiserver_argv(ports)
         if name == "kube-controller-manager":
             return [
                 str(self.tools.binary("kube-controller-manager")),
@@ -261,6 +280,38 @@ class LocalCluster:
                 "--log-stdout-encoder=console",
             ]
         raise ValueError(name)
+
+    def _apiserver_argv(self, ports: dict[str, int]) -> list[str]:
+        pki, state = self.pki, self.state_dir
+        kubelet_cert, kubelet_key = pki.client_cert(KUBELET_CLIENT)
+        argv = [
+            str(self.tools.binary("kube-apiserver")),
+            f"--etcd-servers=http://127.0.0.1:{ports['etcd_client']}",
+            f"--bind-address={self.address}",
+            f"--advertise-address={self.address}",
+            f"--secure-port={ports['apiserver']}",
+            f"--cert-dir={state / 'apiserver'}",
+            f"--tls-cert-file={pki.serving_cert}",
+            f"--tls-private-key-file={pki.serving_key}",
+            f"--client-ca-file={pki.ca_cert}",
+            # Node: a kubelet may touch only its own Node and what its pods need.
+            "--authorization-mode=Node,RBAC",
+            "--enable-admission-plugins=NodeRestriction,PodNodeSelector,PodTolerationRestriction",
+            "--allow-privileged=true",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
+            f"--service-account-key-file={pki.service_account_pub}",
+            f"--service-account-signing-key-file={pki.service_account_key}",
+            f"--kubelet-client-certificate={kubelet_cert}",
+            f"--kubelet-client-key={kubelet_key}",
+            # Nodes have no DNS names here: reach kubelets (logs, exec) by their IP.
+            "--kubelet-preferred-address-types=InternalIP",
+            "--profiling=false",
+        ]
+        if self.network is None:
+            # 127.0.0.1 is not a valid Endpoints address, and nothing would route to it.
+            argv.append("--endpoint-reconciler-type=none")
+        return argv
 
     def _wait_healthy(self, name: str, ports: dict[str, int]) -> None:
         process = self.processes[name]
@@ -378,37 +429,6 @@ class LocalCluster:
         )
         return bool(out.strip())
 
-    def _write_kubeconfig(self, apiserver_port: int) -> None:
-        cert, key = self.pki.client_cert("admin")
-        config = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [
-                {
-                    "name": "tempotrain-local",
-                    "cluster": {
-                        "server": f"https://127.0.0.1:{apiserver_port}",
-                        "certificate-authority-data": _b64(self.pki.ca_cert),
-                    },
-                }
-            ],
-            "users": [
-                {
-                    "name": "tempotrain-admin",
-                    "user": {"client-certificate-data": _b64(cert), "client-key-data": _b64(key)},
-                }
-            ],
-            "contexts": [
-                {
-                    "name": "tempotrain-local",
-                    "context": {"cluster": "tempotrain-local", "user": "tempotrain-admin"},
-                }
-            ],
-            "current-context": "tempotrain-local",
-        }
-        self.kubeconfig.write_text(json.dumps(config, indent=2))
-        self.kubeconfig.chmod(0o600)
-
 
 def _node_manifest(node: FakeNode) -> dict[str, object]:
     capacity = {"cpu": node.cpu, "memory": node.memory, "pods": "110"}
@@ -419,12 +439,12 @@ def _node_manifest(node: FakeNode) -> dict[str, object]:
         "type": "kwok",
         NODE_POOL_LABEL: node.pool,
     }
-    spec: dict[str, object] = {}
+    taints = [KWOK_TAINT]
     if node.gpus:
         capacity[GPU_RESOURCE] = str(node.gpus)
         labels["nvidia.com/gpu.present"] = "true"
         # As managed GPU pools do: only pods that ask for GPUs (and tolerate this) land here.
-        spec["taints"] = [{"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule"}]
+        taints.append({"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule"})
     return {
         "apiVersion": "v1",
         "kind": "Node",
@@ -433,10 +453,6 @@ def _node_manifest(node: FakeNode) -> dict[str, object]:
             "labels": labels,
             "annotations": {KWOK_NODE_ANNOTATION: "fake", "node.alpha.kubernetes.io/ttl": "0"},
         },
-        "spec": spec,
+        "spec": {"taints": taints},
         "status": {"capacity": capacity, "allocatable": capacity},
     }
-
-
-def _b64(path: Path) -> str:
-    return base64.b64encode(path.read_bytes()).decode()

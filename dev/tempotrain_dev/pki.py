@@ -6,6 +6,8 @@ one per control-plane component); a separate RSA key pair signs service-account 
 
 from __future__ import annotations
 
+import base64
+import json
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,10 +44,13 @@ class Pki:
         return self.directory / "sa.pub"
 
     def client_cert(self, user: str) -> tuple[Path, Path]:
-        return self.directory / f"{user}.crt", self.directory / f"{user}.key"
+        stem = user.replace(":", "-")  # system:node:x and friends
+        return self.directory / f"{stem}.crt", self.directory / f"{stem}.key"
 
-    def ensure(self, clients: dict[str, str]) -> None:
-        """Create whatever is missing. ``clients`` maps a user (CN) to its group (O)."""
+    def ensure(self, clients: dict[str, str], extra_ips: tuple[str, ...] = ()) -> None:
+        """Create whatever is missing. ``clients`` maps a user (CN) to its group (O);
+        ``extra_ips`` are further addresses the apiserver serves on (the node network's host
+        side). A serving certificate made for other addresses is made anew."""
         self.directory.mkdir(parents=True, exist_ok=True)
         if not self.ca_cert.exists():
             _openssl(
@@ -63,15 +68,19 @@ class Pki:
                 "-out",
                 self.ca_cert,
             )
-        if not self.serving_cert.exists():
+        # 10.96.0.1: the `kubernetes` Service, which in-cluster clients dial.
+        names = "DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,"
+        names += "DNS:kubernetes.default.svc.cluster.local,"
+        names += ",".join(f"IP:{ip}" for ip in ("127.0.0.1", "10.96.0.1", *extra_ips))
+        sans_record = self.directory / "apiserver.sans"
+        if not self.serving_cert.exists() or _read(sans_record) != names:
             self._signed(
                 self.serving_cert,
                 self.serving_key,
                 "/CN=kube-apiserver",
-                extensions="subjectAltName=DNS:localhost,DNS:kubernetes,"
-                "DNS:kubernetes.default,DNS:kubernetes.default.svc,"
-                "IP:127.0.0.1,IP:10.96.0.1\nextendedKeyUsage=serverAuth",
+                extensions=f"subjectAltName={names}\nextendedKeyUsage=serverAuth",
             )
+            sans_record.write_text(names)
         for user, group in clients.items():
             cert, key = self.client_cert(user)
             if not cert.exists():
@@ -83,6 +92,37 @@ class Pki:
             _openssl(
                 "rsa", "-in", self.service_account_key, "-pubout", "-out", self.service_account_pub
             )
+
+    def write_kubeconfig(self, path: Path, server: str, user: str) -> Path:
+        """A kubeconfig for ``user`` (its client certificate) at ``server``, CA embedded."""
+        cert, key = self.client_cert(user)
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "tempotrain-local",
+                    "cluster": {"server": server, "certificate-authority-data": _b64(self.ca_cert)},
+                }
+            ],
+            "users": [
+                {
+                    "name": user,
+                    "user": {"client-certificate-data": _b64(cert), "client-key-data": _b64(key)},
+                }
+            ],
+            "contexts": [
+                {
+                    "name": "tempotrain-local",
+                    "context": {"cluster": "tempotrain-local", "user": user},
+                }
+            ],
+            "current-context": "tempotrain-local",
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(config, indent=2))
+        path.chmod(0o600)
+        return path
 
     def _signed(self, cert: Path, key: Path, subject: str, extensions: str) -> None:
         csr = cert.with_suffix(".csr")
@@ -120,6 +160,14 @@ class Pki:
         )
         csr.unlink()
         ext.unlink()
+
+
+def _b64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def _read(path: Path) -> str | None:
+    return path.read_text() if path.exists() else None
 
 
 def _openssl(*args: str | Path) -> None:

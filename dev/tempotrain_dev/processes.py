@@ -103,8 +103,8 @@ def log_tail(path: Path, lines: int = 25) -> str:
 
 
 def leftovers(state_dir: Path | None) -> list[int]:
-    """PIDs of live processes started under state_dir (or their children); with None, by
-    any platform at all."""
+    """PIDs of live processes started under state_dir, and of everything below them (a
+    container's processes below its shim carry no marker); with None, by any platform."""
     wanted = f"{PLATFORM_ENV_MARKER}={state_dir or ''}".encode()
     # Components mark themselves with their own sub-directory of the platform's state dir.
     prefix = wanted if state_dir is None else wanted + b"/"
@@ -113,11 +113,13 @@ def leftovers(state_dir: Path | None) -> list[int]:
         return any(e == wanted or e.startswith(prefix) for e in _environ(pid))
 
     own = os.getpid()
-    return sorted(
+    marked = [
         int(entry.name)
         for entry in Path("/proc").iterdir()
         if entry.name.isdigit() and int(entry.name) != own and matches(int(entry.name))
-    )
+    ]
+    below = [pid for pid in descendants(marked) if pid != own and not _is_zombie(pid)]
+    return sorted({*marked, *below})
 
 
 def pids_running(*fragments: str) -> list[int]:
@@ -136,9 +138,31 @@ def pids_running(*fragments: str) -> list[int]:
     return sorted(found)
 
 
+def descendants(roots: list[int]) -> list[int]:
+    """Every live process below ``roots`` (children, their children, ...), deepest last."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # The parent PID follows the state letter after the parenthesised command name.
+        parent = int(stat[stat.rindex(")") + 2 :].split()[1])
+        children.setdefault(parent, []).append(int(entry.name))
+    found: list[int] = []
+    frontier = list(roots)
+    while frontier:
+        below = [child for pid in frontier for child in children.get(pid, [])]
+        found += below
+        frontier = below
+    return found
+
+
 def kill_leftovers(state_dir: Path) -> list[int]:
-    """SIGKILL every process carrying our marker and wait (bounded) until they are gone, so a
-    check right after does not see one that is merely still dying."""
+    """SIGKILL every process carrying our marker, and what runs below them, and wait
+    (bounded) until they are gone, so a check right after does not see one still dying."""
     pids = leftovers(state_dir)
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
@@ -146,7 +170,7 @@ def kill_leftovers(state_dir: Path) -> list[int]:
     if pids:
         with contextlib.suppress(WaitTimeout):
             wait_for(
-                lambda: not any(_is_ours(pid, state_dir) for pid in pids),
+                lambda: all(_is_zombie(pid) for pid in pids),
                 timeout=10,
                 what="killed leftovers to exit",
             )

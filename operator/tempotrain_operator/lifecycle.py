@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import kopf
@@ -20,7 +20,9 @@ from tempotrain_operator import conditions
 from tempotrain_operator.children import Experiment, build_pvc, pvc_is_owned
 from tempotrain_operator.runtime import Runtime
 
-CANCEL_WAIT_SECONDS = 20.0
+CANCEL_WAIT_SECONDS = 20.0  # per try of the delete handler
+# How long a deleted CR waits for its cancelled workflow to close before it is terminated.
+CLOSE_GIVE_UP_SECONDS = 600.0
 
 
 def now() -> str:
@@ -177,34 +179,61 @@ async def start_workflow_once(
 
 
 def cancel_on_delete(plural: str) -> None:
-    """On delete, cancel the CR's workflow (activities checkpoint on their way out), then let
-    the finalizer go."""
+    """On delete, cancel the CR's workflow (activities checkpoint on their way out) and keep
+    the finalizer until it has closed: the worker pods belong to the CR, and a workflow
+    whose workers are gone would never finish cancelling."""
     kopf.on.delete(GROUP, VERSION, plural)(_cancel_on_delete)
 
 
 async def _cancel_on_delete(
-    status: kopf.Status, logger: kopf.Logger, memo: kopf.Memo, **_: Any
+    status: kopf.Status,
+    logger: kopf.Logger,
+    memo: kopf.Memo,
+    runtime: timedelta,
+    **_: Any,
 ) -> None:
-    await cancel_workflow(status, memo.runtime, logger)
+    if await cancel_workflow(status, memo.runtime, logger):
+        return
+    workflow_id = status.get("workflowId")
+    if runtime.total_seconds() < CLOSE_GIVE_UP_SECONDS:
+        raise kopf.TemporaryError(
+            f"workflow {workflow_id} is cancelled and still closing (its activities save a "
+            "checkpoint first); the experiment and its pods stay until it has closed",
+            delay=10,
+        )
+    # Nothing may outlive its CR: after this long, stop it without its last checkpoint.
+    logger.warning("workflow %s did not close in %.0fs: terminating it", workflow_id, runtime)
+    with contextlib.suppress(Exception):
+        handle = (await memo.runtime.client()).get_workflow_handle(workflow_id)
+        await handle.terminate(reason="its custom resource was deleted")
 
 
-async def cancel_workflow(status: kopf.Status, runtime: Runtime, logger: kopf.Logger) -> None:
+async def cancel_workflow(status: kopf.Status, runtime: Runtime, logger: kopf.Logger) -> bool:
     """Cancel the CR's workflow if running (its activities save a checkpoint on the way out)
-    and wait, bounded, for it to close: an unreachable Temporal must not pin the CR forever."""
+    and wait, bounded, for it to close. True when nothing is left to wait for: no workflow,
+    a closed one, or an unreachable Temporal (which must not pin the CR forever)."""
     workflow_id = status.get("workflowId")
     if not workflow_id:
-        return
+        return True
     try:
         handle = (await runtime.client()).get_workflow_handle(workflow_id)
         description = await handle.describe()
-        if description.status == WorkflowExecutionStatus.RUNNING:
-            await handle.cancel()
-            await _wait_closed(handle, CANCEL_WAIT_SECONDS)
+        if description.status != WorkflowExecutionStatus.RUNNING:
+            return True
+        await handle.cancel()  # a repeated request changes nothing
+        return await _wait_closed(handle, CANCEL_WAIT_SECONDS)
     except Exception as err:
         logger.warning("could not cancel %s cleanly: %s", workflow_id, err)
+        return True
 
 
-async def _wait_closed(handle: WorkflowHandle[Any, Any], within: float) -> None:
-    """Wait (long poll, bounded) until the cancelled workflow has closed, however it ended."""
-    with contextlib.suppress(Exception):
+async def _wait_closed(handle: WorkflowHandle[Any, Any], within: float) -> bool:
+    """Wait (long poll, bounded) until the cancelled workflow has closed, however it ended;
+    False when it is still running after ``within`` seconds."""
+    try:
         await asyncio.wait_for(handle.result(), within)
+    except TimeoutError:
+        return False
+    except Exception:  # cancelled or failed: closed either way
+        return True
+    return True

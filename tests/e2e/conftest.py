@@ -29,6 +29,8 @@ class Stack:
     root: Path
     queues: Queues
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    # Host workers do the work here; the pods (on kwok nodes) never pull this image.
+    worker_image: str = "tempotrain/workers:test"
 
     @property
     def snapshots(self) -> Path:
@@ -49,7 +51,7 @@ class Stack:
                 temporal_address or self.temporal_address,
                 self.queues,
                 "--worker-image",
-                "tempotrain/workers:test",
+                self.worker_image,
                 # RayCluster pods are kwok's here: Ray drivers start a Ray on the host.
                 "--ray-address",
                 "local",

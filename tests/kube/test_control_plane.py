@@ -22,14 +22,19 @@ async def test_server_reports_a_stamped_1_33_version(cluster: ClusterHandle) -> 
 
 async def test_kwok_nodes_cpu_and_gpu_pools_are_ready(cluster: ClusterHandle) -> None:
     nodes = json.loads(cluster.kubectl("get", "nodes", "-o", "json"))["items"]
+    kwok = [n for n in nodes if "kwok.x-k8s.io/node" in n["metadata"]["annotations"]]
     by_pool: dict[str, list[dict]] = {}
-    for node in nodes:
+    for node in kwok:
         pool = node["metadata"]["labels"].get("tempotrain.dev/node-pool")
         by_pool.setdefault(pool, []).append(node)
     assert len(by_pool["cpu"]) == 2
     assert len(by_pool["gpu"]) == 2
     for node in by_pool["gpu"]:
         assert node["status"]["allocatable"]["nvidia.com/gpu"] == "4"
+    for node in kwok:  # kwok's taint: only namespaces that ask for kwok nodes get them
+        assert {"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedule"} in (
+            node["spec"]["taints"]
+        )
     for node in nodes:
         ready = {c["type"]: c["status"] for c in node["status"]["conditions"]}["Ready"]
         assert ready == "True", node["metadata"]["name"]

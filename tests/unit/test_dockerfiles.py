@@ -111,20 +111,32 @@ def test_image_runs_its_module_as_the_pods_non_root_user(dockerfile: Path, modul
     assert _one(stage, "WORKDIR") != "/tmp"
 
 
+def _installs(dockerfile: Path) -> tuple[str, str]:
+    """(dependencies, project) installs of the final stage: the dependencies in a layer of
+    their own (reused while pyproject.toml stays), then the project's wheel without them."""
+    installs = [args for op, args in _final_stage(dockerfile) if "pip install" in args]
+    assert len(installs) == 2, installs
+    dependencies, project = installs
+    assert "-r /tmp/build/requirements.txt" in dependencies
+    assert "--no-deps" in project and "/tmp/wheels/tempotrain-*.whl" in project
+    return dependencies, project
+
+
 def test_operator_image_installs_the_operator_extra_only() -> None:
-    installs = [args for op, args in _final_stage(OPERATOR_DOCKERFILE) if "pip install" in args]
-    assert len(installs) == 1
-    assert "[operator]" in installs[0]
-    for heavy in ("[workers]", "torch", "transformers", "ray"):
-        assert heavy not in installs[0].split("python -c")[0], heavy
+    dependencies, project = _installs(OPERATOR_DOCKERFILE)
+    assert "['optional-dependencies']['operator']" in dependencies
+    for heavy in ("workers", "torch", "transformers", "ray"):
+        assert heavy not in dependencies.split("python -m pip install")[1], heavy
+    assert "ML libraries in the operator image" in project  # checked when it is built
 
 
 def test_workers_image_has_ray_default_for_kuberay_and_keeps_the_base_torch() -> None:
     stage = _final_stage(WORKERS_DOCKERFILE)
-    install = next(args for op, args in stage if "pip install" in args)
-    assert "[workers]" in install
-    assert "RAY_SPEC" in install and 'RAY_SPEC="ray[default]' in _one(stage, "ARG")
-    assert "-c /tmp/base-constraints.txt" in install  # the base image's CUDA torch stays
+    dependencies, project = _installs(WORKERS_DOCKERFILE)
+    assert "['optional-dependencies']['workers']" in dependencies
+    assert '"${RAY_SPEC}"' in dependencies and 'RAY_SPEC="ray[default]' in _one(stage, "ARG")
+    assert "-c /tmp/build/base-constraints.txt" in dependencies  # the base's CUDA torch stays
+    assert "ray.dashboard.optional_deps" in project
     # KubeRay's default probes run wget; its `bash -lc` must find ray on PATH.
     text = WORKERS_DOCKERFILE.read_text()
     assert "wget" in text and "/etc/profile.d/" in text

@@ -1,0 +1,3 @@
+module tempotrain.dev/localcluster/pause
+
+go 1.24.0

@@ -1,0 +1,267 @@
+"""BertExperiment in real pods, with no host worker: the operator creates the worker
+Deployments, and training and evaluation run in containers of the workers image on the real
+node, on their PVCs, as uid 1000 on a read-only root filesystem, reaching Temporal and the
+apiserver over the node's network. Interrupted as a cluster interrupts pods: a pod deleted
+(SIGTERM, then a replacement) and a container SIGKILLed (restarted in place)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.client import WorkflowExecutionStatus
+from tempotrain_dev.commands import Queues
+from tempotrain_dev.containerd import Ctr
+from tempotrain_dev.platform import Platform
+from tempotrain_dev.provisioner import claim_directory
+from tempotrain_workers.checkpoints import latest_verified
+from tempotrain_workers.sample_data import write_sentiment_jsonl
+from tempotrain_workers.trainer_main import TrainerJob
+
+from tests.conftest import ClusterHandle, TemporalHandle
+from tests.e2e.conftest import Stack, apply, conditions_by_type, experiment, kube_json
+from tests.support import eventually
+
+pytestmark = pytest.mark.kube
+
+RESOURCE = "bertexperiments.tempotrain.dev"
+SAVE_STEPS = 8
+DATA_CLAIM = "data"
+MODEL_DIR = "models/all-minilm-l6-v2"
+
+
+@pytest.fixture
+def pod_stack(
+    crds: None,
+    cluster: ClusterHandle,
+    temporal_address: str,
+    pod_namespace: str,
+    worker_image: str,
+    tmp_path: Path,
+) -> Iterator[Stack]:
+    """The operator as a host process; the work only in pods."""
+    suffix = uuid.uuid4().hex[:8]
+    stack = Stack(
+        namespace=pod_namespace,
+        kubeconfig=cluster.kubeconfig,
+        temporal_address=temporal_address,
+        root=tmp_path,
+        queues=Queues(f"train-{suffix}", f"eval-{suffix}", f"op-{suffix}"),
+        worker_image=worker_image,
+    )
+    stack.start_operator()
+    yield stack
+    stack.stop_all()
+
+
+@pytest.fixture
+def node_runtime(request: pytest.FixtureRequest, real_node: str) -> Ctr:
+    """containerd of the session platform's node, to kill a container as the node would."""
+    if "TEMPOTRAIN_KUBECONFIG" in os.environ:
+        pytest.skip("killing a container needs the platform's own node")
+    platform: Platform = request.getfixturevalue("own_platform")
+    node = platform.node
+    assert node is not None
+    return node.ctr
+
+
+async def data_volume(cluster: ClusterHandle, namespace: str, model: Path) -> Path:
+    """A claim holding the model and a dataset, as a user prepares one before training."""
+    claim = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": DATA_CLAIM},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+    }
+    apply(cluster, namespace, claim)
+    root = claim_directory(cluster.kubectl, namespace, DATA_CLAIM)
+    shutil.copytree(model, root / MODEL_DIR)
+    write_sentiment_jsonl(root / "datasets" / "sentiment.jsonl", 400)
+    return root
+
+
+def pod_experiment(name: str, epochs: int, **overrides: Any) -> dict[str, Any]:
+    """The e2e experiment, on CPU, small enough for the node, data from the data claim."""
+    manifest = experiment(
+        name,
+        Path(MODEL_DIR),
+        resources={"gpus": 0, "cpu": "500m", "memory": "2Gi"},
+        storage={"snapshots": {"existingClaim": DATA_CLAIM}},
+        **overrides,
+    )
+    manifest["spec"]["training"] |= {"epochs": epochs, "saveSteps": SAVE_STEPS}
+    return manifest
+
+
+def training_pods(cluster: ClusterHandle, namespace: str) -> list[dict[str, Any]]:
+    pods = kube_json(cluster, namespace, "pods")["items"]
+    return [
+        p
+        for p in pods
+        if p["metadata"]["labels"].get("app.kubernetes.io/component") == "training-worker"
+        and not p["metadata"].get("deletionTimestamp")
+    ]
+
+
+def reached_step(run_dir: Path) -> int:
+    """The last step the trainer finished (it rewrites progress.json every step)."""
+    try:
+        return int(json.loads((run_dir / "progress.json").read_text())["step"])
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return 0
+
+
+def latest_attempt(run_dir: Path) -> tuple[int, int]:
+    """(attempt, step it resumed from) of the newest training attempt."""
+    jobs = {int(p.stem.rsplit("-", 1)[1]): p for p in run_dir.glob(".job-attempt-*.json")}
+    if not jobs:
+        return 0, 0
+    attempt = max(jobs)
+    return attempt, TrainerJob.model_validate_json(jobs[attempt].read_text()).resumed_from_step or 0
+
+
+def snapshot_hash(data_root: Path) -> str:
+    metadata = next(data_root.glob("sentiment-*/metadata.json"))
+    return str(json.loads(metadata.read_text())["snapshot_hash"])
+
+
+async def test_experiment_trains_in_its_pods_through_a_pod_deletion_and_a_container_kill(
+    cluster: ClusterHandle,
+    pod_stack: Stack,
+    real_node: str,
+    node_runtime: Ctr,
+    minilm_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    ns = pod_stack.namespace
+    data = await data_volume(cluster, ns, minilm_path)
+    apply(cluster, ns, pod_experiment("sentiment", epochs=8))
+
+    async def both_running() -> list[dict[str, Any]] | None:
+        pods = kube_json(cluster, ns, "pods")["items"]
+        running = [p for p in pods if p["status"].get("phase") == "Running"]
+        return running if len(running) == 2 else None
+
+    pods = await eventually(both_running, within=180, what="training and eval pods Running")
+    assert {p["spec"]["nodeName"] for p in pods} == {real_node}
+    run_dir = claim_directory(cluster.kubectl, ns, "sentiment-runs") / "sentiment"
+
+    async def checkpointed() -> int | None:
+        status = kube_json(cluster, ns, RESOURCE, "sentiment").get("status", {})
+        return (status.get("latestCheckpoint") or {}).get("step")
+
+    await eventually(checkpointed, within=300, what="a first checkpoint in status")
+    trainer_pod = training_pods(cluster, ns)[0]["metadata"]["name"]
+    assert "polling" in cluster.kubectl("logs", trainer_pod, "-n", ns)
+
+    # 1. The pod deleted: SIGTERM, the trainer saves where it is, a new pod resumes there.
+    cluster.kubectl("delete", "pod", trainer_pod, "-n", ns, "--wait=true", "--timeout=300s")
+    stopped_at = reached_step(run_dir)
+    verified = latest_verified(run_dir, snapshot_hash(data))
+    assert verified is not None and verified.step == stopped_at, (verified, stopped_at)
+
+    async def resumed() -> tuple[int, int] | None:
+        attempt = latest_attempt(run_dir)
+        return attempt if attempt[0] >= 2 and reached_step(run_dir) > attempt[1] else None
+
+    attempt, resumed_from = await eventually(resumed, within=300, what="the replacement to train")
+    assert stopped_at - resumed_from == 0, "steps recomputed after a pod deletion"
+    assert training_pods(cluster, ns)[0]["metadata"]["name"] != trainer_pod
+
+    # 2. The container SIGKILLed: nothing saved; the retry resumes from the last checkpoint.
+    await eventually(
+        lambda: _async(reached_step(run_dir) >= resumed_from + SAVE_STEPS + 2),
+        within=300,
+        what="another checkpoint before the kill",
+    )
+    pod = training_pods(cluster, ns)[0]
+    container = pod["status"]["containerStatuses"][0]["containerID"].split("://", 1)[1]
+    killed_at = time.monotonic()
+    node_runtime("tasks", "kill", "--all", "--signal", "SIGKILL", container)
+
+    async def restarted() -> bool:
+        statuses = training_pods(cluster, ns)[0]["status"].get("containerStatuses") or []
+        return bool(statuses) and statuses[0]["restartCount"] >= 1
+
+    await eventually(restarted, within=120, what="the killed container to be restarted")
+    killed_step = reached_step(run_dir)
+
+    async def retried() -> tuple[int, int] | None:
+        latest = latest_attempt(run_dir)
+        return latest if latest[0] > attempt and reached_step(run_dir) > latest[1] else None
+
+    _, resumed_from = await eventually(retried, within=400, what="training to resume")
+    seconds = time.monotonic() - killed_at
+    assert killed_step - resumed_from <= SAVE_STEPS, (killed_step, resumed_from)
+    with capsys.disabled():
+        print(
+            f"\n[real pods] SIGKILL → next training step: {seconds:.0f} s; recomputed "
+            f"{killed_step - resumed_from} steps (save interval {SAVE_STEPS})"
+        )
+
+    # 3. It finishes: trained, evaluated, reported.
+    async def finished() -> str | None:
+        phase = kube_json(cluster, ns, RESOURCE, "sentiment").get("status", {}).get("phase")
+        return phase if phase in ("Succeeded", "Failed") else None
+
+    assert await eventually(finished, within=600, what="Succeeded") == "Succeeded", kube_json(
+        cluster, ns, RESOURCE, "sentiment"
+    )["status"]
+    status = kube_json(cluster, ns, RESOURCE, "sentiment")["status"]
+    assert status["metrics"]["evalAccuracy"] > 0.8
+    assert conditions_by_type(status)["Completed"]["reason"] == "Succeeded"
+    row = cluster.kubectl("get", "bexp", "sentiment", "-n", ns, "--no-headers").split()
+    assert row[1] == "Succeeded" and row[2] == "100", row  # PHASE, PROGRESS (%)
+    assert all(value != "<none>" for value in row[3:6]), row  # STEP, LOSS, ACCURACY
+    markers = sorted(run_dir.glob("checkpoint-*/tempotrain-checkpoint.json"))
+    assert markers, "no checkpoint marker on the runs claim"
+    assert (run_dir / "model.safetensors").is_file()
+
+
+async def _async(value: bool) -> bool:
+    return value
+
+
+async def test_deleting_the_experiment_cancels_it_stops_its_pods_and_keeps_its_claims(
+    cluster: ClusterHandle,
+    pod_stack: Stack,
+    temporal: TemporalHandle,
+    minilm_path: Path,
+) -> None:
+    ns = pod_stack.namespace
+    data = await data_volume(cluster, ns, minilm_path)
+    apply(cluster, ns, pod_experiment("doomed", epochs=20))
+
+    async def training_with_checkpoint() -> bool:
+        status = kube_json(cluster, ns, RESOURCE, "doomed").get("status", {})
+        return status.get("phase") == "Training" and bool(status.get("latestCheckpoint"))
+
+    await eventually(training_with_checkpoint, within=300, what="training with a checkpoint")
+    workflow_id = kube_json(cluster, ns, RESOURCE, "doomed")["status"]["workflowId"]
+    run_dir = claim_directory(cluster.kubectl, ns, "doomed-runs") / "doomed"
+    cluster.kubectl("delete", RESOURCE, "doomed", "-n", ns, "--wait=false")
+
+    async def gone() -> bool:
+        return not kube_json(cluster, ns, RESOURCE)["items"]
+
+    # The finalizer holds the CR (and so its pods) until the cancelled workflow has closed.
+    await eventually(gone, within=240, what="the CR to be deleted")
+    description = await temporal.client.get_workflow_handle(workflow_id).describe()
+    assert description.status == WorkflowExecutionStatus.CANCELED
+
+    async def no_pods() -> bool:
+        return not kube_json(cluster, ns, "pods")["items"]
+
+    await eventually(no_pods, within=120, what="the worker pods to be gone")
+    claims = {c["metadata"]["name"] for c in kube_json(cluster, ns, "pvc")["items"]}
+    assert claims == {DATA_CLAIM, "doomed-runs"}  # Retain (the default): not owned, kept
+    # The cancelled trainer saved on its way out, on the claim.
+    verified = latest_verified(run_dir, snapshot_hash(data))
+    assert verified is not None and verified.step == reached_step(run_dir)
