@@ -7,7 +7,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from tempotrain_dev.images import BuiltImage
+from tempotrain_dev.images import BuiltImage, ImageBuildError
 
 CRI_NAMESPACE = "k8s.io"
 
@@ -42,6 +42,7 @@ class Ctr:
         from buildah's store straight into containerd: no file in between."""
         if image.ref in self.images():
             return False
+        exported: Exception | None = None
         with subprocess.Popen(
             [*self.argv(), "images", "import", "-"],
             stdin=subprocess.PIPE,
@@ -52,9 +53,11 @@ class Ctr:
                 raise ContainerdError("ctr import: no pipes")
             try:
                 image.export(ctr.stdin)
+            except ImageBuildError as err:  # a broken pipe: ctr's output says why
+                exported = err
             finally:
                 ctr.stdin.close()
-            output = ctr.stdout.read().decode(errors="replace")
-        if ctr.returncode != 0 or image.ref not in self.images():
-            raise ContainerdError(f"importing {image.ref} failed: {output.strip()}")
+            output = ctr.stdout.read().decode(errors="replace").strip()
+        if exported or ctr.returncode != 0 or image.ref not in self.images():
+            raise ContainerdError(f"importing {image.ref} failed: {output or exported}")
         return True

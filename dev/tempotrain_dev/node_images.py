@@ -42,9 +42,10 @@ class NodeImageSeed:
         return list(json.loads(self._record.read_text())) if self._record.exists() else []
 
     def ensure(self, images: list[BuiltImage]) -> None:
-        """Make the seed hold exactly these images (imported once; older ones removed)."""
-        wanted = sorted(image.ref for image in images)
-        if self.images() == wanted:
+        """Make the seed hold these images (imported once); older builds of the same images
+        are removed, other images kept."""
+        wanted = {image.ref for image in images}
+        if wanted <= set(self.images()) and not self._older(set(self.images()), wanted):
             return
         with self._locked(exclusive=True), self._containerd() as ctr:
             have = ctr.images()
@@ -52,11 +53,17 @@ class NodeImageSeed:
                 if image.ref not in have:
                     self.log(f"node images: importing {image.ref} into the seed store")
                     ctr.load(image)
-            stale = sorted(have - set(wanted))
+            stale = self._older(have, wanted)
             if stale:
                 # --sync: the garbage collector has removed what only they used on return.
                 ctr("images", "rm", "--sync", *stale)
-            self._record.write_text(json.dumps(wanted))
+            self._record.write_text(json.dumps(sorted((have | wanted) - set(stale))))
+
+    @staticmethod
+    def _older(have: set[str], wanted: set[str]) -> list[str]:
+        """Images in ``have`` that are other tags of the repositories ``wanted`` names."""
+        repositories = {ref.rsplit(":", 1)[0] for ref in wanted}
+        return sorted(r for r in have - wanted if r.rsplit(":", 1)[0] in repositories)
 
     def copy_to(self, containerd_root: Path) -> list[str]:
         """Replace ``containerd_root`` with a hard-linked copy of the seed; the images it

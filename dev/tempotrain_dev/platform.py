@@ -140,9 +140,13 @@ class Platform:
         (self.node_dir / "unavailable").unlink(missing_ok=True)
 
     def _no_node(self, reason: str, log: Callable[[str], None]) -> None:
+        """One line of why; what else the failure said (a log's tail) follows, indented."""
+        first, *details = reason.splitlines()
         self.node_dir.mkdir(parents=True, exist_ok=True)
-        (self.node_dir / "unavailable").write_text(reason + "\n")
-        log(f"real node: none ({reason.splitlines()[0]}); pods run on kwok nodes only")
+        (self.node_dir / "unavailable").write_text(first + "\n")
+        log(f"real node: none ({first}); pods run on kwok nodes only")
+        for line in details:
+            log(f"    {line}")
 
     def _write_env_file(self, *, with_tools: bool) -> None:
         lines = [f"export {key}={value}" for key, value in self.env().items()]

@@ -12,7 +12,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,14 +109,11 @@ def leftovers(state_dir: Path | None) -> list[int]:
     # Components mark themselves with their own sub-directory of the platform's state dir.
     prefix = wanted if state_dir is None else wanted + b"/"
 
-    def matches(pid: int) -> bool:
-        return any(e == wanted or e.startswith(prefix) for e in _environ(pid))
-
     own = os.getpid()
     marked = [
-        int(entry.name)
-        for entry in Path("/proc").iterdir()
-        if entry.name.isdigit() and int(entry.name) != own and matches(int(entry.name))
+        pid
+        for pid, environ in _each_process("environ")
+        if pid != own and any(e == wanted or e.startswith(prefix) for e in environ.split(b"\0"))
     ]
     below = [pid for pid in descendants(marked) if pid != own and not _is_zombie(pid)]
     return sorted({*marked, *below})
@@ -125,32 +122,20 @@ def leftovers(state_dir: Path | None) -> list[int]:
 def pids_running(*fragments: str) -> list[int]:
     """Live processes whose command line contains every fragment (zombies excluded)."""
     wanted = [f.encode() for f in fragments]
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if all(w in cmdline for w in wanted) and not _is_zombie(int(entry.name)):
-            found.append(int(entry.name))
-    return sorted(found)
+    return sorted(
+        pid
+        for pid, cmdline in _each_process("cmdline")
+        if all(w in cmdline for w in wanted) and not _is_zombie(pid)
+    )
 
 
 def descendants(roots: list[int]) -> list[int]:
     """Every live process below ``roots`` (children, their children, ...), deepest last."""
     children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
+    for pid, stat in _each_process("stat"):
         # The parent PID follows the state letter after the parenthesised command name.
-        parent = int(stat[stat.rindex(")") + 2 :].split()[1])
-        children.setdefault(parent, []).append(int(entry.name))
+        parent = int(stat[stat.rindex(b")") + 2 :].split()[1])
+        children.setdefault(parent, []).append(pid)
     found: list[int] = []
     frontier = list(roots)
     while frontier:
@@ -175,6 +160,16 @@ def kill_leftovers(state_dir: Path) -> list[int]:
                 what="killed leftovers to exit",
             )
     return pids
+
+
+def _each_process(file: str) -> Iterator[tuple[int, bytes]]:
+    """(PID, the contents of /proc/<PID>/<file>) of every process still there to be read."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                yield int(entry.name), (entry / file).read_bytes()
+            except OSError:  # gone meanwhile, or not ours to read
+                continue
 
 
 def _is_ours(pid: int, state_dir: Path) -> bool:

@@ -29,7 +29,6 @@ from tempotrain_operator.children import (
     build_inference_deployment,
     claim_name,
     worker_config,
-    worker_deployment_names,
 )
 from tempotrain_operator.lifecycle import (
     namespaced,
@@ -128,7 +127,7 @@ async def batchinference_reconcile(
     runtime: Runtime = memo.runtime
     namespace = namespaced(namespace, KIND)
     if status.get("phase") in TERMINAL_PHASES:
-        await kube.scale_to_zero(namespace, worker_deployment_names(name, KIND))
+        await lifecycle.release_if_closed(KIND, name, namespace, spec, status, patch, meta, runtime)
         return  # terminal stays terminal
     if status.get("workflowId"):
         # Started before this operator (re)start: the workflow owns the job, with the model
@@ -220,7 +219,9 @@ lifecycle.cancel_on_delete(PLURAL)
 
 
 async def batchinference_resync(
+    spec: kopf.Spec,
     status: kopf.Status,
+    meta: kopf.Meta,
     name: str,
     namespace: str | None,
     patch: kopf.Patch,
@@ -229,15 +230,18 @@ async def batchinference_resync(
     **_: Any,
 ) -> None:
     """Re-derive status from the workflow (heals missed pushes); release the pods at the end."""
-    ns = namespaced(namespace, KIND)
     current = dict(status)
     await lifecycle.resync_from_workflow(
+        KIND,
+        name,
+        namespaced(namespace, KIND),
+        spec,
         status,
         patch,
+        meta,
         memo.runtime,
         logger,
         derive=lambda client, workflow_id: derive_status(client, workflow_id, current),
-        release=lambda: kube.scale_to_zero(ns, worker_deployment_names(name, KIND)),
     )
 
 

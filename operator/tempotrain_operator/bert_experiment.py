@@ -25,12 +25,12 @@ from tempotrain_operator.children import (
     WorkerConfig,
     build_worker_deployment,
     worker_config,
-    worker_deployment_names,
 )
 from tempotrain_operator.lifecycle import (
     namespaced,
     now,
     reject_spec,
+    release_if_closed,
     start_workflow_once,
     storage_errors,
     validation_problems,
@@ -40,6 +40,7 @@ from tempotrain_operator.mapping import coordinator_input, run_id_of
 from tempotrain_operator.runtime import Runtime
 
 PLURAL = "bertexperiments"
+KIND = "BertExperiment"
 
 
 def semantic_errors(spec: BertExperimentSpec) -> list[str]:
@@ -75,9 +76,9 @@ async def bertexperiment_reconcile(
     **_: Any,
 ) -> None:
     runtime: Runtime = memo.runtime
-    namespace = namespaced(namespace, "BertExperiment")
+    namespace = namespaced(namespace, KIND)
     if status.get("phase") in TERMINAL_PHASES:
-        await kube.scale_to_zero(namespace, worker_deployment_names(name))
+        await release_if_closed(KIND, name, namespace, spec, status, patch, meta, runtime)
         return  # terminal stays terminal
     model, problem = _validated(spec)
     if model is None:
@@ -94,7 +95,7 @@ async def bertexperiment_reconcile(
         obj = await kube.BertExperimentResource(dict(body))  # the body kopf handed us: no GET
         await kube.patch_status(obj, {"phase": Phase.PENDING.value, "startTime": now()})
 
-    workflow_id = workflow_id_for("BertExperiment", namespace, name, uid)
+    workflow_id = workflow_id_for(KIND, namespace, name, uid)
     request = coordinator_input(
         name,
         namespace,
@@ -136,7 +137,9 @@ lifecycle.cancel_on_delete(PLURAL)
 
 
 async def bertexperiment_resync(
+    spec: kopf.Spec,
     status: kopf.Status,
+    meta: kopf.Meta,
     name: str,
     namespace: str | None,
     patch: kopf.Patch,
@@ -147,15 +150,17 @@ async def bertexperiment_resync(
     """Re-derive status from the workflow: heals any missed push (operator down, etc.).
     Registered as a timer by `register_resync` with the configured interval."""
     known_step = (status.get("latestCheckpoint") or {}).get("step", -1)
-    workers = worker_deployment_names(name)
-    ns = namespaced(namespace, "BertExperiment")
     await lifecycle.resync_from_workflow(
+        KIND,
+        name,
+        namespaced(namespace, KIND),
+        spec,
         status,
         patch,
+        meta,
         memo.runtime,
         logger,
         derive=lambda client, workflow_id: derive_status(client, workflow_id, known_step),
-        release=lambda: kube.scale_to_zero(ns, workers),
     )
 
 

@@ -15,19 +15,17 @@ from tempotrain_workers.api import (
     VERSION,
     Cifar10ScalingResult,
     Cifar10ScalingSpec,
-    CompletionPolicy,
     Phase,
     RaySpec,
     workflow_id_for,
 )
 
-from tempotrain_operator import kube, lifecycle
+from tempotrain_operator import compute, kube, lifecycle
 from tempotrain_operator.children import (
     Experiment,
     WorkerConfig,
     build_worker_deployment,
     worker_config,
-    worker_deployment_names,
 )
 from tempotrain_operator.lifecycle import (
     namespaced,
@@ -71,16 +69,6 @@ def _validated(spec: kopf.Spec) -> tuple[Cifar10ScalingSpec | None, str]:
     return (None, "; ".join(problems)) if problems else (model, "")
 
 
-async def release_resources(namespace: str, name: str, spec: dict[str, Any]) -> None:
-    """At the end: scale the driver worker to 0 and, unless kept, delete the RayCluster."""
-    await kube.scale_to_zero(namespace, worker_deployment_names(name, KIND))
-    ray = spec.get("ray") or {}
-    if ray.get("address"):
-        return  # not our cluster: we created none
-    if ray.get("onCompletion", CompletionPolicy.DELETE.value) == CompletionPolicy.DELETE.value:
-        await kube.delete_if_present("RayCluster", namespace, ray_cluster_name(name))
-
-
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 async def cifar10scaling_reconcile(
@@ -100,7 +88,7 @@ async def cifar10scaling_reconcile(
     runtime: Runtime = memo.runtime
     namespace = namespaced(namespace, KIND)
     if status.get("phase") in TERMINAL_PHASES:
-        await release_resources(namespace, name, dict(spec))
+        await lifecycle.release_if_closed(KIND, name, namespace, spec, status, patch, meta, runtime)
         return  # terminal stays terminal
     model, problem = _validated(spec)
     if model is None:
@@ -137,8 +125,8 @@ async def cifar10scaling_reconcile(
         address: str | None = status["rayAddress"]
     else:
         address = await _ray_address(experiment, runtime, patch, status, meta, started)
-    if address is None:  # gave up waiting: Failed with the reason in RayClusterReady
-        await release_resources(namespace, name, dict(spec))
+    if address is None:  # gave up waiting (no workflow): Failed, reason in RayClusterReady
+        await compute.release(KIND, namespace, name, dict(spec))
         return
     patch.status["rayAddress"] = address
     await start_workflow_once(
@@ -231,6 +219,7 @@ lifecycle.cancel_on_delete(PLURAL)
 async def cifar10scaling_resync(
     spec: kopf.Spec,
     status: kopf.Status,
+    meta: kopf.Meta,
     name: str,
     namespace: str | None,
     patch: kopf.Patch,
@@ -239,14 +228,17 @@ async def cifar10scaling_resync(
     **_: Any,
 ) -> None:
     """Re-derive a finished workflow's outcome (heals missed pushes); release resources."""
-    ns = namespaced(namespace, KIND)
     await lifecycle.resync_from_workflow(
+        KIND,
+        name,
+        namespaced(namespace, KIND),
+        spec,
         status,
         patch,
+        meta,
         memo.runtime,
         logger,
         derive=derive_status,
-        release=lambda: release_resources(ns, name, dict(spec)),
     )
 
 

@@ -16,7 +16,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from tempotrain_workers.api import GROUP, TERMINAL_PHASES, VERSION, StorageSpec
 
-from tempotrain_operator import conditions
+from tempotrain_operator import compute, conditions
 from tempotrain_operator.children import Experiment, build_pvc, pvc_is_owned
 from tempotrain_operator.runtime import Runtime
 
@@ -79,27 +79,58 @@ def volume_children(body: kopf.Body, experiment: Experiment[Any]) -> list[dict[s
 
 
 async def resync_from_workflow(
+    kind: str,
+    name: str,
+    namespace: str,
+    spec: kopf.Spec,
     status: kopf.Status,
     patch: kopf.Patch,
+    meta: kopf.Meta,
     runtime: Runtime,
     logger: kopf.Logger,
     derive: Callable[[Client, str], Awaitable[dict[str, Any]]],
-    release: Callable[[], Awaitable[None]],
 ) -> None:
     """Re-derive status from the workflow (heals any missed push: operator down, etc.) and
-    release the compute of an experiment found finished."""
+    release the compute of an experiment whose workflow has closed."""
     workflow_id = status.get("workflowId")
-    if not workflow_id or status.get("phase") in TERMINAL_PHASES:
+    if not workflow_id or compute.released(status):
         return
-    try:
-        derived = await derive(await runtime.client(), workflow_id)
-    except Exception as err:  # best effort; the next tick tries again
-        logger.warning("resync of %s skipped: %s", workflow_id, err)
+    if status.get("phase") not in TERMINAL_PHASES:
+        try:
+            derived = await derive(await runtime.client(), workflow_id)
+        except Exception as err:  # best effort; the next tick tries again
+            logger.warning("resync of %s skipped: %s", workflow_id, err)
+            return
+        for key, value in derived.items():
+            patch.status[key] = value
+        if derived.get("phase") not in TERMINAL_PHASES:
+            return
+    await release_if_closed(kind, name, namespace, spec, status, patch, meta, runtime)
+
+
+async def release_if_closed(
+    kind: str,
+    name: str,
+    namespace: str,
+    spec: kopf.Spec,
+    status: kopf.Status,
+    patch: kopf.Patch,
+    meta: kopf.Meta,
+    runtime: Runtime,
+) -> None:
+    """A finished experiment's compute goes once its workflow has closed (`compute.py`);
+    while it has not, or Temporal cannot say, the resync timer asks again."""
+    if compute.released(status):
         return
-    for key, value in derived.items():
-        patch.status[key] = value
-    if derived.get("phase") in TERMINAL_PHASES:
-        await release()
+    with contextlib.suppress(Exception):
+        client = await runtime.client()
+        workflow_id = status.get("workflowId")
+        closed = await compute.release_once_closed(
+            client, workflow_id, kind, namespace, name, dict(spec)
+        )
+        if closed:
+            current = patch.status.get("conditions") or status.get("conditions")
+            patch.status["conditions"] = compute.released_condition(current, meta.get("generation"))
 
 
 def register_resync(plural: str, handler: Any, interval: float) -> None:
@@ -182,7 +213,9 @@ def cancel_on_delete(plural: str) -> None:
     """On delete, cancel the CR's workflow (activities checkpoint on their way out) and keep
     the finalizer until it has closed: the worker pods belong to the CR, and a workflow
     whose workers are gone would never finish cancelling."""
-    kopf.on.delete(GROUP, VERSION, plural)(_cancel_on_delete)
+    # An explicit id: kopf keeps a retried handler's progress in an annotation named after
+    # it, and annotation names may not start with "_".
+    kopf.on.delete(GROUP, VERSION, plural, id="cancel-workflow")(_cancel_on_delete)
 
 
 async def _cancel_on_delete(

@@ -16,12 +16,13 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 from tempotrain_workers.api import PUBLISH_STATUS_ACTIVITY, TERMINAL_PHASES, Phase, StatusUpdate
 
-from tempotrain_operator import conditions, kube
-from tempotrain_operator.children import worker_deployment_names
-from tempotrain_operator.cifar10_scaling import release_resources
+from tempotrain_operator import compute, conditions, kube
 from tempotrain_operator.mapping import status_patch
 
 log = logging.getLogger(__name__)
+# How long after a final push the operator waits for the workflow to close before leaving the
+# release to the resync timer.
+RELEASE_WAIT_SECONDS = 300.0
 
 
 @activity.defn(name=PUBLISH_STATUS_ACTIVITY)
@@ -52,16 +53,16 @@ async def publish_status(update: StatusUpdate) -> None:
         )
     if patch:
         await kube.patch_status(experiment, patch)
-    if update.phase in TERMINAL_PHASES:  # idempotent: a retried update releases what is left
-        await _release(target.kind, target.namespace, target.name, dict(raw.get("spec") or {}))
-
-
-async def _release(kind: str, namespace: str, name: str, spec: dict[str, Any]) -> None:
-    """A finished experiment holds no compute: workers scaled to 0, RayCluster per policy."""
-    if kind == "Cifar10Scaling":
-        await release_resources(namespace, name, spec)
-    else:
-        await kube.scale_to_zero(namespace, worker_deployment_names(name, kind))
+    if update.phase in TERMINAL_PHASES and not compute.released(status):
+        # Not now: this push runs inside the workflow, which still needs its workers.
+        compute.release_in_background(
+            activity.client(),
+            status.get("workflowId") or activity.info().workflow_id,
+            target.kind,
+            target.namespace,
+            target.name,
+            wait=RELEASE_WAIT_SECONDS,
+        )
 
 
 async def run_status_sink(client_factory: Any, queue: str, stop: asyncio.Event) -> None:

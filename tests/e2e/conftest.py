@@ -17,6 +17,7 @@ from tempotrain_dev.commands import Queues, operator_command, worker_command
 from tempotrain_workers.sample_data import write_sentiment_jsonl
 
 from tests.conftest import ClusterHandle
+from tests.support import eventually
 
 
 @dataclass
@@ -31,6 +32,21 @@ class Stack:
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     # Host workers do the work here; the pods (on kwok nodes) never pull this image.
     worker_image: str = "tempotrain/workers:test"
+
+    @classmethod
+    def fresh(
+        cls, namespace: str, cluster: ClusterHandle, temporal_address: str, root: Path, **kw: Any
+    ) -> Stack:
+        """A stack on task queues of its own (no other test's worker picks up its work)."""
+        suffix = uuid.uuid4().hex[:8]
+        queues = Queues(
+            training=f"train-{suffix}",
+            eval=f"eval-{suffix}",
+            status=f"op-{suffix}",
+            ray=f"ray-{suffix}",
+            inference=f"inf-{suffix}",
+        )
+        return cls(namespace, cluster.kubeconfig, temporal_address, root, queues, **kw)
 
     @property
     def snapshots(self) -> Path:
@@ -107,20 +123,7 @@ class Stack:
 def stack(
     crds: None, cluster: ClusterHandle, temporal_address: str, namespace: str, tmp_path: Path
 ) -> Iterator[Stack]:
-    suffix = uuid.uuid4().hex[:8]
-    result = Stack(
-        namespace=namespace,
-        kubeconfig=cluster.kubeconfig,
-        temporal_address=temporal_address,
-        root=tmp_path,
-        queues=Queues(
-            training=f"train-{suffix}",
-            eval=f"eval-{suffix}",
-            status=f"op-{suffix}",
-            ray=f"ray-{suffix}",
-            inference=f"inf-{suffix}",
-        ),
-    )
+    result = Stack.fresh(namespace, cluster, temporal_address, tmp_path)
     write_sentiment_jsonl(result.snapshots / "datasets" / "sentiment.jsonl", 400)
     result.start_operator()
     result.start_worker()
@@ -168,3 +171,17 @@ def experiment_status(
 
 def conditions_by_type(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c["type"]: c for c in status.get("conditions", [])}
+
+
+async def until_released(
+    cluster: ClusterHandle, namespace: str, resource: str, name: str, within: float = 60
+) -> dict[str, Any]:
+    """Wait (bounded) until the experiment's compute is released (condition ComputeReleased,
+    set once its workflow has closed); its status then."""
+
+    async def released() -> dict[str, Any] | None:
+        status = dict(kube_json(cluster, namespace, resource, name).get("status") or {})
+        condition = conditions_by_type(status).get("ComputeReleased") or {}
+        return status if condition.get("status") == "True" else None
+
+    return await eventually(released, within=within, what=f"{name}'s compute to be released")

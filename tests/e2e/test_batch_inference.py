@@ -13,7 +13,14 @@ from tempotrain_workers.checkpoints import file_digest
 from tempotrain_workers.sample_data import write_sentiment_jsonl
 
 from tests.conftest import ClusterHandle
-from tests.e2e.conftest import Stack, apply, conditions_by_type, experiment, kube_json
+from tests.e2e.conftest import (
+    Stack,
+    apply,
+    conditions_by_type,
+    experiment,
+    kube_json,
+    until_released,
+)
 from tests.support import eventually
 
 pytestmark = pytest.mark.kube
@@ -92,6 +99,7 @@ async def test_inference_waits_for_its_experiment_then_scores_and_a_second_job_s
     assert conditions["ModelReady"]["reason"] == "ExperimentSucceeded"
     assert conditions["Completed"]["reason"] == "Succeeded"
 
+    await until_released(cluster, ns, RESOURCE, "scored")
     deployment = kube_json(cluster, ns, "deployment", "scored-inference")
     pod = deployment["spec"]["template"]["spec"]
     assert pod["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": "1"}

@@ -15,7 +15,14 @@ from temporalio.client import WorkflowExecutionStatus
 from tempotrain_workers.checkpoints import latest_verified
 
 from tests.conftest import ClusterHandle, TemporalHandle
-from tests.e2e.conftest import Stack, apply, conditions_by_type, experiment, kube_json
+from tests.e2e.conftest import (
+    Stack,
+    apply,
+    conditions_by_type,
+    experiment,
+    kube_json,
+    until_released,
+)
 from tests.support import eventually
 
 pytestmark = pytest.mark.kube
@@ -120,6 +127,7 @@ async def test_experiment_trains_evaluates_and_reports_in_status(
         assert column in table.splitlines()[0]
     assert "CHECKPOINT" in cluster.kubectl("get", "tempotrain", "-n", ns, "-o", "wide")
 
+    await until_released(cluster, ns, RESOURCE, "sentiment")
     owner_uid = kube_json(cluster, ns, RESOURCE, "sentiment")["metadata"]["uid"]
     for deployment in kube_json(cluster, ns, "deployments")["items"]:
         assert deployment["metadata"]["ownerReferences"][0]["uid"] == owner_uid

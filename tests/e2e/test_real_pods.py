@@ -10,14 +10,12 @@ import json
 import os
 import shutil
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from temporalio.client import WorkflowExecutionStatus
-from tempotrain_dev.commands import Queues
 from tempotrain_dev.containerd import Ctr
 from tempotrain_dev.platform import Platform
 from tempotrain_dev.provisioner import claim_directory
@@ -26,7 +24,14 @@ from tempotrain_workers.sample_data import write_sentiment_jsonl
 from tempotrain_workers.trainer_main import TrainerJob
 
 from tests.conftest import ClusterHandle, TemporalHandle
-from tests.e2e.conftest import Stack, apply, conditions_by_type, experiment, kube_json
+from tests.e2e.conftest import (
+    Stack,
+    apply,
+    conditions_by_type,
+    experiment,
+    kube_json,
+    until_released,
+)
 from tests.support import eventually
 
 pytestmark = pytest.mark.kube
@@ -47,14 +52,8 @@ def pod_stack(
     tmp_path: Path,
 ) -> Iterator[Stack]:
     """The operator as a host process; the work only in pods."""
-    suffix = uuid.uuid4().hex[:8]
-    stack = Stack(
-        namespace=pod_namespace,
-        kubeconfig=cluster.kubeconfig,
-        temporal_address=temporal_address,
-        root=tmp_path,
-        queues=Queues(f"train-{suffix}", f"eval-{suffix}", f"op-{suffix}"),
-        worker_image=worker_image,
+    stack = Stack.fresh(
+        pod_namespace, cluster, temporal_address, tmp_path, worker_image=worker_image
     )
     stack.start_operator()
     yield stack
@@ -137,6 +136,7 @@ async def test_experiment_trains_in_its_pods_through_a_pod_deletion_and_a_contai
     pod_stack: Stack,
     real_node: str,
     node_runtime: Ctr,
+    temporal: TemporalHandle,
     minilm_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -223,6 +223,12 @@ async def test_experiment_trains_in_its_pods_through_a_pod_deletion_and_a_contai
     markers = sorted(run_dir.glob("checkpoint-*/tempotrain-checkpoint.json"))
     assert markers, "no checkpoint marker on the runs claim"
     assert (run_dir / "model.safetensors").is_file()
+    # The pods go only once the workflow has closed: its last task runs on them.
+    await until_released(cluster, ns, RESOURCE, "sentiment")
+    handle = temporal.client.get_workflow_handle(status["workflowId"])
+    assert (await handle.describe()).status == WorkflowExecutionStatus.COMPLETED
+    for deployment in kube_json(cluster, ns, "deployments")["items"]:
+        assert deployment["spec"]["replicas"] == 0
 
 
 async def _async(value: bool) -> bool:
