@@ -75,13 +75,14 @@ class ImageStore:
         ref = f"{REPOSITORY}/pause:{_digest([binary.read_bytes()])}"
         if not self.exists(ref):
             self.log(f"images: building {ref}")
-            container = self._buildah("from", "scratch").strip()
+            container = self.buildah("from", "scratch").strip()
             try:
-                self._buildah("copy", container, str(binary), "/pause")
-                self._buildah("config", "--entrypoint", '["/pause"]', "--user", "65535", container)
-                self._buildah("commit", container, ref)
+                self.buildah("copy", container, str(binary), "/pause")
+                self.buildah("config", "--entrypoint", '["/pause"]', "--user", "65535", container)
+                self.buildah("commit", container, ref)
             finally:
-                self._buildah("rm", container, check=False)
+                self.buildah("rm", container, check=False)
+            self._forget_older(f"{REPOSITORY}/pause", keep=ref)
         return BuiltImage(ref, self)
 
     def base(self) -> BuiltImage:
@@ -136,6 +137,7 @@ class ImageStore:
                 *self._buildah_argv(),
                 "bud",
                 "--layers",  # the dependencies' layer is reused while pyproject.toml stays
+                "--force-rm",  # a failed step leaves no working container (nor its mount)
                 "--pull=never",
                 "--network=host",  # apt inside the build reaches Debian's mirror
                 f"--build-arg=PYTHON_IMAGE={base.ref}",
@@ -158,7 +160,7 @@ class ImageStore:
     # -- buildah ----------------------------------------------------------------------------
 
     def exists(self, ref: str) -> bool:
-        found = self._buildah("images", "--quiet", "--noheading", ref, check=False)
+        found = self.buildah("images", "--quiet", "--noheading", ref, check=False)
         return bool(found.strip())
 
     def push_archive(self, ref: str, stream: IO[bytes]) -> None:
@@ -171,33 +173,33 @@ class ImageStore:
             raise ImageBuildError(f"exporting {ref}: {result.stderr.decode().strip()}")
 
     def _commit_rootfs(self, rootfs: Path, ref: str) -> None:
-        container = self._buildah("from", "scratch").strip()
+        container = self.buildah("from", "scratch").strip()
         try:
-            target = self._buildah("mount", container).strip()
+            target = self.buildah("mount", container).strip()
             # tar keeps owners, modes, links and device nodes exactly as debootstrap made them.
             _run(
                 ["sh", "-c", f'tar -C "{rootfs}" -cf - . | tar -C "{target}" -xpf -'],
                 log=self.logs / "base-import.log",
             )
-            self._buildah("umount", container)
-            self._buildah(
+            self.buildah("umount", container)
+            self.buildah(
                 "config",
                 "--env=LANG=C.UTF-8",
                 "--env=PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                 "--cmd=python3",
                 container,
             )
-            self._buildah("commit", container, ref)
+            self.buildah("commit", container, ref)
         finally:
-            self._buildah("rm", container, check=False)
+            self.buildah("rm", container, check=False)
 
     def _forget_older(self, repository: str, keep: str) -> None:
         """Older builds of the same image: their tags go, layers still used stay."""
-        listed = self._buildah("images", "--format", "{{.Name}}:{{.Tag}}", repository, check=False)
+        listed = self.buildah("images", "--format", "{{.Name}}:{{.Tag}}", check=False)
         for ref in listed.split():
-            if ref != keep:
-                self._buildah("rmi", ref, check=False)
-        self._buildah("rmi", "--prune", check=False)
+            if ref.rsplit(":", 1)[0] == repository and ref != keep:
+                self.buildah("rmi", ref, check=False)
+        self.buildah("rmi", "--prune", check=False)
 
     def _buildah_argv(self) -> list[str]:
         return [
@@ -207,7 +209,7 @@ class ImageStore:
             "--storage-driver=overlay",
         ]
 
-    def _buildah(self, *args: str, check: bool = True) -> str:
+    def buildah(self, *args: str, check: bool = True) -> str:
         result = subprocess.run([*self._buildah_argv(), *args], capture_output=True, text=True)
         if check and result.returncode != 0:
             raise ImageBuildError(f"buildah {' '.join(args)}: {result.stderr.strip()}")

@@ -72,12 +72,14 @@ class Platform:
         asked for: Temporal and the apiserver listen on its host side, where pods reach them."""
         if real_node:
             self._claim_network(log)
+        elif self.node_network is None:
+            self._no_node("asked for none (--no-real-node)", log)
         network = self.node_network
         if temporal:
             self.temporal.up(log, ip=network.host_ip if network else "127.0.0.1")
         if cluster:
             self.cluster.up(log)
-            if network:
+            if network and real_node:
                 self._node_up(log)
         self._write_env_file(with_tools=cluster)
 

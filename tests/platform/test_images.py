@@ -51,7 +51,9 @@ def test_a_failing_build_shows_its_own_error_and_tags_nothing(
     message = str(failure.value)
     assert "no such package frobnicate" in message  # the build's own output
     assert "exit 7" in message or "exit status 7" in message, message
-    # Nothing was tagged: no image of these inputs exists, so no node can import one.
+    # Nothing half-built is left: no working container (nor its mount), and nothing tagged,
+    # so no node can import an image of these inputs.
+    assert store.buildah("containers", "--quiet").split() == []
     key = project_key(context, dockerfile, store.base().ref, store.wheelhouse().name)
     assert not store.exists(f"localhost/tempotrain/operator:{key}")
 
