@@ -12,6 +12,7 @@ from tempotrain_dev import mounts, node_support
 from tempotrain_dev.node_network import all_platform_networks
 from tempotrain_dev.platform import Platform
 from tempotrain_dev.processes import leftovers
+from tempotrain_dev.real_node import CNI_CACHE
 from tempotrain_dev.tools import ensure_tools
 
 
@@ -114,6 +115,7 @@ def _leftovers(platform: Platform, all_platforms: bool) -> int:
         found = [f"process {pid} {_cmdline(pid)}" for pid in leftovers(None)]
         found += all_platform_networks()
         found += [f"mount {m}" for m in mounts.below(Path("/")) if NODE_MOUNTS.search(str(m))]
+        found += [f"CNI cache {p}" for p in CNI_CACHE.glob("tempotrain-*")]
     else:
         found = [
             f"{item} {_cmdline(int(item.split()[1]))}" if item.startswith("process ") else item

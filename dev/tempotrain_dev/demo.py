@@ -269,6 +269,7 @@ class HostDemo(DemoRunner):
             str(HOST_QUEUES.inference),
         ]
         worker.start(worker_command(address, queues, snapshots, runs), env=self.env)
+        print(f"host workers do the work; the pods in namespace {self.namespace} are on kwok nodes")
         print(f"operator log: {operator.log_file}\nworker log:   {worker.log_file}\n")
 
     def runs_dir(self, demo: DemoExperiment) -> Path | None:

@@ -166,6 +166,7 @@ class RealNode:
         shims = pids_running("-address", str(self.socket))
         left += [f"process {pid} (container shim or its child)" for pid in shims]
         left += [f"process {pid} (container)" for pid in descendants(shims)]
+        left += [f"CNI cache {p}" for p in CNI_CACHE.glob(f"{self.cni_network_name}-*")]
         return left
 
     # -- images ---------------------------------------------------------------------------------
