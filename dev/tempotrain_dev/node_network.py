@@ -32,6 +32,8 @@ class NetworkError(RuntimeError):
 
 @dataclass(frozen=True)
 class NodeNetwork:
+    """One platform's node network, by its slot (0-99; the namespace's name claims it)."""
+
     slot: int
 
     @property
@@ -47,29 +49,26 @@ class NodeNetwork:
         return f"{HOST_LINK_PREFIX}{self.slot}"
 
     @property
-    def _prefix(self) -> str:
+    def prefix(self) -> str:
+        """The first two octets of the platform's /16: 10.(100+slot)."""
         return f"10.{100 + self.slot}"
 
     @property
     def host_ip(self) -> str:
         """Where the apiserver, Temporal and cluster DNS listen for the node and its pods."""
-        return f"{self._prefix}.0.1"
+        return f"{self.prefix}.0.1"
 
     @property
     def node_ip(self) -> str:
-        return f"{self._prefix}.0.2"
+        return f"{self.prefix}.0.2"
 
     @property
     def pod_cidr(self) -> str:
-        return f"{self._prefix}.1.0/24"
+        return f"{self.prefix}.1.0/24"
 
     @property
     def pod_gateway(self) -> str:
-        return f"{self._prefix}.1.1"
-
-    @property
-    def supernet(self) -> str:
-        return f"{self._prefix}.0.0/16"
+        return f"{self.prefix}.1.1"
 
     def exists(self) -> bool:
         return self.netns_path.exists()
@@ -137,7 +136,7 @@ def claim_network(state_dir: Path) -> NodeNetwork:
     taken = _host_prefixes()
     for offset in range(SLOTS):
         network = NodeNetwork((start + offset) % SLOTS)
-        if network.exists() or network._prefix in taken:
+        if network.exists() or network.prefix in taken:
             continue
         try:
             network.create()
