@@ -9,6 +9,9 @@ import sys
 from pathlib import Path
 
 from tempotrain_dev import mounts, node_support
+from tempotrain_dev.containerd import ContainerdError
+from tempotrain_dev.disk import NotEnoughDisk
+from tempotrain_dev.images import ImageBuildError
 from tempotrain_dev.node_network import all_platform_networks
 from tempotrain_dev.platform import Platform
 from tempotrain_dev.processes import leftovers
@@ -97,7 +100,12 @@ def main(argv: list[str] | None = None) -> int:
         if reason is not None:  # images are for the real node: without one, nothing to do
             print(f"images: not built ({reason}); the platform runs host workers instead")
             return 0
-        for name, image in platform.images().items():
+        try:
+            built = platform.images()
+        except (ImageBuildError, ContainerdError, NotEnoughDisk) as err:
+            print(f"images: {err}", file=sys.stderr)  # says what to do; no traceback
+            return 1
+        for name, image in built.items():
             print(f"{name}={image.ref}")
     elif args.command == "tools":
         tools = ensure_tools()

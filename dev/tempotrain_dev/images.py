@@ -15,6 +15,7 @@ nothing, so nothing half-built can be imported into a node (`RealNode.load`).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -58,6 +59,14 @@ class BuiltImage:
     def export(self, stream: IO[bytes]) -> None:
         """Write it to ``stream`` as a docker-archive (what `ctr images import` reads)."""
         self.store.push_archive(self.ref, stream)
+
+    def largest_layer(self) -> int:
+        """Bytes of its largest layer, uncompressed: the scratch space an import needs
+        (containerd writes each layer of an archive in full before it can tell it has it)."""
+        manifest = json.loads(
+            self.store.buildah("inspect", "--type", "image", "--format", "{{.Manifest}}", self.ref)
+        )
+        return max((int(layer["size"]) for layer in manifest.get("layers", [])), default=0)
 
 
 class ImageStore:

@@ -19,6 +19,7 @@ import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from tempotrain_dev import disk
 from tempotrain_dev.containerd import Ctr
 from tempotrain_dev.images import BuiltImage
 from tempotrain_dev.processes import ManagedProcess
@@ -51,6 +52,9 @@ class NodeImageSeed:
             have = ctr.images()
             for image in images:
                 if image.ref not in have:
+                    disk.require_free(
+                        self.root, image.largest_layer() + disk.GB, f"importing {image.ref}"
+                    )
                     self.log(f"node images: importing {image.ref} into the seed store")
                     ctr.load(image)
             stale = self._older(have, wanted)

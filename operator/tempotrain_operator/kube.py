@@ -6,6 +6,7 @@ from typing import Any
 
 import kopf
 import kr8s
+import kr8s.asyncio
 from kr8s.asyncio.objects import APIObject, Deployment, PersistentVolumeClaim, new_class
 from tempotrain_workers.api import API_VERSION
 
@@ -55,6 +56,13 @@ async def create_children(owner: kopf.Body, children: list[dict[str, Any]]) -> N
             raise kopf.TemporaryError(f"cannot create {what}: {err}", delay=15) from err
         if created:
             kopf.info(owner, reason="Created", message=what)
+
+
+async def list_pods(namespace: str, labels: dict[str, str]) -> list[dict[str, Any]]:
+    return [
+        dict(pod.raw)
+        async for pod in kr8s.asyncio.get("pods", namespace=namespace, label_selector=labels)
+    ]
 
 
 async def scale_to_zero(namespace: str, names: list[str]) -> None:

@@ -14,9 +14,9 @@ from pydantic import BaseModel, ValidationError
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
-from tempotrain_workers.api import GROUP, TERMINAL_PHASES, VERSION, StorageSpec
+from tempotrain_workers.api import GROUP, LABEL_PREFIX, TERMINAL_PHASES, VERSION, StorageSpec
 
-from tempotrain_operator import compute, conditions
+from tempotrain_operator import compute, conditions, kube, worker_pods
 from tempotrain_operator.children import Experiment, build_pvc, pvc_is_owned
 from tempotrain_operator.runtime import Runtime
 
@@ -96,6 +96,9 @@ async def resync_from_workflow(
     if not workflow_id or compute.released(status):
         return
     if status.get("phase") not in TERMINAL_PHASES:
+        # First, whatever the workflow says: workers that cannot start leave it with nothing
+        # to say (its first task never runs).
+        await report_worker_pods(name, namespace, status, patch, meta)
         try:
             derived = await derive(await runtime.client(), workflow_id)
         except Exception as err:  # best effort; the next tick tries again
@@ -106,6 +109,22 @@ async def resync_from_workflow(
         if derived.get("phase") not in TERMINAL_PHASES:
             return
     await release_if_closed(kind, name, namespace, spec, status, patch, meta, runtime)
+
+
+async def report_worker_pods(
+    name: str, namespace: str, status: kopf.Status, patch: kopf.Patch, meta: kopf.Meta
+) -> None:
+    """The condition WorkersReady from the experiment's worker pods: a pod that cannot start
+    (image, claim, room, config) or keeps crashing says why on the experiment."""
+    try:
+        pods = await kube.list_pods(namespace, {f"{LABEL_PREFIX}experiment": name})
+    except Exception:  # best effort: the next tick tries again
+        return
+    health = worker_pods.workers_health(pods)
+    if health is not None:
+        set_condition(
+            patch, status, meta, worker_pods.CONDITION, health.ready, health.reason, health.message
+        )
 
 
 async def release_if_closed(
@@ -220,6 +239,8 @@ def cancel_on_delete(plural: str) -> None:
 
 async def _cancel_on_delete(
     status: kopf.Status,
+    name: str,
+    namespace: str | None,
     logger: kopf.Logger,
     memo: kopf.Memo,
     runtime: timedelta,
@@ -228,17 +249,31 @@ async def _cancel_on_delete(
     if await cancel_workflow(status, memo.runtime, logger):
         return
     workflow_id = status.get("workflowId")
-    if runtime.total_seconds() < CLOSE_GIVE_UP_SECONDS:
+    running = await _workers_running(name, namespaced(namespace, "experiment"))
+    if running and runtime.total_seconds() < CLOSE_GIVE_UP_SECONDS:
         raise kopf.TemporaryError(
             f"workflow {workflow_id} is cancelled and still closing (its activities save a "
             "checkpoint first); the experiment and its pods stay until it has closed",
             delay=10,
         )
-    # Nothing may outlive its CR: after this long, stop it without its last checkpoint.
-    logger.warning("workflow %s did not close in %.0fs: terminating it", workflow_id, runtime)
+    # Nothing may outlive its CR: stop it without a last checkpoint, at once when no worker
+    # runs that could close it (pods that never started), else after this long.
+    why = "no worker pod runs to close it" if not running else f"not closed in {runtime}"
+    logger.warning("terminating workflow %s: %s", workflow_id, why)
     with contextlib.suppress(Exception):
         handle = (await memo.runtime.client()).get_workflow_handle(workflow_id)
-        await handle.terminate(reason="its custom resource was deleted")
+        await handle.terminate(reason=f"its custom resource was deleted; {why}")
+
+
+async def _workers_running(name: str, namespace: str) -> bool:
+    """Whether the experiment has worker pods that run or are starting, as far as the API
+    says: none at all, or ones that cannot start, will never close its workflow."""
+    try:
+        pods = await kube.list_pods(namespace, {f"{LABEL_PREFIX}experiment": name})
+    except Exception:  # cannot tell: assume they do, and wait
+        return True
+    health = worker_pods.workers_health(pods)
+    return bool(pods) and (health is None or health.ready)
 
 
 async def cancel_workflow(status: kopf.Status, runtime: Runtime, logger: kopf.Logger) -> bool:

@@ -30,8 +30,9 @@ RBAC_KINDS = {"Role", "ClusterRole"}
 # What the operator does to which resource (operator/tempotrain_operator: kopf watching and
 # patching the experiments and their /status and posting events; kr8s creating PVCs,
 # Deployments and RayClusters, looking them up by name (a LIST with a field selector),
-# scaling Deployments (GET + PATCH) and deleting RayClusters). The chart must grant exactly
-# this in each watched namespace: more is too broad, less breaks the operator.
+# scaling Deployments (GET + PATCH), deleting RayClusters and listing the worker pods). The
+# chart must grant exactly this in each watched namespace: more is too broad, less breaks the
+# operator.
 OPERATOR_PERMISSIONS = {
     ("", "events"): {"create"},
     ("tempotrain.dev", "bertexperiments"): {"list", "watch", "patch"},
@@ -41,6 +42,7 @@ OPERATOR_PERMISSIONS = {
     ("tempotrain.dev", "cifar10scalings/status"): {"patch"},
     ("tempotrain.dev", "batchinferences/status"): {"patch"},
     ("", "persistentvolumeclaims"): {"create"},
+    ("", "pods"): {"list"},
     ("apps", "deployments"): {"get", "list", "create", "patch"},
     ("ray.io", "rayclusters"): {"list", "create", "delete"},
 }

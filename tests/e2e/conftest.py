@@ -32,6 +32,7 @@ class Stack:
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     # Host workers do the work here; the pods (on kwok nodes) never pull this image.
     worker_image: str = "tempotrain/workers:test"
+    operator_args: tuple[str, ...] = ()
 
     @classmethod
     def fresh(
@@ -71,6 +72,7 @@ class Stack:
                 # RayCluster pods are kwok's here: Ray drivers start a Ray on the host.
                 "--ray-address",
                 "local",
+                *self.operator_args,
             ),
         )
 

@@ -73,13 +73,7 @@ def node_runtime(request: pytest.FixtureRequest, real_node: str) -> Ctr:
 
 async def data_volume(cluster: ClusterHandle, namespace: str, model: Path) -> Path:
     """A claim holding the model and a dataset, as a user prepares one before training."""
-    claim = {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": {"name": DATA_CLAIM},
-        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
-    }
-    apply(cluster, namespace, claim)
+    apply(cluster, namespace, _claim(DATA_CLAIM))
     root = claim_directory(cluster.kubectl, namespace, DATA_CLAIM)
     shutil.copytree(model, root / MODEL_DIR)
     write_sentiment_jsonl(root / "datasets" / "sentiment.jsonl", 400)
@@ -88,13 +82,11 @@ async def data_volume(cluster: ClusterHandle, namespace: str, model: Path) -> Pa
 
 def pod_experiment(name: str, epochs: int, **overrides: Any) -> dict[str, Any]:
     """The e2e experiment, on CPU, small enough for the node, data from the data claim."""
-    manifest = experiment(
-        name,
-        Path(MODEL_DIR),
-        resources={"gpus": 0, "cpu": "500m", "memory": "2Gi"},
-        storage={"snapshots": {"existingClaim": DATA_CLAIM}},
-        **overrides,
-    )
+    spec = {
+        "resources": {"gpus": 0, "cpu": "500m", "memory": "2Gi"},
+        "storage": {"snapshots": {"existingClaim": DATA_CLAIM}},
+    }
+    manifest = experiment(name, Path(MODEL_DIR), **(spec | overrides))
     manifest["spec"]["training"] |= {"epochs": epochs, "saveSteps": SAVE_STEPS}
     return manifest
 
@@ -271,3 +263,74 @@ async def test_deleting_the_experiment_cancels_it_stops_its_pods_and_keeps_its_c
     # The cancelled trainer saved on its way out, on the claim.
     verified = latest_verified(run_dir, snapshot_hash(data))
     assert verified is not None and verified.step == reached_step(run_dir)
+
+
+async def test_pods_that_cannot_start_say_why_and_their_experiment_can_still_be_deleted(
+    crds: None,
+    cluster: ClusterHandle,
+    temporal: TemporalHandle,
+    pod_namespace: str,
+    worker_image: str,
+    tmp_path: Path,
+) -> None:
+    ns = pod_namespace
+    # A fast resync: it is what reads the pods.
+    stack = Stack.fresh(
+        ns, cluster, temporal.address, tmp_path, worker_image=worker_image,
+        operator_args=("--resync-seconds", "4"),
+    )  # fmt: skip
+    stack.start_operator()
+    try:
+        apply(cluster, ns, _claim(DATA_CLAIM))
+        absent = {"image": "localhost/tempotrain/workers:absent", "imagePullPolicy": "Never"}
+        apply(cluster, ns, pod_experiment("no-image", epochs=1, workers=absent))
+        apply(
+            cluster,
+            ns,
+            pod_experiment(
+                "no-claim", epochs=1, storage={"snapshots": {"existingClaim": "nowhere"}}
+            ),
+        )
+
+        async def workers_ready(name: str) -> dict[str, Any] | None:
+            status = kube_json(cluster, ns, RESOURCE, name).get("status") or {}
+            condition = conditions_by_type(status).get("WorkersReady")
+            return condition if condition and condition["status"] == "False" else None
+
+        no_image = await eventually(
+            lambda: workers_ready("no-image"), within=120, what="no-image's WorkersReady"
+        )
+        assert no_image["reason"] == "ImageUnavailable", no_image
+        assert "ErrImageNeverPull" in no_image["message"], no_image
+        no_claim = await eventually(
+            lambda: workers_ready("no-claim"), within=120, what="no-claim's WorkersReady"
+        )
+        assert no_claim["reason"] == "Unschedulable", no_claim
+        assert "nowhere" in no_claim["message"], no_claim
+
+        # Deleted: no worker could ever close their workflows, so they are terminated at
+        # once rather than waited for.
+        ids = [
+            kube_json(cluster, ns, RESOURCE, n)["status"]["workflowId"]
+            for n in ("no-image", "no-claim")
+        ]
+        cluster.kubectl("delete", RESOURCE, "no-image", "no-claim", "-n", ns, "--wait=false")
+
+        async def gone() -> bool:
+            return not kube_json(cluster, ns, RESOURCE)["items"]
+
+        await eventually(gone, within=90, what="both experiments deleted")
+        for workflow_id in ids:
+            described = await temporal.client.get_workflow_handle(workflow_id).describe()
+            assert described.status == WorkflowExecutionStatus.TERMINATED, workflow_id
+    finally:
+        stack.stop_all()
+
+
+def _claim(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": name},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+    }

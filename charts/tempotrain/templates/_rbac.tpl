@@ -32,6 +32,11 @@ name, hence `list` wherever the operator looks an object up.
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [get, list, create, patch]
+# Application: the experiments' worker pods, listed by label to say on the experiment why one
+# cannot start or keeps crashing (condition WorkersReady).
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list]
 # Application: a Cifar10Scaling's KubeRay cluster, created if absent, read for its state,
 # deleted when the experiment finishes (spec.ray.onCompletion: Delete).
 - apiGroups: [ray.io]

@@ -1,0 +1,79 @@
+"""Why an experiment's worker pods are not running, read from their status: what a user would
+otherwise dig out of `kubectl describe pod` — an image that cannot be had, a claim that is not
+bound or no node with room, a container that cannot be created or keeps crashing. It becomes
+the condition `WorkersReady` on the experiment, never a silent Pending."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+CONDITION = "WorkersReady"
+IMAGE_REASONS = {"ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName"}
+CONTAINER_REASONS = {"CreateContainerConfigError", "CreateContainerError", "RunContainerError"}
+
+
+@dataclass(frozen=True)
+class WorkersHealth:
+    ready: bool
+    reason: str  # CamelCase, for the condition
+    message: str
+
+
+def workers_health(pods: list[dict[str, Any]]) -> WorkersHealth | None:
+    """The first problem among the pods (by name), or ready when every pod runs and is
+    ready; None when there is nothing to say yet (no pods, or pods still starting)."""
+    live = sorted(
+        (p for p in pods if not p["metadata"].get("deletionTimestamp")),
+        key=lambda p: str(p["metadata"]["name"]),
+    )
+    if not live:
+        return None
+    for pod in live:
+        problem = _problem(pod)
+        if problem is not None:
+            return problem
+    if all(_ready(pod) for pod in live):
+        return WorkersHealth(True, "Running", f"{len(live)} worker pod(s) running")
+    return None
+
+
+def _problem(pod: dict[str, Any]) -> WorkersHealth | None:
+    name = pod["metadata"]["name"]
+    status = pod.get("status") or {}
+    for container in [
+        *(status.get("initContainerStatuses") or []),
+        *(status.get("containerStatuses") or []),
+    ]:
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        reason = waiting.get("reason", "")
+        detail = f"pod {name}: {reason}: {waiting.get('message') or container.get('image')}"
+        if reason in IMAGE_REASONS:
+            return WorkersHealth(False, "ImageUnavailable", detail)
+        if reason in CONTAINER_REASONS:
+            return WorkersHealth(False, "ContainerNotCreated", detail)
+        if reason == "CrashLoopBackOff":
+            last = (container.get("lastState") or {}).get("terminated") or {}
+            return WorkersHealth(
+                False,
+                "CrashLoopBackOff",
+                f"pod {name}: its container keeps exiting (last exit code "
+                f"{last.get('exitCode')}, {last.get('reason')}); `kubectl logs --previous {name}`",
+            )
+    scheduled = _condition(pod, "PodScheduled")
+    if scheduled and scheduled.get("status") == "False":
+        # The scheduler's own words: unbound claims, insufficient cpu, untolerated taints.
+        return WorkersHealth(False, "Unschedulable", f"pod {name}: {scheduled.get('message')}")
+    return None
+
+
+def _ready(pod: dict[str, Any]) -> bool:
+    ready = _condition(pod, "Ready")
+    return (pod.get("status") or {}).get("phase") == "Running" and bool(
+        ready and ready.get("status") == "True"
+    )
+
+
+def _condition(pod: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return next((c for c in conditions if c.get("type") == type_), None)

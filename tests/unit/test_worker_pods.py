@@ -1,0 +1,91 @@
+"""WorkersReady: what the experiment says about worker pods that cannot start, from the pod
+status a kubelet and the scheduler report (shapes as they write them)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tempotrain_operator.worker_pods import workers_health
+
+
+def _pod(name: str, phase: str = "Pending", **status: Any) -> dict[str, Any]:
+    return {"metadata": {"name": name}, "status": {"phase": phase, **status}}
+
+
+def _waiting(reason: str, message: str) -> dict[str, Any]:
+    return {
+        "name": "worker",
+        "image": "img",
+        "state": {"waiting": {"reason": reason, "message": message}},
+    }
+
+
+def _running_ready(name: str) -> dict[str, Any]:
+    return _pod(
+        name,
+        "Running",
+        conditions=[{"type": "Ready", "status": "True"}],
+        containerStatuses=[{"name": "worker", "image": "img", "state": {"running": {}}}],
+    )
+
+
+def test_an_image_the_node_cannot_have_is_named_with_the_kubelets_words() -> None:
+    message = 'Container image "localhost/x:1" is not present with pull policy of Never'
+    health = workers_health(
+        [
+            _running_ready("exp-eval-1"),
+            _pod("exp-training-1", containerStatuses=[_waiting("ErrImageNeverPull", message)]),
+        ]
+    )
+    assert health is not None and not health.ready
+    assert health.reason == "ImageUnavailable"
+    assert health.message == f"pod exp-training-1: ErrImageNeverPull: {message}"
+
+
+def test_an_unschedulable_pod_carries_the_schedulers_reason() -> None:
+    message = "0/5 nodes are available: pod has unbound immediate PersistentVolumeClaims."
+    pod = _pod(
+        "exp-training-1",
+        conditions=[
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": message,
+            }
+        ],
+    )
+    health = workers_health([pod])
+    assert health is not None and (health.ready, health.reason) == (False, "Unschedulable")
+    assert message in health.message
+
+
+def test_a_crash_loop_names_the_last_exit_and_where_to_look() -> None:
+    crashing = {
+        "name": "worker",
+        "image": "img",
+        "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}},
+        "lastState": {"terminated": {"exitCode": 2, "reason": "Error"}},
+    }
+    health = workers_health([_pod("exp-eval-1", "Running", containerStatuses=[crashing])])
+    assert health is not None and health.reason == "CrashLoopBackOff"
+    assert (
+        "exit code 2" in health.message and "kubectl logs --previous exp-eval-1" in health.message
+    )
+
+
+def test_a_missing_secret_is_a_container_that_was_not_created() -> None:
+    waiting = _waiting("CreateContainerConfigError", 'secret "temporal" not found')
+    health = workers_health([_pod("exp-eval-1", containerStatuses=[waiting])])
+    assert health is not None and health.reason == "ContainerNotCreated"
+
+
+def test_all_running_and_ready_is_ready_and_starting_pods_say_nothing_yet() -> None:
+    health = workers_health([_running_ready("a"), _running_ready("b")])
+    assert health is not None and (health.ready, health.reason) == (True, "Running")
+    creating = _pod("c", containerStatuses=[_waiting("ContainerCreating", "")])
+    assert workers_health([_running_ready("a"), creating]) is None
+    assert workers_health([]) is None  # scaled to 0, or not created yet
+    terminating = _running_ready("d")
+    terminating["metadata"]["deletionTimestamp"] = "2026-12-01T00:00:00Z"
+    assert workers_health([terminating]) is None
