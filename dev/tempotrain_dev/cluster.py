@@ -23,6 +23,7 @@ from tempotrain_dev.net import free_ports, http_ok, port_open
 from tempotrain_dev.node_network import NodeNetwork
 from tempotrain_dev.pki import Pki
 from tempotrain_dev.processes import ManagedProcess
+from tempotrain_dev.provisioner import storage_class
 from tempotrain_dev.tools import Tools
 from tempotrain_dev.waiting import wait_for
 
@@ -296,7 +297,10 @@ class LocalCluster:
             f"--client-ca-file={pki.ca_cert}",
             # Node: a kubelet may touch only its own Node and what its pods need.
             "--authorization-mode=Node,RBAC",
-            "--enable-admission-plugins=NodeRestriction,PodNodeSelector,PodTolerationRestriction",
+            # OwnerReferencesPermissionEnforcement, as OpenShift runs it: an owner reference
+            # that blocks the owner's deletion needs `update` on the owner's finalizers.
+            "--enable-admission-plugins=NodeRestriction,PodNodeSelector,"
+            "PodTolerationRestriction,OwnerReferencesPermissionEnforcement",
             "--allow-privileged=true",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
@@ -387,14 +391,15 @@ class LocalCluster:
         return wanted <= established
 
     def _bootstrap(self) -> None:
-        """Fake Nodes; idempotent (server-side apply)."""
+        """Fake Nodes and the default StorageClass; idempotent (server-side apply)."""
+        manifests = [*(_node_manifest(n) for n in DEFAULT_NODES), storage_class()]
         self.kubectl(
             "apply",
             "--server-side",
             "--field-manager=tempotrain-dev",
             "-f",
             "-",
-            input="\n---\n".join(json.dumps(_node_manifest(n)) for n in DEFAULT_NODES),
+            input="\n---\n".join(json.dumps(m) for m in manifests),
         )
         wait_for(self._nodes_ready, timeout=60, what="the kwok Nodes to report Ready")
         wait_for(

@@ -24,6 +24,31 @@ from tempotrain_dev.waiting import wait_for
 
 log = logging.getLogger("tempotrain_dev.provisioner")
 PROVISIONED_BY = "tempotrain.dev/local-provisioner"
+# The platform's default StorageClass, this provisioner's. Claims of another class are left
+# alone, as a real provisioner leaves them: the PV controller then says on the claim that
+# the class does not exist, and the operator says it on the experiment.
+STORAGE_CLASS = "tempotrain-local"
+
+
+def storage_class() -> dict[str, Any]:
+    return {
+        "apiVersion": "storage.k8s.io/v1",
+        "kind": "StorageClass",
+        "metadata": {
+            "name": STORAGE_CLASS,
+            "annotations": {"storageclass.kubernetes.io/is-default-class": "true"},
+        },
+        "provisioner": PROVISIONED_BY,
+        "reclaimPolicy": "Delete",
+        # hostPath volumes on one machine: any pod can mount them, in any access mode.
+        "volumeBindingMode": "Immediate",
+    }
+
+
+def is_ours(claim: dict[str, Any]) -> bool:
+    """A claim of our class, or of none (made before the class existed, or asking for no
+    class: static binding, which this platform's volumes stand in for)."""
+    return claim["spec"].get("storageClassName") in (None, "", STORAGE_CLASS)
 
 
 def build_pv(claim: dict[str, Any], root: Path) -> dict[str, Any]:
@@ -76,6 +101,8 @@ def claim_directory(
 async def provision(claim: APIObject, root: Path) -> None:
     raw: dict[str, Any] = dict(claim.raw)
     if raw["spec"].get("volumeName") or (raw.get("status") or {}).get("phase") == "Bound":
+        return
+    if not is_ours(raw):
         return
     manifest = build_pv(raw, root)
     directory = root / manifest["metadata"]["name"]

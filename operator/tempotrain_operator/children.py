@@ -7,6 +7,7 @@ is Retain: those are deliberately left unowned so garbage collection never delet
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -17,9 +18,11 @@ from tempotrain_workers.api import (
     BatchInferenceSpec,
     BertExperimentSpec,
     Cifar10ScalingSpec,
+    PodSettings,
     ReclaimPolicy,
     VolumeSpec,
 )
+from tempotrain_workers.health import LIVE_PATH, READY_PATH
 from tempotrain_workers.temporal_client import SECRET_MOUNT, TemporalConnection
 
 from tempotrain_operator.settings import OperatorSettings
@@ -27,7 +30,10 @@ from tempotrain_operator.settings import OperatorSettings
 SNAPSHOTS_MOUNT = "/data/snapshots"
 RUNS_MOUNT = "/data/runs"
 GPU_RESOURCE = "nvidia.com/gpu"
+# GPU nodes are tainted so that only pods asking for GPUs land there.
+GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
 NON_ROOT_UID = 1000
+HEALTH_PORT = 8081  # the worker's /livez and /readyz
 
 
 SpecT = TypeVar("SpecT", BertExperimentSpec, Cifar10ScalingSpec, BatchInferenceSpec)
@@ -52,6 +58,7 @@ class WorkerConfig:
     ray_queue: str = RAY_QUEUE
     inference_queue: str = INFERENCE_QUEUE
     temporal_secret: str | None = None  # mounted for the TLS files / API key workers need
+    pod_defaults: PodSettings = field(default_factory=PodSettings)
 
 
 def worker_config(settings: OperatorSettings, uid: str) -> WorkerConfig:
@@ -65,6 +72,7 @@ def worker_config(settings: OperatorSettings, uid: str) -> WorkerConfig:
         eval_queue=eval_queue,
         ray_queue=settings.ray_queue_for(uid),
         inference_queue=settings.inference_queue_for(uid),
+        pod_defaults=settings.worker_pod_defaults,
     )
 
 
@@ -87,8 +95,12 @@ def worker_deployment_names(name: str, kind: str = "BertExperiment") -> list[str
 
 
 def claim_name(experiment: Experiment[Any], volume: str) -> str:
-    spec: VolumeSpec = getattr(experiment.spec.storage, volume)
-    return spec.existing_claim or f"{experiment.name}-{volume}"
+    return claim_name_of(experiment.name, getattr(experiment.spec.storage, volume), volume)
+
+
+def claim_name_of(experiment_name: str, spec: VolumeSpec, volume: str) -> str:
+    """The user's existing claim, or the one the operator makes: `<experiment>-<volume>`."""
+    return spec.existing_claim or f"{experiment_name}-{volume}"
 
 
 def build_pvc(experiment: Experiment[Any], volume: str) -> dict[str, Any] | None:
@@ -106,14 +118,40 @@ def build_pvc(experiment: Experiment[Any], volume: str) -> dict[str, Any] | None
             "annotations": {f"{LABEL_PREFIX}reclaim-policy": spec.reclaim_policy.value},
         },
         "spec": {
-            # Several worker pods (training, eval) mount it; RWX where the class supports it.
-            "accessModes": ["ReadWriteMany"],
+            "accessModes": [access_mode(experiment, volume)],
             "resources": {"requests": {"storage": spec.size}},
         },
     }
     if spec.storage_class_name:
         pvc["spec"]["storageClassName"] = spec.storage_class_name
     return pvc
+
+
+RWO = "ReadWriteOnce"
+RWX = "ReadWriteMany"
+
+
+def access_mode(experiment: Experiment[Any], volume: str) -> str:
+    """ReadWriteOnce, which every storage class provides, wherever the pods that mount the
+    claim can share a node; ReadWriteMany (NFS, EFS, Filestore, CephFS ...) only where pods
+    on several nodes must: a RayCluster's pods, or several inference pods."""
+    spec: VolumeSpec = getattr(experiment.spec.storage, volume)
+    if spec.access_mode:
+        return spec.access_mode
+    if isinstance(experiment.spec, Cifar10ScalingSpec):
+        return RWX
+    if isinstance(experiment.spec, BatchInferenceSpec):
+        return RWX if experiment.spec.workers > 1 else RWO
+    return RWO  # a BertExperiment: its eval pod runs on its trainer's node (co_located)
+
+
+def co_located(experiment: Experiment[Any]) -> bool:
+    """Whether a BertExperiment's eval pod must run on its training pod's node: unless both
+    claims are ReadWriteMany, one node at a time can mount them."""
+    return not all(
+        getattr(experiment.spec.storage, volume).access_mode == RWX
+        for volume in ("snapshots", "runs")
+    )
 
 
 def pvc_is_owned(experiment: Experiment[Any], volume: str) -> bool:
@@ -143,6 +181,55 @@ def data_volumes(
     return volumes, mounts
 
 
+# The restricted Pod Security profile, for every pod the operator makes.
+POD_SECURITY_CONTEXT: dict[str, Any] = {
+    "runAsNonRoot": True,
+    "runAsUser": NON_ROOT_UID,
+    "runAsGroup": NON_ROOT_UID,
+    "fsGroup": NON_ROOT_UID,
+    # A claim of checkpoints holds many files: chown them all at every pod start only when
+    # its root is not the pod's group already (minutes on a big volume, otherwise).
+    "fsGroupChangePolicy": "OnRootMismatch",
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+RESTRICTED_CONTAINER: dict[str, Any] = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+}
+# The workers write only to their volumes and /tmp.
+CONTAINER_SECURITY_CONTEXT: dict[str, Any] = {
+    **RESTRICTED_CONTAINER,
+    "readOnlyRootFilesystem": True,
+}
+
+
+def pod_fields(settings: PodSettings) -> dict[str, Any]:
+    """The pod-level fields every pod the operator makes shares."""
+    fields: dict[str, Any] = {
+        "securityContext": copy.deepcopy(POD_SECURITY_CONTEXT),
+        # The workers never call the Kubernetes API: no token in their pods to steal.
+        "automountServiceAccountToken": False,
+    }
+    if settings.image_pull_secrets:
+        fields["imagePullSecrets"] = [s.wire() for s in settings.image_pull_secrets]
+    return fields
+
+
+def apply_pod_settings(
+    container: dict[str, Any], settings: PodSettings, ours: list[dict[str, Any]], *, gpus: int
+) -> None:
+    """The container's environment: ours, then the user's (which wins on a name both set)."""
+    if gpus == 0:
+        # CUDA images (the PyTorch base) set NVIDIA_VISIBLE_DEVICES=all, and the NVIDIA
+        # runtime would hand such a container every GPU of its node, outside the scheduler.
+        ours = [*ours, {"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"}]
+    theirs = [variable.wire() for variable in settings.env]
+    named = {variable["name"] for variable in theirs}
+    container["env"] = [v for v in ours if v["name"] not in named] + theirs
+    if settings.env_from:
+        container["envFrom"] = [source.wire() for source in settings.env_from]
+
+
 @dataclass(frozen=True)
 class PodShape:
     """What differs between worker roles: queue, size, placement, how many, how they roll."""
@@ -155,6 +242,7 @@ class PodShape:
     gpus: int = 0
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: list[dict[str, Any]] = field(default_factory=list)
+    pod_affinity: dict[str, Any] = field(default_factory=dict)
     shared_memory: bool = False
     grace_seconds: int = 30
     replicas: int = 1
@@ -162,6 +250,7 @@ class PodShape:
     # its pods may overlap while they roll.
     strategy: str = "Recreate"
     worker_args: tuple[str, ...] = ()
+    settings: PodSettings = field(default_factory=PodSettings)  # the experiment's own
 
 
 def build_worker_deployment(
@@ -174,6 +263,21 @@ def build_worker_deployment(
     # BertExperiment's tolerations apply to all its workers; a Cifar10Scaling's driver is a
     # plain CPU pod (its Ray pods carry the spec's tolerations).
     user_tolerations = spec.resources.tolerations if isinstance(spec, BertExperimentSpec) else []
+    tolerations = [t.wire() for t in user_tolerations]
+    affinity: dict[str, Any] = {}
+    if isinstance(spec, BertExperimentSpec) and co_located(experiment):
+        # Its claims mount on one node at a time: eval goes where the trainer is (tolerating
+        # its GPU taint), and a replacement trainer prefers the node that has them mounted.
+        if role == "eval":
+            affinity = {"requiredDuringSchedulingIgnoredDuringExecution": [
+                _pods_of(experiment, "training")
+            ]}  # fmt: skip
+            if spec.resources.gpus > 0:
+                tolerations.append(dict(GPU_TOLERATION))
+        elif training:
+            affinity = {"preferredDuringSchedulingIgnoredDuringExecution": [
+                {"weight": 100, "podAffinityTerm": _pods_of(experiment, "eval")}
+            ]}  # fmt: skip
     shape = PodShape(
         queue={
             "training": workers.training_queue,
@@ -186,12 +290,24 @@ def build_worker_deployment(
         memory=spec.resources.memory if training else "4Gi",
         gpus=spec.resources.gpus if training else 0,
         node_selector=dict(spec.resources.node_selector) if training else {},
-        tolerations=[t.wire() for t in user_tolerations],
+        tolerations=tolerations,
+        pod_affinity=affinity,
         shared_memory=training,
         # The trainer saves a checkpoint on SIGTERM; give it time to finish writing.
         grace_seconds=300 if training else 30,
+        settings=spec.workers,
     )
     return _deployment(experiment, workers, role, shape)
+
+
+def _pods_of(experiment: Experiment[Any], role: str) -> dict[str, Any]:
+    """A pod affinity term: the node of the experiment's `role` worker pod."""
+    selected = labels(experiment, f"{role}-worker")
+    keys = ("app.kubernetes.io/instance", "app.kubernetes.io/component")
+    return {
+        "labelSelector": {"matchLabels": {k: selected[k] for k in keys}},
+        "topologyKey": "kubernetes.io/hostname",
+    }
 
 
 def build_inference_deployment(
@@ -214,6 +330,7 @@ def build_inference_deployment(
         strategy="RollingUpdate",
         # One chunk per GPU at a time: the worker spreads them over its GPUs.
         worker_args=("--max-concurrent-activities", str(max(1, spec.gpus_per_worker))),
+        settings=spec.image,
     )
     return _deployment(experiment, workers, "inference", shape)
 
@@ -222,12 +339,13 @@ def _deployment(
     experiment: Experiment[Any], workers: WorkerConfig, role: str, shape: PodShape
 ) -> dict[str, Any]:
     pod_labels = labels(experiment, f"{role}-worker")
+    settings = shape.settings.over(workers.pod_defaults)
     volumes, mounts = data_volumes(experiment, shared_memory=shape.shared_memory)
     resources: dict[str, Any] = {"requests": {"cpu": shape.cpu, "memory": shape.memory}}
     tolerations = list(shape.tolerations)
     if shape.gpus > 0:
         resources["limits"] = {GPU_RESOURCE: str(shape.gpus)}
-        tolerations.append({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
+        tolerations.append(dict(GPU_TOLERATION))
     container = {
         "name": "worker",
         "image": shape.image,
@@ -237,42 +355,57 @@ def _deployment(
             "python",
             "-m",
             "tempotrain_workers",
+            "--health-port",
+            str(HEALTH_PORT),
             "--queue",
             shape.queue,
             *shape.worker_args,
         ],
-        "env": [
+        "resources": resources,
+        "volumeMounts": mounts,
+        "securityContext": copy.deepcopy(CONTAINER_SECURITY_CONTEXT),
+        "ports": [{"name": "health", "containerPort": HEALTH_PORT, "protocol": "TCP"}],
+        # Ready once connected to Temporal and polling; restarted only when its event loop
+        # has not answered for 3 minutes (a training step never holds it that long).
+        "readinessProbe": {
+            "httpGet": {"path": READY_PATH, "port": "health"},
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": LIVE_PATH, "port": "health"},
+            "initialDelaySeconds": 30,
+            "periodSeconds": 30,
+            "timeoutSeconds": 10,
+            "failureThreshold": 6,
+        },
+    }
+    apply_pod_settings(
+        container,
+        settings,
+        [
             *workers.temporal.worker_environment(with_files=workers.temporal_secret is not None),
             {"name": "TEMPOTRAIN_SNAPSHOTS_ROOT", "value": SNAPSHOTS_MOUNT},
             {"name": "TEMPOTRAIN_RUNS_ROOT", "value": RUNS_MOUNT},
             {"name": "HF_HOME", "value": f"{SNAPSHOTS_MOUNT}/.hf-cache"},
         ],
-        "resources": resources,
-        "volumeMounts": mounts,
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
-    }
+        gpus=shape.gpus,
+    )
     if workers.temporal_secret:
         volumes.append({"name": "temporal", "secret": {"secretName": workers.temporal_secret}})
         mounts.append({"name": "temporal", "mountPath": SECRET_MOUNT, "readOnly": True})
     pod_spec: dict[str, Any] = {
         "containers": [container],
         "volumes": volumes,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": NON_ROOT_UID,
-            "fsGroup": NON_ROOT_UID,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
         "terminationGracePeriodSeconds": shape.grace_seconds,
+        **pod_fields(settings),
     }
     if shape.node_selector:
         pod_spec["nodeSelector"] = shape.node_selector
     if tolerations:
         pod_spec["tolerations"] = tolerations
+    if shape.pod_affinity:
+        pod_spec["affinity"] = {"podAffinity": shape.pod_affinity}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

@@ -201,7 +201,7 @@ async def _ensure_children(
     await kube.create_children(body, children)
     if experiment.spec.ray.address:
         return True
-    cluster = build_ray_cluster(experiment, workers.image)
+    cluster = build_ray_cluster(experiment, workers.image, workers.pod_defaults)
     kopf.append_owner_reference(cluster, owner=body)
     try:
         await kube.create_children(body, [cluster])

@@ -3,8 +3,18 @@ when the status does."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a condition will say: True/False, a CamelCase reason, a message for people."""
+
+    ready: bool
+    reason: str
+    message: str
 
 
 def upsert(

@@ -65,6 +65,15 @@ async def list_pods(namespace: str, labels: dict[str, str]) -> list[dict[str, An
     ]
 
 
+async def warning_events(namespace: str, kind: str, name: str) -> list[dict[str, Any]]:
+    """The Warning events about one object (the kubelet's, the scheduler's)."""
+    selector = {"involvedObject.kind": kind, "involvedObject.name": name, "type": "Warning"}
+    return [
+        dict(event.raw)
+        async for event in kr8s.asyncio.get("events", namespace=namespace, field_selector=selector)
+    ]
+
+
 async def scale_to_zero(namespace: str, names: list[str]) -> None:
     for name in names:
         try:

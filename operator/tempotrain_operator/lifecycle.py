@@ -16,8 +16,8 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from tempotrain_workers.api import GROUP, LABEL_PREFIX, TERMINAL_PHASES, VERSION, StorageSpec
 
-from tempotrain_operator import compute, conditions, kube, worker_pods
-from tempotrain_operator.children import Experiment, build_pvc, pvc_is_owned
+from tempotrain_operator import claims, compute, conditions, kube, worker_pods
+from tempotrain_operator.children import Experiment, build_pvc, claim_name_of, pvc_is_owned
 from tempotrain_operator.runtime import Runtime
 
 CANCEL_WAIT_SECONDS = 20.0  # per try of the delete handler
@@ -99,6 +99,7 @@ async def resync_from_workflow(
         # First, whatever the workflow says: workers that cannot start leave it with nothing
         # to say (its first task never runs).
         await report_worker_pods(name, namespace, status, patch, meta)
+        await report_storage(name, namespace, spec, status, patch, meta)
         try:
             derived = await derive(await runtime.client(), workflow_id)
         except Exception as err:  # best effort; the next tick tries again
@@ -117,13 +118,48 @@ async def report_worker_pods(
     """The condition WorkersReady from the experiment's worker pods: a pod that cannot start
     (image, claim, room, config) or keeps crashing says why on the experiment."""
     try:
-        pods = await kube.list_pods(namespace, {f"{LABEL_PREFIX}experiment": name})
+        _, health = await _worker_pods_health(name, namespace)
     except Exception:  # best effort: the next tick tries again
         return
-    health = worker_pods.workers_health(pods)
     if health is not None:
         set_condition(
             patch, status, meta, worker_pods.CONDITION, health.ready, health.reason, health.message
+        )
+
+
+async def report_storage(
+    name: str,
+    namespace: str,
+    spec: kopf.Spec,
+    status: kopf.Status,
+    patch: kopf.Patch,
+    meta: kopf.Meta,
+) -> None:
+    """The condition StorageReady from the experiment's claims: one that stays Pending (no
+    such class, an access mode the class cannot give) or an existing claim that is not
+    there says why on the experiment, with what to set."""
+    storage = StorageSpec.model_validate(spec.get("storage") or {})
+    states = []
+    try:
+        for volume in ("snapshots", "runs"):
+            volume_spec = getattr(storage, volume)
+            claim = claim_name_of(name, volume_spec, volume)
+            found = await kube.get_object("PersistentVolumeClaim", namespace, claim)
+            raw = dict(found.raw) if found is not None else None
+            pending = raw is not None and (raw.get("status") or {}).get("phase") == "Pending"
+            warnings = (
+                await kube.warning_events(namespace, "PersistentVolumeClaim", claim)
+                if pending
+                else []
+            )
+            existing = volume_spec.existing_claim is not None
+            states.append(claims.ClaimState(volume, claim, raw, warnings, existing))
+    except Exception:  # best effort: the next tick tries again
+        return
+    verdict = claims.storage_health(states, datetime.now(UTC))
+    if verdict is not None:
+        set_condition(
+            patch, status, meta, claims.CONDITION, verdict.ready, verdict.reason, verdict.message
         )
 
 
@@ -269,11 +305,26 @@ async def _workers_running(name: str, namespace: str) -> bool:
     """Whether the experiment has worker pods that run or are starting, as far as the API
     says: none at all, or ones that cannot start, will never close its workflow."""
     try:
-        pods = await kube.list_pods(namespace, {f"{LABEL_PREFIX}experiment": name})
+        pods, health = await _worker_pods_health(name, namespace)
     except Exception:  # cannot tell: assume they do, and wait
         return True
-    health = worker_pods.workers_health(pods)
     return bool(pods) and (health is None or health.ready)
+
+
+async def _worker_pods_health(
+    name: str, namespace: str
+) -> tuple[list[dict[str, Any]], conditions.Verdict | None]:
+    """The experiment's worker pods, and what their status says, or failing that, what the
+    kubelet said of the volumes of one stuck being created."""
+    pods = await kube.list_pods(namespace, {f"{LABEL_PREFIX}experiment": name})
+    health = worker_pods.workers_health(pods)
+    if health is None:
+        for pod_name in worker_pods.stuck_creating(pods, datetime.now(UTC)):
+            events = await kube.warning_events(namespace, "Pod", pod_name)
+            health = worker_pods.mount_problem(pod_name, events)
+            if health is not None:
+                break
+    return pods, health
 
 
 async def cancel_workflow(status: kopf.Status, runtime: Runtime, logger: kopf.Logger) -> bool:

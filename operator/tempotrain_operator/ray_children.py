@@ -9,16 +9,20 @@ the worker pods, so checkpoints written by Ray workers are read back by the acti
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
-from tempotrain_workers.api import Cifar10ScalingSpec, effective_gpus
+from tempotrain_workers.api import Cifar10ScalingSpec, PodSettings, effective_gpus
 
 from tempotrain_operator.children import (
     GPU_RESOURCE,
-    NON_ROOT_UID,
+    GPU_TOLERATION,
+    RESTRICTED_CONTAINER,
     Experiment,
+    apply_pod_settings,
     data_volumes,
     labels,
+    pod_fields,
 )
 
 JOBS_PORT = 8265
@@ -31,7 +35,8 @@ def ray_cluster_name(name: str) -> str:
 
 def jobs_address(name: str, namespace: str) -> str:
     """The head's Ray Jobs API, through the Service KubeRay creates (`<cluster>-head-svc`)."""
-    return f"http://{ray_cluster_name(name)}-head-svc.{namespace}.svc.cluster.local:{JOBS_PORT}"
+    # `<svc>.<ns>.svc`, not `...svc.cluster.local`: the cluster domain is a setting.
+    return f"http://{ray_cluster_name(name)}-head-svc.{namespace}.svc:{JOBS_PORT}"
 
 
 def largest_scale(spec: Cifar10ScalingSpec) -> tuple[int, int, int]:
@@ -44,24 +49,30 @@ def largest_scale(spec: Cifar10ScalingSpec) -> tuple[int, int, int]:
 
 
 def _pod_spec(
-    experiment: Experiment[Cifar10ScalingSpec], container: dict[str, Any]
+    experiment: Experiment[Cifar10ScalingSpec],
+    container: dict[str, Any],
+    settings: PodSettings,
+    gpus: int,
 ) -> dict[str, Any]:
     volumes, mounts = data_volumes(experiment, shared_memory=True)
-    return {
-        "containers": [{**container, "volumeMounts": mounts}],
-        "volumes": volumes,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": NON_ROOT_UID,
-            "fsGroup": NON_ROOT_UID,
-        },
+    # Restricted, but with a writable root filesystem: Ray writes beside its install (session
+    # and log dirs, runtime environments) where /tmp alone does not cover it.
+    container = {
+        **container,
+        "volumeMounts": mounts,
+        "securityContext": copy.deepcopy(RESTRICTED_CONTAINER),
     }
+    apply_pod_settings(container, settings, [], gpus=gpus)
+    return {"containers": [container], "volumes": volumes, **pod_fields(settings)}
 
 
 def build_ray_cluster(
-    experiment: Experiment[Cifar10ScalingSpec], default_image: str
+    experiment: Experiment[Cifar10ScalingSpec],
+    default_image: str,
+    pod_defaults: PodSettings | None = None,
 ) -> dict[str, Any]:
     spec = experiment.spec
+    settings = spec.workers.over(pod_defaults or PodSettings())
     ray = spec.ray
     image = ray.image or spec.workers.image or default_image
     pods, cpus, gpus = largest_scale(spec)
@@ -79,13 +90,15 @@ def build_ray_cluster(
                 {"containerPort": 10001, "name": "client"},
             ],
         },
+        settings,
+        gpus=0,
     )
     worker_limits: dict[str, str] = {"cpu": str(cpus), "memory": ray.worker.memory}
     tolerations = [t.wire() for t in ray.worker.tolerations]
     if gpus:
         worker_limits[GPU_RESOURCE] = str(gpus)
         # GPU nodes are tainted; KubeRay adds no toleration of its own.
-        tolerations.append({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
+        tolerations.append(dict(GPU_TOLERATION))
     worker = _pod_spec(
         experiment,
         {
@@ -97,6 +110,8 @@ def build_ray_cluster(
                 "limits": worker_limits,
             },
         },
+        settings,
+        gpus=gpus,
     )
     if tolerations:
         worker["tolerations"] = tolerations

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from pydantic import ValidationError
 from tempotrain_workers.api import (
     EVAL_QUEUE,
     INFERENCE_QUEUE,
     OPERATOR_QUEUE,
     RAY_QUEUE,
     TRAINING_QUEUE,
+    PodSettings,
 )
 from tempotrain_workers.temporal_client import (
     TemporalConnection,
@@ -42,6 +44,9 @@ class OperatorSettings:
     # A Secret in each experiment's namespace with the TLS files / API key its worker pods
     # need to reach Temporal as the operator does (keys: ca.crt, tls.crt, tls.key, api-key).
     worker_temporal_secret: str | None = None
+    # Pull secrets and environment every worker and Ray pod gets (the chart's `workers.*`);
+    # an experiment's `spec.workers` adds to them.
+    worker_pod_defaults: PodSettings = field(default_factory=PodSettings)
 
     def queues_for(self, uid: str) -> tuple[str, str]:
         """(training, eval) queues of one experiment. Per-experiment queues keep a worker pod
@@ -89,6 +94,12 @@ def parse_settings(argv: list[str] | None = None) -> OperatorSettings:
         help="Secret (in each experiment's namespace) mounted into worker pods for their "
         "Temporal TLS files / API key: keys ca.crt, tls.crt, tls.key, api-key",
     )
+    parser.add_argument(
+        "--worker-pod-defaults",
+        default=_env("TEMPOTRAIN_WORKER_POD_DEFAULTS", "{}"),
+        help="JSON: imagePullSecrets, env and envFrom for every worker and Ray pod, as in "
+        "an experiment's spec.workers (which adds to them)",
+    )
     parser.add_argument("--ray-queue", default=_env("TEMPOTRAIN_RAY_QUEUE", RAY_QUEUE))
     parser.add_argument(
         "--inference-queue", default=_env("TEMPOTRAIN_INFERENCE_QUEUE", INFERENCE_QUEUE)
@@ -113,6 +124,10 @@ def parse_settings(argv: list[str] | None = None) -> OperatorSettings:
         "--resync-seconds", type=float, default=float(_env("TEMPOTRAIN_RESYNC_SECONDS", "60") or 60)
     )
     args = parser.parse_args(argv)
+    try:
+        pod_defaults = PodSettings.model_validate_json(args.worker_pod_defaults)
+    except ValidationError as err:  # at startup, in one message: never a pod built half-right
+        parser.error(f"--worker-pod-defaults / TEMPOTRAIN_WORKER_POD_DEFAULTS: {err}")
     namespaces = args.namespaces or [
         n for n in (_env("TEMPOTRAIN_NAMESPACES") or "").split(",") if n
     ]
@@ -130,4 +145,5 @@ def parse_settings(argv: list[str] | None = None) -> OperatorSettings:
         inference_queue=args.inference_queue,
         ray_address=args.ray_address,
         worker_temporal_secret=args.worker_temporal_secret,
+        worker_pod_defaults=pod_defaults,
     )

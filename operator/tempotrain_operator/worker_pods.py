@@ -5,22 +5,21 @@ the condition `WorkersReady` on the experiment, never a silent Pending."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
+
+from tempotrain_operator.conditions import Verdict
 
 CONDITION = "WorkersReady"
 IMAGE_REASONS = {"ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName"}
 CONTAINER_REASONS = {"CreateContainerConfigError", "CreateContainerError", "RunContainerError"}
+MOUNT_REASONS = {"FailedMount", "FailedAttachVolume"}
+# A volume may take a few seconds to attach: only a pod still creating after this long is
+# asked about (its events: a Secret or claim that is missing, a volume that will not attach).
+STUCK_AFTER = timedelta(seconds=30)
 
 
-@dataclass(frozen=True)
-class WorkersHealth:
-    ready: bool
-    reason: str  # CamelCase, for the condition
-    message: str
-
-
-def workers_health(pods: list[dict[str, Any]]) -> WorkersHealth | None:
+def workers_health(pods: list[dict[str, Any]]) -> Verdict | None:
     """The first problem among the pods (by name), or ready when every pod runs and is
     ready; None when there is nothing to say yet (no pods, or pods still starting)."""
     live = sorted(
@@ -34,11 +33,11 @@ def workers_health(pods: list[dict[str, Any]]) -> WorkersHealth | None:
         if problem is not None:
             return problem
     if all(_ready(pod) for pod in live):
-        return WorkersHealth(True, "Running", f"{len(live)} worker pod(s) running")
+        return Verdict(True, "Running", f"{len(live)} worker pod(s) running")
     return None
 
 
-def _problem(pod: dict[str, Any]) -> WorkersHealth | None:
+def _problem(pod: dict[str, Any]) -> Verdict | None:
     name = pod["metadata"]["name"]
     status = pod.get("status") or {}
     for container in [
@@ -49,12 +48,12 @@ def _problem(pod: dict[str, Any]) -> WorkersHealth | None:
         reason = waiting.get("reason", "")
         detail = f"pod {name}: {reason}: {waiting.get('message') or container.get('image')}"
         if reason in IMAGE_REASONS:
-            return WorkersHealth(False, "ImageUnavailable", detail)
+            return Verdict(False, "ImageUnavailable", detail)
         if reason in CONTAINER_REASONS:
-            return WorkersHealth(False, "ContainerNotCreated", detail)
+            return Verdict(False, "ContainerNotCreated", detail)
         if reason == "CrashLoopBackOff":
             last = (container.get("lastState") or {}).get("terminated") or {}
-            return WorkersHealth(
+            return Verdict(
                 False,
                 "CrashLoopBackOff",
                 f"pod {name}: its container keeps exiting (last exit code "
@@ -63,7 +62,7 @@ def _problem(pod: dict[str, Any]) -> WorkersHealth | None:
     scheduled = _condition(pod, "PodScheduled")
     if scheduled and scheduled.get("status") == "False":
         # The scheduler's own words: unbound claims, insufficient cpu, untolerated taints.
-        return WorkersHealth(False, "Unschedulable", f"pod {name}: {scheduled.get('message')}")
+        return Verdict(False, "Unschedulable", f"pod {name}: {scheduled.get('message')}")
     return None
 
 
@@ -77,3 +76,36 @@ def _ready(pod: dict[str, Any]) -> bool:
 def _condition(pod: dict[str, Any], type_: str) -> dict[str, Any] | None:
     conditions = (pod.get("status") or {}).get("conditions") or []
     return next((c for c in conditions if c.get("type") == type_), None)
+
+
+def stuck_creating(pods: list[dict[str, Any]], now: datetime) -> list[str]:
+    """Live pods scheduled more than STUCK_AFTER ago whose containers are still being
+    created: the kubelet is waiting on their volumes (nothing in the pod status says why)."""
+    stuck = []
+    for pod in pods:
+        if pod["metadata"].get("deletionTimestamp"):
+            continue
+        scheduled = _condition(pod, "PodScheduled")
+        if not scheduled or scheduled.get("status") != "True":
+            continue
+        since = datetime.fromisoformat(str(scheduled.get("lastTransitionTime")))
+        statuses = (pod.get("status") or {}).get("containerStatuses") or [{}]
+        creating = all(
+            ((c.get("state") or {}).get("waiting") or {}).get("reason", "ContainerCreating")
+            == "ContainerCreating"
+            for c in statuses
+        )
+        if creating and now - since > STUCK_AFTER:
+            stuck.append(str(pod["metadata"]["name"]))
+    return sorted(stuck)
+
+
+def mount_problem(pod_name: str, events: list[dict[str, Any]]) -> Verdict | None:
+    """The kubelet's newest complaint about the pod's volumes, from its Warning events."""
+    failures = [e for e in events if e.get("reason") in MOUNT_REASONS]
+    if not failures:
+        return None
+    newest = max(failures, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime")))
+    return Verdict(
+        False, "VolumeNotMounted", f"pod {pod_name}: {newest.get('reason')}: {newest['message']}"
+    )

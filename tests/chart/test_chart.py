@@ -34,14 +34,17 @@ RBAC_KINDS = {"Role", "ClusterRole"}
 # chart must grant exactly this in each watched namespace: more is too broad, less breaks the
 # operator.
 OPERATOR_PERMISSIONS = {
-    ("", "events"): {"create"},
+    ("", "events"): {"create", "list"},
     ("tempotrain.dev", "bertexperiments"): {"list", "watch", "patch"},
     ("tempotrain.dev", "cifar10scalings"): {"list", "watch", "patch"},
     ("tempotrain.dev", "batchinferences"): {"list", "watch", "patch"},
     ("tempotrain.dev", "bertexperiments/status"): {"patch"},
     ("tempotrain.dev", "cifar10scalings/status"): {"patch"},
     ("tempotrain.dev", "batchinferences/status"): {"patch"},
-    ("", "persistentvolumeclaims"): {"create"},
+    ("tempotrain.dev", "bertexperiments/finalizers"): {"update"},
+    ("tempotrain.dev", "cifar10scalings/finalizers"): {"update"},
+    ("tempotrain.dev", "batchinferences/finalizers"): {"update"},
+    ("", "persistentvolumeclaims"): {"create", "list"},
     ("", "pods"): {"list"},
     ("apps", "deployments"): {"get", "list", "create", "patch"},
     ("ray.io", "rayclusters"): {"list", "create", "delete"},
@@ -151,6 +154,7 @@ def test_default_values_render_the_operator_rbac_crds_and_dev_server(
             ("Deployment", f"{FULLNAME}-operator"),
             ("Deployment", f"{FULLNAME}-temporal"),
             ("Service", f"{FULLNAME}-temporal"),
+            ("PersistentVolumeClaim", f"{FULLNAME}-temporal-data"),
             ("CustomResourceDefinition", "bertexperiments.tempotrain.dev"),
             ("CustomResourceDefinition", "cifar10scalings.tempotrain.dev"),
             ("CustomResourceDefinition", "batchinferences.tempotrain.dev"),
@@ -313,6 +317,16 @@ def test_operator_env_is_what_the_operator_reads(
     assert settings.temporal.api_key_file == "/etc/tempotrain/temporal-api-key/api-key"
     assert settings.temporal.tls is True
     assert settings.worker_temporal_secret == "temporal-worker-credentials"
+    defaults = settings.worker_pod_defaults
+    assert [s.name for s in defaults.image_pull_secrets] == ["registry-credentials"]
+    assert [v.wire() for v in defaults.env] == [
+        {
+            "name": "HF_TOKEN",
+            "valueFrom": {"secretKeyRef": {"name": "hugging-face", "key": "token"}},
+        },
+        {"name": "NCCL_DEBUG", "value": "WARN"},
+    ]
+    assert [s.wire() for s in defaults.env_from] == [{"configMapRef": {"name": "proxies"}}]
     chart_vars = {n for n in env_of(container) if n.startswith(("TEMPORAL_", "TEMPOTRAIN_"))}
     operator_source = "".join(
         (REPO_ROOT / path).read_text()
@@ -354,6 +368,7 @@ def test_server_tls_mounts_only_the_ca(helm: Helm) -> None:
         *("--set", "temporal.address=temporal.example.com:7233"),
         *("--set", "temporal.devServer.enabled=false"),
         *("--set", "temporal.tls.mode=tls", "--set", "temporal.tls.secretName=temporal-ca"),
+        *("--set", "workers.temporalSecretName=temporal-ca"),
     )
     container = operator_container(objects)
     env = env_of(container)
@@ -388,6 +403,49 @@ def test_dev_server_runs_start_dev_and_the_operator_defaults_to_its_service(
     address = env_of(operator_container(default_objects))["TEMPORAL_ADDRESS"]
     # Resolvable from every namespace: the worker pods get the same address.
     assert address == f"{FULLNAME}-temporal.{NAMESPACE}.svc:7233"
+
+
+def test_dev_server_keeps_its_database_on_a_claim_that_outlives_the_release(
+    default_objects: list[dict[str, Any]],
+) -> None:
+    claim = one(default_objects, "PersistentVolumeClaim", f"{FULLNAME}-temporal-data")
+    assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert "storageClassName" not in claim["spec"]  # the cluster's default class
+    pod = one(default_objects, "Deployment", f"{FULLNAME}-temporal")["spec"]["template"]["spec"]
+    args = pod["containers"][0]["args"]
+    assert args[args.index("--db-filename") + 1] == "/data/temporal.db"
+    assert {"name": "data", "mountPath": "/data"} in pod["containers"][0]["volumeMounts"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["data"]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+
+
+@pytest.mark.parametrize(
+    ("args", "claim"),
+    [
+        (["--set", "temporal.devServer.persistence.enabled=false"], None),
+        (["--set", "temporal.devServer.persistence.existingClaim=mine"], "mine"),
+    ],
+    ids=["in-memory", "existing-claim"],
+)
+def test_dev_server_in_memory_or_on_an_existing_claim_creates_no_claim(
+    helm: Helm, args: list[str], claim: str | None
+) -> None:
+    objects = helm.objects(*args)
+    assert not of_kind(objects, "PersistentVolumeClaim")
+    pod = one(objects, "Deployment", f"{FULLNAME}-temporal")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert ("--db-filename" in pod["containers"][0]["args"]) == (claim is not None)
+    assert (volumes.get("data") or {}).get("persistentVolumeClaim", {}).get("claimName") == claim
+
+
+def test_notes_warn_that_an_in_memory_dev_server_loses_workflows(
+    helm: Helm, tmp_path: Path
+) -> None:
+    kept = _notes(helm, tmp_path / "kept")
+    assert "WARNING" not in kept and f"{FULLNAME}-temporal-data" in kept
+    lost = _notes(helm, tmp_path / "lost", "--set", "temporal.devServer.persistence.enabled=false")
+    assert "WARNING: temporal.devServer.persistence.enabled is false" in lost
 
 
 def test_dev_server_creates_the_temporal_namespace_the_operator_uses(helm: Helm) -> None:
@@ -551,6 +609,20 @@ def test_rbac_create_false_renders_no_rbac(helm: Helm) -> None:
         (
             ["--set", "serviceAccount.create=false"],
             "serviceAccount.create is false: set serviceAccount.name",
+        ),
+        (
+            [
+                *("--set", "temporal.address=t.example:7233", "--set", "temporal.tls.mode=tls"),
+                *("--set", "temporal.tls.secretName=ca"),
+            ],
+            "the worker pods would get none: set workers.temporalSecretName",
+        ),
+        (
+            [
+                *("--set", "temporal.devServer.persistence.existingClaim=mine"),
+                *("--set", "temporal.devServer.persistence.storageClassName=fast"),
+            ],
+            "set existingClaim or storageClassName, not both",
         ),
     ],
 )

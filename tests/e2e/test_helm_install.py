@@ -19,6 +19,8 @@ from tempotrain_workers.sample_data import write_sentiment_jsonl
 from tests.conftest import ClusterHandle
 from tests.e2e.conftest import Stack, apply, experiment, experiment_status, kube_json
 from tests.e2e.test_cifar10_scaling import scaling, until_no_ray_cluster
+from tests.e2e.test_real_pods import data_volume as _data_volume
+from tests.e2e.test_real_pods import pod_experiment
 from tests.support import eventually
 
 pytestmark = pytest.mark.kube
@@ -161,3 +163,80 @@ async def test_chart_installs_its_rbac_suffices_and_uninstall_keeps_only_the_crd
     for crd in CRD_NAMES:  # kept: helm.sh/resource-policy: keep
         kept = json.loads(cluster.kubectl("get", "crd", crd, "-o", "json"))
         assert kept["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+
+
+def _split(image: str) -> tuple[str, str]:
+    repository, tag = image.rsplit(":", 1)
+    return repository, tag
+
+
+async def test_helm_installed_operator_runs_in_its_pod_and_trains_an_experiment_in_pods(
+    crds: None,
+    cluster: ClusterHandle,
+    tools: Tools,
+    temporal_address: str,
+    pod_namespace: str,
+    real_node: str,
+    operator_image: str,
+    worker_image: str,
+    minilm_path: Path,
+) -> None:
+    """What a user installs: the chart with its images, the operator in its pod under the
+    chart's ServiceAccount (in-cluster config, namespaced RBAC), and a BertExperiment trained
+    and evaluated in pods that operator made."""
+    ns = pod_namespace
+    release = f"tt-{uuid.uuid4().hex[:6]}"
+    operator_repository, operator_tag = _split(operator_image)
+    workers_repository, workers_tag = _split(worker_image)
+    values = {
+        "operator.image.repository": operator_repository,
+        "operator.image.tag": operator_tag,
+        "operator.image.pullPolicy": "Never",  # built here; there is no registry to pull from
+        "operator.resyncSeconds": "10",
+        "workers.image.repository": workers_repository,
+        "workers.image.tag": workers_tag,
+        "temporal.devServer.enabled": "false",
+        "temporal.address": temporal_address,
+        "queues.status": f"operator-{release}",  # no other test's worker pushes here
+        "rbac.scope": "namespaced",
+        "watchNamespaces": f"{{{ns}}}",
+    }
+    sets = [arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]
+    # --take-ownership: the session's `crds` fixture applied the CRDs already. --wait: the
+    # operator pod is Ready, i.e. kopf's /healthz answers from inside it.
+    helm(tools, cluster, "install", release, str(CHART), "-n", ns, "--take-ownership",
+         "--wait", "--timeout", "180s", *sets)  # fmt: skip
+    try:
+        [operator_pod] = [
+            p
+            for p in kube_json(cluster, ns, "pods")["items"]
+            if p["metadata"]["labels"].get("app.kubernetes.io/component") == "operator"
+        ]
+        assert operator_pod["spec"]["nodeName"] == real_node
+        assert operator_pod["spec"]["containers"][0]["image"] == operator_image
+        operator_name = operator_pod["metadata"]["name"]
+
+        data_volume = await _data_volume(cluster, ns, minilm_path)
+        apply(cluster, ns, pod_experiment("sentiment", epochs=1))
+
+        async def succeeded() -> dict[str, Any] | None:
+            status = experiment_status(cluster, ns, "sentiment")
+            if status.get("phase") == "Failed":
+                raise AssertionError(status)
+            return status if status.get("phase") == "Succeeded" else None
+
+        status = await eventually(succeeded, within=420, what="the experiment to succeed")
+        assert 0.0 <= status["metrics"]["evalAccuracy"] <= 1.0, status
+        assert (data_volume / "datasets" / "sentiment.jsonl").exists()
+        log = cluster.kubectl("logs", operator_name, "-n", ns)
+        assert "forbidden" not in log.lower(), log[-3000:]  # RBAC sufficed, as this account
+
+        # The experiment goes first (its operator removes the finalizer), then the chart.
+        cluster.kubectl("delete", "bertexperiment", "sentiment", "-n", ns, "--timeout=120s")
+    finally:
+        helm(tools, cluster, "uninstall", release, "-n", ns, "--wait")
+    for crd in CRD_NAMES:  # kept: helm.sh/resource-policy: keep
+        cluster.kubectl("get", "crd", crd)
+    # The Retain claims outlive both the experiment and the chart: the checkpoints are safe.
+    claims = {c["metadata"]["name"] for c in kube_json(cluster, ns, "pvc")["items"]}
+    assert "sentiment-runs" in claims, claims

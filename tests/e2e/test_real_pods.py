@@ -134,15 +134,29 @@ async def test_experiment_trains_in_its_pods_through_a_pod_deletion_and_a_contai
 ) -> None:
     ns = pod_stack.namespace
     data = await data_volume(cluster, ns, minilm_path)
-    apply(cluster, ns, pod_experiment("sentiment", epochs=8))
+    probe = {"name": "TEMPOTRAIN_PROBE", "value": "from-the-experiment"}
+    apply(cluster, ns, pod_experiment("sentiment", epochs=8, workers={"env": [probe]}))
 
-    async def both_running() -> list[dict[str, Any]] | None:
+    async def both_ready() -> list[dict[str, Any]] | None:
+        """Running, and Ready: their readiness probes say they poll Temporal."""
         pods = kube_json(cluster, ns, "pods")["items"]
-        running = [p for p in pods if p["status"].get("phase") == "Running"]
-        return running if len(running) == 2 else None
+        ready = [
+            p
+            for p in pods
+            if conditions_by_type(p["status"]).get("Ready", {}).get("status") == "True"
+        ]
+        return ready if len(ready) == 2 else None
 
-    pods = await eventually(both_running, within=180, what="training and eval pods Running")
+    pods = await eventually(both_ready, within=180, what="training and eval pods Ready")
     assert {p["spec"]["nodeName"] for p in pods} == {real_node}
+    # What the pods carry: the experiment's env, no GPU they did not ask for (the NVIDIA
+    # runtime would give them all), and no API token (the workers never call the API).
+    seen = cluster.kubectl(
+        "exec", "deploy/sentiment-eval", "-n", ns, "--", "sh", "-c",
+        "printenv TEMPOTRAIN_PROBE NVIDIA_VISIBLE_DEVICES; "
+        "test -e /var/run/secrets/kubernetes.io/serviceaccount && echo token || echo no-token",
+    )  # fmt: skip
+    assert seen.split() == ["from-the-experiment", "void", "no-token"], seen
     run_dir = claim_directory(cluster.kubectl, ns, "sentiment-runs") / "sentiment"
 
     async def checkpointed() -> int | None:
@@ -291,40 +305,104 @@ async def test_pods_that_cannot_start_say_why_and_their_experiment_can_still_be_
                 "no-claim", epochs=1, storage={"snapshots": {"existingClaim": "nowhere"}}
             ),
         )
-
-        async def workers_ready(name: str) -> dict[str, Any] | None:
-            status = kube_json(cluster, ns, RESOURCE, name).get("status") or {}
-            condition = conditions_by_type(status).get("WorkersReady")
-            return condition if condition and condition["status"] == "False" else None
+        unknown_class = {
+            "snapshots": {"existingClaim": DATA_CLAIM},
+            "runs": {"storageClassName": "nowhere"},
+        }
+        apply(cluster, ns, pod_experiment("no-class", epochs=1, storage=unknown_class))
 
         no_image = await eventually(
-            lambda: workers_ready("no-image"), within=120, what="no-image's WorkersReady"
+            lambda: workers_not_ready(cluster, ns, "no-image"),
+            within=120,
+            what="no-image's WorkersReady",
         )
         assert no_image["reason"] == "ImageUnavailable", no_image
         assert "ErrImageNeverPull" in no_image["message"], no_image
         no_claim = await eventually(
-            lambda: workers_ready("no-claim"), within=120, what="no-claim's WorkersReady"
+            lambda: workers_not_ready(cluster, ns, "no-claim"),
+            within=120,
+            what="no-claim's WorkersReady",
         )
         assert no_claim["reason"] == "Unschedulable", no_claim
         assert "nowhere" in no_claim["message"], no_claim
+        missing = conditions_by_type(kube_json(cluster, ns, RESOURCE, "no-claim")["status"])
+        assert missing["StorageReady"]["reason"] == "ClaimMissing", missing
+        no_class = await eventually(
+            lambda: condition_false(cluster, ns, "no-class", "StorageReady"),
+            within=120,
+            what="no-class's StorageReady",
+        )
+        # The PV controller's own words, and what to set.
+        assert no_class["reason"] == "ClaimPending", no_class
+        assert 'storageclass.storage.k8s.io "nowhere" not found' in no_class["message"]
+        assert "spec.storage.runs.storageClassName" in no_class["message"], no_class
 
         # Deleted: no worker could ever close their workflows, so they are terminated at
         # once rather than waited for.
         ids = [
             kube_json(cluster, ns, RESOURCE, n)["status"]["workflowId"]
-            for n in ("no-image", "no-claim")
+            for n in ("no-image", "no-claim", "no-class")
         ]
-        cluster.kubectl("delete", RESOURCE, "no-image", "no-claim", "-n", ns, "--wait=false")
+        cluster.kubectl(
+            "delete", RESOURCE, "no-image", "no-claim", "no-class", "-n", ns, "--wait=false"
+        )
 
         async def gone() -> bool:
             return not kube_json(cluster, ns, RESOURCE)["items"]
 
-        await eventually(gone, within=90, what="both experiments deleted")
+        await eventually(gone, within=90, what="the experiments deleted")
         for workflow_id in ids:
             described = await temporal.client.get_workflow_handle(workflow_id).describe()
             assert described.status == WorkflowExecutionStatus.TERMINATED, workflow_id
     finally:
         stack.stop_all()
+
+
+async def test_a_secret_the_worker_pods_mount_missing_is_said_on_the_experiment(
+    crds: None,
+    cluster: ClusterHandle,
+    temporal: TemporalHandle,
+    pod_namespace: str,
+    worker_image: str,
+    tmp_path: Path,
+) -> None:
+    """The Temporal credentials Secret (`workers.temporalSecretName`) absent from the
+    experiment's namespace: the pod waits in ContainerCreating, and only the kubelet's events
+    say why; the experiment says it too."""
+    ns = pod_namespace
+    stack = Stack.fresh(
+        ns, cluster, temporal.address, tmp_path, worker_image=worker_image,
+        operator_args=("--resync-seconds", "4", "--worker-temporal-secret", "missing-creds"),
+    )  # fmt: skip
+    stack.start_operator()
+    try:
+        apply(cluster, ns, _claim(DATA_CLAIM))
+        apply(cluster, ns, pod_experiment("no-secret", epochs=1))
+        condition = await eventually(
+            lambda: workers_not_ready(cluster, ns, "no-secret"),
+            within=150,
+            what="no-secret's WorkersReady",
+        )
+        assert condition["reason"] == "VolumeNotMounted", condition
+        assert 'secret "missing-creds" not found' in condition["message"], condition
+        cluster.kubectl("delete", RESOURCE, "no-secret", "-n", ns, "--timeout=90s")
+    finally:
+        stack.stop_all()
+
+
+async def workers_not_ready(
+    cluster: ClusterHandle, namespace: str, name: str
+) -> dict[str, Any] | None:
+    return await condition_false(cluster, namespace, name, "WorkersReady")
+
+
+async def condition_false(
+    cluster: ClusterHandle, namespace: str, name: str, type_: str
+) -> dict[str, Any] | None:
+    """The experiment's condition of that type once it says False."""
+    status = kube_json(cluster, namespace, RESOURCE, name).get("status") or {}
+    condition = conditions_by_type(status).get(type_)
+    return condition if condition and condition["status"] == "False" else None
 
 
 def _claim(name: str) -> dict[str, Any]:

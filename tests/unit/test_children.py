@@ -61,7 +61,6 @@ def test_eval_pod_is_cpu_only_and_labelled() -> None:
     deployment = build_worker_deployment(_experiment(), WORKERS, "eval")
     pod = deployment["spec"]["template"]["spec"]
     assert "limits" not in pod["containers"][0]["resources"]
-    assert "tolerations" not in pod
     assert "/dev/shm" not in {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
     labels = deployment["metadata"]["labels"]
     assert labels["tempotrain.dev/experiment"] == "exp"
@@ -160,3 +159,50 @@ def test_worker_config_gives_each_experiment_its_queues_when_asked() -> None:
         "tempotrain-eval-01234567",
         "tempotrain-ray-01234567",
     )
+
+
+GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+RWX = {"accessMode": "ReadWriteMany"}
+
+
+def test_claims_are_read_write_once_and_eval_runs_beside_its_trainer() -> None:
+    """ReadWriteOnce is what every storage class gives: one node mounts the claims, so the
+    eval pod goes to the training pod's node (tolerating its GPU taint)."""
+    experiment = _experiment()
+    for volume in ("snapshots", "runs"):
+        pvc = build_pvc(experiment, volume)
+        assert pvc is not None and pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
+    pod = build_worker_deployment(experiment, WORKERS, "eval")["spec"]["template"]["spec"]
+    [term] = pod["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"]["matchLabels"] == {
+        "app.kubernetes.io/instance": "exp",
+        "app.kubernetes.io/component": "training-worker",
+    }
+    assert GPU_TOLERATION in pod["tolerations"]
+    training = build_worker_deployment(experiment, WORKERS, "training")["spec"]["template"]
+    preferred = training["spec"]["affinity"]["podAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"
+    ]
+    assert (
+        preferred[0]["podAffinityTerm"]["labelSelector"]["matchLabels"][
+            "app.kubernetes.io/component"
+        ]
+        == "eval-worker"
+    )
+
+
+def test_read_write_many_claims_let_eval_run_anywhere() -> None:
+    experiment = _experiment(storage={"snapshots": RWX, "runs": RWX})
+    assert build_pvc(experiment, "runs")["spec"]["accessModes"] == ["ReadWriteMany"]  # type: ignore[index]
+    for role in ("eval", "training"):
+        pod = build_worker_deployment(experiment, WORKERS, role)["spec"]["template"]["spec"]
+        assert "affinity" not in pod
+    eval_pod = build_worker_deployment(experiment, WORKERS, "eval")["spec"]["template"]["spec"]
+    assert "tolerations" not in eval_pod
+
+
+def test_one_claim_of_its_own_still_keeps_eval_beside_the_trainer() -> None:
+    experiment = _experiment(storage={"snapshots": RWX, "runs": {"existingClaim": "mine"}})
+    pod = build_worker_deployment(experiment, WORKERS, "eval")["spec"]["template"]["spec"]
+    assert "requiredDuringSchedulingIgnoredDuringExecution" in pod["affinity"]["podAffinity"]

@@ -150,7 +150,9 @@ def test_worker_pod_command_line_with_the_image_entrypoint() -> None:
     ]["containers"][0]
     # Kubernetes: `command` replaces ENTRYPOINT; `args` replaces CMD and follows ENTRYPOINT.
     argv = [*container.get("command", entrypoint), *container.get("args", [])]
-    assert argv == ["python", "-m", "tempotrain_workers", "--queue", "tq"]
+    assert argv == [
+        *("python", "-m", "tempotrain_workers", "--health-port", "8081", "--queue", "tq")
+    ]
 
 
 def _experiment() -> Experiment[BertExperimentSpec]:

@@ -10,6 +10,7 @@ from tempotrain_operator.children import (
     Experiment,
     WorkerConfig,
     build_inference_deployment,
+    build_pvc,
     worker_config,
     worker_deployment_names,
 )
@@ -153,3 +154,10 @@ def test_chunk_counts_and_rate_reach_status_and_never_move_back() -> None:
     )
     assert done["phase"] == "Succeeded" and done["chunksDone"] == "10/10"
     assert done["output"] == {"path": output.path, "rows": 500, "sha256": "ab"}
+
+
+def test_claims_are_read_write_many_only_when_several_inference_pods_share_them() -> None:
+    one = build_pvc(_job(workers=1), "runs")
+    several = build_pvc(_job(workers=3), "runs")
+    assert one is not None and one["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert several is not None and several["spec"]["accessModes"] == ["ReadWriteMany"]

@@ -10,6 +10,7 @@ import pytest
 from tempotrain_operator.children import (
     Experiment,
     WorkerConfig,
+    build_pvc,
     build_worker_deployment,
     worker_deployment_names,
 )
@@ -221,7 +222,7 @@ def test_cluster_and_pods_are_labelled_as_the_experiments() -> None:
 
 
 def test_jobs_address_is_the_head_service_kuberay_creates() -> None:
-    assert jobs_address("c10", "ns") == "http://c10-ray-head-svc.ns.svc.cluster.local:8265"
+    assert jobs_address("c10", "ns") == "http://c10-ray-head-svc.ns.svc:8265"
 
 
 @pytest.mark.parametrize(
@@ -405,3 +406,10 @@ def test_ray_pods_get_a_memory_backed_dev_shm_for_the_object_store() -> None:
         pod = group["template"]["spec"]
         assert {"name": "dshm", "emptyDir": {"medium": "Memory"}} in pod["volumes"]
         assert {"name": "dshm", "mountPath": "/dev/shm"} in _container(group)["volumeMounts"]
+
+
+def test_ray_pods_on_several_nodes_share_read_write_many_claims() -> None:
+    pvc = build_pvc(_experiment(), "runs")
+    assert pvc is not None and pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    own = build_pvc(_experiment(storage={"runs": {"accessMode": "ReadWriteOnce"}}), "runs")
+    assert own is not None and own["spec"]["accessModes"] == ["ReadWriteOnce"]

@@ -3,9 +3,10 @@ status a kubelet and the scheduler report (shapes as they write them)."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tempotrain_operator.worker_pods import workers_health
+from tempotrain_operator.worker_pods import mount_problem, stuck_creating, workers_health
 
 
 def _pod(name: str, phase: str = "Pending", **status: Any) -> dict[str, Any]:
@@ -89,3 +90,45 @@ def test_all_running_and_ready_is_ready_and_starting_pods_say_nothing_yet() -> N
     terminating = _running_ready("d")
     terminating["metadata"]["deletionTimestamp"] = "2026-12-01T00:00:00Z"
     assert workers_health([terminating]) is None
+
+
+def _creating(name: str, scheduled_at: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name},
+        "status": {
+            "phase": "Pending",
+            "conditions": [
+                {"type": "PodScheduled", "status": "True", "lastTransitionTime": scheduled_at}
+            ],
+            "containerStatuses": [
+                {"name": "worker", "state": {"waiting": {"reason": "ContainerCreating"}}}
+            ],
+        },
+    }
+
+
+def test_only_pods_creating_for_a_while_are_asked_about() -> None:
+    now = datetime(2026, 12, 1, 12, 0, 30, tzinfo=UTC)
+    pods = [
+        _creating("fresh", "2026-12-01T12:00:20Z"),
+        _creating("stuck", "2026-12-01T11:59:00Z"),
+    ]
+    assert stuck_creating(pods, now) == ["stuck"]
+    assert stuck_creating(pods, now + timedelta(minutes=5)) == ["fresh", "stuck"]
+
+
+def test_the_newest_mount_failure_says_why_a_pod_is_stuck() -> None:
+    events = [
+        {"reason": "FailedMount", "message": "old", "lastTimestamp": "2026-12-01T11:00:00Z"},
+        {
+            "reason": "FailedMount",
+            "message": 'MountVolume.SetUp failed for volume "temporal" : secret "creds" not found',
+            "lastTimestamp": "2026-12-01T12:00:00Z",
+        },
+        {"reason": "BackOff", "message": "unrelated", "lastTimestamp": "2026-12-01T12:01:00Z"},
+    ]
+    health = mount_problem("p", events)
+    assert health is not None and not health.ready
+    assert health.reason == "VolumeNotMounted"
+    assert 'secret "creds" not found' in health.message
+    assert mount_problem("p", events[2:]) is None

@@ -21,6 +21,7 @@ from tempotrain_workers.activities import (
     StorageRoots,
 )
 from tempotrain_workers.api import INFERENCE_QUEUE, RAY_QUEUE, TRAINING_QUEUE
+from tempotrain_workers.health import HealthServer
 from tempotrain_workers.settings import WorkerSettings, parse_worker_settings
 from tempotrain_workers.workflows import ALL_WORKFLOWS
 
@@ -28,6 +29,17 @@ log = logging.getLogger("tempotrain_workers")
 
 
 async def run_workers(settings: WorkerSettings, stop: asyncio.Event) -> None:
+    health = HealthServer(settings.health_port) if settings.health_port else None
+    if health is not None:  # live from the start: connecting may take a while
+        await health.start()
+    try:
+        await _run(settings, stop, health)
+    finally:
+        if health is not None:
+            await health.stop()
+
+
+async def _run(settings: WorkerSettings, stop: asyncio.Event, health: HealthServer | None) -> None:
     client = await settings.temporal.connect()
     settings.snapshots_root.mkdir(parents=True, exist_ok=True)
     settings.runs_root.mkdir(parents=True, exist_ok=True)
@@ -63,8 +75,12 @@ async def run_workers(settings: WorkerSettings, stop: asyncio.Event) -> None:
         settings.runs_root,
     )
     running = [asyncio.create_task(w.run()) for w in workers]
+    if health is not None:
+        health.ready = True  # connected, and the pollers run until one of these returns
     stopped = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([*running, stopped], return_when=asyncio.FIRST_COMPLETED)
+    if health is not None:
+        health.ready = False
     log.info("shutting down")
     await asyncio.gather(*(w.shutdown() for w in workers))
     warming.cancel()

@@ -24,6 +24,7 @@ class WorkerSettings:
     snapshots_root: Path
     runs_root: Path
     max_concurrent_activities: int | None
+    health_port: int | None = None  # None: no probe endpoint (a worker on a host)
 
 
 def parse_worker_settings(argv: list[str] | None = None) -> WorkerSettings:
@@ -64,6 +65,13 @@ def parse_worker_settings(argv: list[str] | None = None) -> WorkerSettings:
         help="default: 1 on the training, Ray and inference queues (one job per GPU set or "
         "Ray cluster, one chunk per inference pod), else 8",
     )
+    parser.add_argument(
+        "--health-port",
+        type=int,
+        default=int(os.environ.get("TEMPOTRAIN_HEALTH_PORT", "0")) or None,
+        help="serve GET /livez and /readyz on this port for the pod's probes (env "
+        "TEMPOTRAIN_HEALTH_PORT; default: none)",
+    )
     args = parser.parse_args(argv)
     queues = args.queues or [q for q in os.environ.get(ENV_QUEUES, "").split(",") if q]
     return WorkerSettings(
@@ -72,4 +80,5 @@ def parse_worker_settings(argv: list[str] | None = None) -> WorkerSettings:
         snapshots_root=args.snapshots_root,
         runs_root=args.runs_root,
         max_concurrent_activities=args.max_concurrent_activities,
+        health_port=args.health_port,
     )

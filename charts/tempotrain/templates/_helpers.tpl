@@ -76,6 +76,11 @@ Names of the other objects.
 {{- printf "%s-temporal" (include "tempotrain.fullname" . | trunc 54 | trimSuffix "-") }}
 {{- end }}
 
+{{/* The dev server's database claim: the user's, or the chart's. */}}
+{{- define "tempotrain.devServerClaim" -}}
+{{- .Values.temporal.devServer.persistence.existingClaim | default (printf "%s-data" (include "tempotrain.devServerName" .)) }}
+{{- end }}
+
 {{/*
 Images: the tag defaults to the chart's appVersion.
 */}}
@@ -195,5 +200,12 @@ matter (for `--skip-schema-validation`) and add the rules across fields a schema
 {{- end }}
 {{- if and $v.temporal.devServer.enabled (eq (int $v.temporal.devServer.service.grpcPort) (int $v.temporal.devServer.service.uiPort)) }}
 {{- fail "temporal.devServer.service.grpcPort and uiPort must differ" }}
+{{- end }}
+{{- if and (or (eq $tls.mode "mtls") (and (eq $tls.mode "tls") $tls.secretName) $v.temporal.apiKey.enabled) (not $v.workers.temporalSecretName) }}
+{{- fail "the operator gets Temporal credentials (a CA bundle, a client certificate or an API key) but the worker pods would get none: set workers.temporalSecretName to a Secret, in each experiment's namespace, with the keys they need (ca.crt, tls.crt, tls.key, api-key)" }}
+{{- end }}
+{{- $persistence := $v.temporal.devServer.persistence }}
+{{- if and $v.temporal.devServer.enabled $persistence.enabled $persistence.existingClaim $persistence.storageClassName }}
+{{- fail "temporal.devServer.persistence: set existingClaim or storageClassName, not both (an existing claim has its class already)" }}
 {{- end }}
 {{- end }}

@@ -7,9 +7,11 @@ name, hence `list` wherever the operator looks an object up.
 {{- define "tempotrain.operatorRules" -}}
 # Framework (kopf): posting the events of handlers' progress and errors, and of
 # kopf.info/kopf.warn (Created, WorkflowStarted, InvalidSpec, ChildCreateFailed, ...).
+# Application: reading the Warning events of a worker pod stuck being created (a missing
+# Secret or claim its volumes need), for the condition WorkersReady.
 - apiGroups: [""]
   resources: [events]
-  verbs: [create]
+  verbs: [create, list]
 # Framework (kopf) + application: watching the experiments (kopf list/watch), patching their
 # finalizer and kopf's progress annotations (kopf), reading one by name for the status sink
 # (kr8s list by field selector).
@@ -21,11 +23,18 @@ name, hence `list` wherever the operator looks an object up.
 - apiGroups: [tempotrain.dev]
   resources: [bertexperiments/status, cifar10scalings/status, batchinferences/status]
   verbs: [patch]
-# Application: each experiment's snapshots and runs volumes, created if absent (never read,
-# updated or deleted by the operator: Retain data outlives the experiment).
+# Application: children are adopted with ownerReferences that set blockOwnerDeletion; where
+# the OwnerReferencesPermissionEnforcement admission plugin runs (OpenShift), that needs
+# `update` on the owner's finalizers subresource.
+- apiGroups: [tempotrain.dev]
+  resources: [bertexperiments/finalizers, cifar10scalings/finalizers, batchinferences/finalizers]
+  verbs: [update]
+# Application: each experiment's snapshots and runs volumes, created if absent, and read
+# (a LIST by name) to say why one stays Pending (condition StorageReady); never updated or
+# deleted by the operator: Retain data outlives the experiment.
 - apiGroups: [""]
   resources: [persistentvolumeclaims]
-  verbs: [create]
+  verbs: [create, list]
 # Application: the worker Deployments, created if absent and scaled to 0 when the experiment
 # finishes (kr8s scale = GET + PATCH of spec.replicas, then GET until it reads back; the
 # lookup by name is a LIST).

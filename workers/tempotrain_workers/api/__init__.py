@@ -10,6 +10,7 @@ from tempotrain_workers.api.base import *  # noqa: F403
 from tempotrain_workers.api.contract import *  # noqa: F403
 from tempotrain_workers.api.inference import *  # noqa: F403
 from tempotrain_workers.api.inference_resources import *  # noqa: F403
+from tempotrain_workers.api.pod_settings import *  # noqa: F403
 from tempotrain_workers.api.resources import *  # noqa: F403
 from tempotrain_workers.api.scaling import *  # noqa: F403
 from tempotrain_workers.api.scaling_resources import *  # noqa: F403

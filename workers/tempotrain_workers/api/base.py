@@ -3,14 +3,35 @@ status target (so the per-kind modules need not import each other)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, StringConstraints
+from pydantic import AliasGenerator, BaseModel, ConfigDict, StringConstraints
+from pydantic.alias_generators import to_camel
 
 # A DNS-1123 label: usable as a directory name, a label value and part of a workflow id,
 # and never a path (no "/", no "..").
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 RunId = Annotated[str, StringConstraints(pattern=DNS_LABEL_PATTERN, min_length=1, max_length=63)]
+
+
+CEL = "x-kubernetes-validations"
+
+
+def cel(rule: str, message: str) -> dict[str, Any]:
+    return {"rule": rule, "message": message}
+
+
+class WireModel(BaseModel):
+    """A custom resource's part: camelCase on the wire, unknown fields refused."""
+
+    model_config = ConfigDict(
+        alias_generator=AliasGenerator(alias=to_camel),
+        populate_by_name=True,
+        extra="forbid",
+    )
+
+    def wire(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
 class Contract(BaseModel):

@@ -4,18 +4,15 @@ from __future__ import annotations
 
 from pydantic import ConfigDict, Field
 
-from tempotrain_workers.api.base import DNS_LABEL_PATTERN
+from tempotrain_workers.api.base import CEL, DNS_LABEL_PATTERN, WireModel, cel
 from tempotrain_workers.api.inference import Pooling
 from tempotrain_workers.api.resources import (
-    CEL,
     RELATIVE_PATH_PATTERN,
     ExperimentStatus,
     Quantity,
     StorageSpec,
     Toleration,
-    WireModel,
     WorkersSpec,
-    cel,
 )
 
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import AliasGenerator, BaseModel, ConfigDict, Field, StringConstraints
-from pydantic.alias_generators import to_camel
+from pydantic import ConfigDict, Field, StringConstraints
 
-from tempotrain_workers.api.base import DNS_LABEL_PATTERN
+from tempotrain_workers.api.base import CEL, DNS_LABEL_PATTERN, WireModel, cel
 from tempotrain_workers.api.contract import DEFAULT_DATASET, DEFAULT_DATASET_CONFIG, Phase
+from tempotrain_workers.api.pod_settings import PodSettings
 
 GROUP = "tempotrain.dev"
 VERSION = "v1alpha1"
@@ -28,23 +28,6 @@ QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$"
 # A path inside the snapshots volume: relative, no "..", no leading "/".
 RELATIVE_PATH_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*(/[A-Za-z0-9_][A-Za-z0-9_.\-]*)*$"
 Quantity = Annotated[str, StringConstraints(pattern=QUANTITY_PATTERN, max_length=32)]
-
-CEL = "x-kubernetes-validations"
-
-
-def cel(rule: str, message: str) -> dict[str, Any]:
-    return {"rule": rule, "message": message}
-
-
-class WireModel(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=AliasGenerator(alias=to_camel),
-        populate_by_name=True,
-        extra="forbid",
-    )
-
-    def wire(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
 # -- BertExperiment spec ------------------------------------------------------------------------
@@ -140,6 +123,12 @@ class VolumeSpec(WireModel):
     storage_class_name: str | None = Field(default=None, max_length=253)
     existing_claim: str | None = Field(default=None, pattern=DNS_LABEL_PATTERN, max_length=63)
     reclaim_policy: ReclaimPolicy = ReclaimPolicy.RETAIN
+    access_mode: Literal["ReadWriteOnce", "ReadWriteMany"] | None = Field(
+        default=None,
+        description="default: ReadWriteOnce where pods on one node mount it (a BertExperiment's "
+        "eval pod runs beside its trainer), ReadWriteMany where pods on several nodes share it "
+        "(Ray pods, several inference pods); an existingClaim is taken as it is",
+    )
 
 
 class StorageSpec(WireModel):
@@ -147,7 +136,10 @@ class StorageSpec(WireModel):
     runs: VolumeSpec = Field(default_factory=VolumeSpec)
 
 
-class WorkersSpec(WireModel):
+class WorkersSpec(PodSettings):
+    """The worker pods' image, and what else their pods get on top of the operator's
+    defaults (pull secrets, environment)."""
+
     image: str | None = Field(default=None, max_length=512, description="default: operator's")
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
 

@@ -6,15 +6,13 @@ from enum import StrEnum
 
 from pydantic import ConfigDict, Field
 
+from tempotrain_workers.api.base import CEL, WireModel, cel
 from tempotrain_workers.api.resources import (
-    CEL,
     ExperimentStatus,
     Quantity,
     StorageSpec,
     Toleration,
-    WireModel,
     WorkersSpec,
-    cel,
 )
 from tempotrain_workers.api.scaling import (
     DEFAULT_SYNTHETIC_SIZE,
