@@ -175,7 +175,15 @@ def _each_process(file: str) -> Iterator[tuple[int, bytes]]:
 def _is_ours(pid: int, state_dir: Path) -> bool:
     # A recycled PID belongs to someone else: only trust it if it carries our marker.
     marker = f"{PLATFORM_ENV_MARKER}={state_dir}".encode()
-    return marker in _environ(pid) and not _is_zombie(pid)
+    environ = _environ(pid)
+    # While a process execs (nsenter becoming kubelet or kube-proxy) its environment reads
+    # back empty for a moment: that is not "gone". Ask again briefly before saying so.
+    for _ in range(50):
+        if environ != [b""] or _is_zombie(pid):
+            break
+        time.sleep(0.01)
+        environ = _environ(pid)
+    return marker in environ and not _is_zombie(pid)
 
 
 def _environ(pid: int) -> list[bytes]:

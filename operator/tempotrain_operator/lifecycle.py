@@ -44,6 +44,18 @@ def set_condition(
     )
 
 
+def say(
+    patch: kopf.Patch,
+    status: kopf.Status,
+    meta: kopf.Meta,
+    type_: str,
+    verdict: conditions.Verdict | None,
+) -> None:
+    """The condition as the verdict has it; nothing when there is none (nothing to say yet)."""
+    if verdict is not None:
+        set_condition(patch, status, meta, type_, verdict.ready, verdict.reason, verdict.message)
+
+
 def namespaced(namespace: str | None, kind: str) -> str:
     if namespace is None:  # the CRDs are namespaced; kopf types it optional for cluster kinds
         raise kopf.PermanentError(f"a {kind} must have a namespace")
@@ -121,10 +133,7 @@ async def report_worker_pods(
         _, health = await _worker_pods_health(name, namespace)
     except Exception:  # best effort: the next tick tries again
         return
-    if health is not None:
-        set_condition(
-            patch, status, meta, worker_pods.CONDITION, health.ready, health.reason, health.message
-        )
+    say(patch, status, meta, worker_pods.CONDITION, health)
 
 
 async def report_storage(
@@ -156,11 +165,7 @@ async def report_storage(
             states.append(claims.ClaimState(volume, claim, raw, warnings, existing))
     except Exception:  # best effort: the next tick tries again
         return
-    verdict = claims.storage_health(states, datetime.now(UTC))
-    if verdict is not None:
-        set_condition(
-            patch, status, meta, claims.CONDITION, verdict.ready, verdict.reason, verdict.message
-        )
+    say(patch, status, meta, claims.CONDITION, claims.storage_health(states, datetime.now(UTC)))
 
 
 async def release_if_closed(

@@ -288,12 +288,7 @@ async def test_pods_that_cannot_start_say_why_and_their_experiment_can_still_be_
     tmp_path: Path,
 ) -> None:
     ns = pod_namespace
-    # A fast resync: it is what reads the pods.
-    stack = Stack.fresh(
-        ns, cluster, temporal.address, tmp_path, worker_image=worker_image,
-        operator_args=("--resync-seconds", "4"),
-    )  # fmt: skip
-    stack.start_operator()
+    stack = fast_resync_operator(ns, cluster, temporal, tmp_path, worker_image)
     try:
         apply(cluster, ns, _claim(DATA_CLAIM))
         absent = {"image": "localhost/tempotrain/workers:absent", "imagePullPolicy": "Never"}
@@ -370,11 +365,8 @@ async def test_a_secret_the_worker_pods_mount_missing_is_said_on_the_experiment(
     experiment's namespace: the pod waits in ContainerCreating, and only the kubelet's events
     say why; the experiment says it too."""
     ns = pod_namespace
-    stack = Stack.fresh(
-        ns, cluster, temporal.address, tmp_path, worker_image=worker_image,
-        operator_args=("--resync-seconds", "4", "--worker-temporal-secret", "missing-creds"),
-    )  # fmt: skip
-    stack.start_operator()
+    secret = ("--worker-temporal-secret", "missing-creds")
+    stack = fast_resync_operator(ns, cluster, temporal, tmp_path, worker_image, *secret)
     try:
         apply(cluster, ns, _claim(DATA_CLAIM))
         apply(cluster, ns, pod_experiment("no-secret", epochs=1))
@@ -388,6 +380,23 @@ async def test_a_secret_the_worker_pods_mount_missing_is_said_on_the_experiment(
         cluster.kubectl("delete", RESOURCE, "no-secret", "-n", ns, "--timeout=90s")
     finally:
         stack.stop_all()
+
+
+def fast_resync_operator(
+    namespace: str,
+    cluster: ClusterHandle,
+    temporal: TemporalHandle,
+    root: Path,
+    worker_image: str,
+    *args: str,
+) -> Stack:
+    """The operator on a 4 s resync (it is what reads the pods and claims), started."""
+    stack = Stack.fresh(
+        namespace, cluster, temporal.address, root, worker_image=worker_image,
+        operator_args=("--resync-seconds", "4", *args),
+    )  # fmt: skip
+    stack.start_operator()
+    return stack
 
 
 async def workers_not_ready(
