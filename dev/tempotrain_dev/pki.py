@@ -6,7 +6,6 @@ one per control-plane component); a separate RSA key pair signs service-account 
 
 from __future__ import annotations
 
-import base64
 import json
 import subprocess
 from dataclasses import dataclass
@@ -94,7 +93,9 @@ class Pki:
             )
 
     def write_kubeconfig(self, path: Path, server: str, user: str) -> Path:
-        """A kubeconfig for ``user`` (its client certificate) at ``server``, CA embedded."""
+        """A kubeconfig for ``user`` (its client certificate) at ``server``. The CA, the
+        certificate and the key are referenced by path, not embedded: kr8s writes embedded
+        ones to temporary files it never removes (a private key in /tmp per API client)."""
         cert, key = self.client_cert(user)
         config = {
             "apiVersion": "v1",
@@ -102,13 +103,19 @@ class Pki:
             "clusters": [
                 {
                     "name": "tempotrain-local",
-                    "cluster": {"server": server, "certificate-authority-data": _b64(self.ca_cert)},
+                    "cluster": {
+                        "server": server,
+                        "certificate-authority": str(self.ca_cert.resolve()),
+                    },
                 }
             ],
             "users": [
                 {
                     "name": user,
-                    "user": {"client-certificate-data": _b64(cert), "client-key-data": _b64(key)},
+                    "user": {
+                        "client-certificate": str(cert.resolve()),
+                        "client-key": str(key.resolve()),
+                    },
                 }
             ],
             "contexts": [
@@ -160,10 +167,6 @@ class Pki:
         )
         csr.unlink()
         ext.unlink()
-
-
-def _b64(path: Path) -> str:
-    return base64.b64encode(path.read_bytes()).decode()
 
 
 def _read(path: Path) -> str | None:

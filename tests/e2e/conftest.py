@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 from tempotrain_dev.commands import Queues, operator_command, worker_command
+from tempotrain_dev.containerd import Ctr
+from tempotrain_dev.platform import Platform
 from tempotrain_workers.sample_data import write_sentiment_jsonl
 
 from tests.conftest import ClusterHandle
@@ -187,3 +189,38 @@ async def until_released(
         return status if condition.get("status") == "True" else None
 
     return await eventually(released, within=within, what=f"{name}'s compute to be released")
+
+
+@pytest.fixture
+def pod_stack(
+    crds: None,
+    cluster: ClusterHandle,
+    temporal_address: str,
+    pod_namespace: str,
+    worker_image: str,
+    tmp_path: Path,
+) -> Iterator[Stack]:
+    """The operator as a host process; the work only in pods."""
+    stack = Stack.fresh(
+        pod_namespace, cluster, temporal_address, tmp_path, worker_image=worker_image
+    )
+    stack.start_operator()
+    yield stack
+    stack.stop_all()
+
+
+@pytest.fixture
+def node_runtime(request: pytest.FixtureRequest, real_node: str) -> Ctr:
+    """containerd of the session platform's node, to kill a container as the node would."""
+    if "TEMPOTRAIN_KUBECONFIG" in os.environ:
+        pytest.skip("killing a container needs the platform's own node")
+    platform: Platform = request.getfixturevalue("own_platform")
+    node = platform.node
+    assert node is not None
+    return node.ctr
+
+
+def kill_container(runtime: Ctr, pod: dict[str, Any]) -> None:
+    """SIGKILL the pod's first container as an OOM kill or a crash would: no grace."""
+    container = pod["status"]["containerStatuses"][0]["containerID"].split("://", 1)[1]
+    runtime("tasks", "kill", "--all", "--signal", "SIGKILL", container)

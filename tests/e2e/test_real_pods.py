@@ -7,17 +7,14 @@ apiserver over the node's network. Interrupted as a cluster interrupts pods: a p
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from temporalio.client import WorkflowExecutionStatus
 from tempotrain_dev.containerd import Ctr
-from tempotrain_dev.platform import Platform
 from tempotrain_dev.provisioner import claim_directory
 from tempotrain_workers.checkpoints import latest_verified
 from tempotrain_workers.sample_data import write_sentiment_jsonl
@@ -29,6 +26,7 @@ from tests.e2e.conftest import (
     apply,
     conditions_by_type,
     experiment,
+    kill_container,
     kube_json,
     until_released,
 )
@@ -42,38 +40,9 @@ DATA_CLAIM = "data"
 MODEL_DIR = "models/all-minilm-l6-v2"
 
 
-@pytest.fixture
-def pod_stack(
-    crds: None,
-    cluster: ClusterHandle,
-    temporal_address: str,
-    pod_namespace: str,
-    worker_image: str,
-    tmp_path: Path,
-) -> Iterator[Stack]:
-    """The operator as a host process; the work only in pods."""
-    stack = Stack.fresh(
-        pod_namespace, cluster, temporal_address, tmp_path, worker_image=worker_image
-    )
-    stack.start_operator()
-    yield stack
-    stack.stop_all()
-
-
-@pytest.fixture
-def node_runtime(request: pytest.FixtureRequest, real_node: str) -> Ctr:
-    """containerd of the session platform's node, to kill a container as the node would."""
-    if "TEMPOTRAIN_KUBECONFIG" in os.environ:
-        pytest.skip("killing a container needs the platform's own node")
-    platform: Platform = request.getfixturevalue("own_platform")
-    node = platform.node
-    assert node is not None
-    return node.ctr
-
-
 async def data_volume(cluster: ClusterHandle, namespace: str, model: Path) -> Path:
     """A claim holding the model and a dataset, as a user prepares one before training."""
-    apply(cluster, namespace, _claim(DATA_CLAIM))
+    apply(cluster, namespace, claim_manifest(DATA_CLAIM))
     root = claim_directory(cluster.kubectl, namespace, DATA_CLAIM)
     shutil.copytree(model, root / MODEL_DIR)
     write_sentiment_jsonl(root / "datasets" / "sentiment.jsonl", 400)
@@ -187,10 +156,8 @@ async def test_experiment_trains_in_its_pods_through_a_pod_deletion_and_a_contai
         within=300,
         what="another checkpoint before the kill",
     )
-    pod = training_pods(cluster, ns)[0]
-    container = pod["status"]["containerStatuses"][0]["containerID"].split("://", 1)[1]
     killed_at = time.monotonic()
-    node_runtime("tasks", "kill", "--all", "--signal", "SIGKILL", container)
+    kill_container(node_runtime, training_pods(cluster, ns)[0])
 
     async def restarted() -> bool:
         statuses = training_pods(cluster, ns)[0]["status"].get("containerStatuses") or []
@@ -290,7 +257,7 @@ async def test_pods_that_cannot_start_say_why_and_their_experiment_can_still_be_
     ns = pod_namespace
     stack = fast_resync_operator(ns, cluster, temporal, tmp_path, worker_image)
     try:
-        apply(cluster, ns, _claim(DATA_CLAIM))
+        apply(cluster, ns, claim_manifest(DATA_CLAIM))
         absent = {"image": "localhost/tempotrain/workers:absent", "imagePullPolicy": "Never"}
         apply(cluster, ns, pod_experiment("no-image", epochs=1, workers=absent))
         apply(
@@ -368,7 +335,7 @@ async def test_a_secret_the_worker_pods_mount_missing_is_said_on_the_experiment(
     secret = ("--worker-temporal-secret", "missing-creds")
     stack = fast_resync_operator(ns, cluster, temporal, tmp_path, worker_image, *secret)
     try:
-        apply(cluster, ns, _claim(DATA_CLAIM))
+        apply(cluster, ns, claim_manifest(DATA_CLAIM))
         apply(cluster, ns, pod_experiment("no-secret", epochs=1))
         condition = await eventually(
             lambda: workers_not_ready(cluster, ns, "no-secret"),
@@ -414,7 +381,7 @@ async def condition_false(
     return condition if condition and condition["status"] == "False" else None
 
 
-def _claim(name: str) -> dict[str, Any]:
+def claim_manifest(name: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",

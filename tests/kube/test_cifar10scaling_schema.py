@@ -95,7 +95,12 @@ async def test_valid_minimal_manifest_gets_schema_defaults(
         "snapshots": {"size": "20Gi", "reclaimPolicy": "Retain"},
         "runs": {"size": "20Gi", "reclaimPolicy": "Retain"},
     }
-    assert spec["workers"] == {"imagePullPolicy": "IfNotPresent"}
+    assert spec["workers"] == {
+        "imagePullPolicy": "IfNotPresent",
+        "imagePullSecrets": [],
+        "env": [],
+        "envFrom": [],
+    }
     # What the apiserver stored is exactly what the operator's model reads.
     model = Cifar10ScalingSpec.model_validate(spec)
     assert model.ray.on_completion == CompletionPolicy.DELETE

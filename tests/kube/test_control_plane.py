@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import uuid
+from pathlib import Path
 
+import kr8s.asyncio
 import pytest
+import yaml
 from kr8s.asyncio.objects import Deployment, Pod, ReplicaSet
 
 from tests.conftest import ClusterHandle
@@ -18,6 +23,26 @@ async def test_server_reports_a_stamped_1_33_version(cluster: ClusterHandle) -> 
     version = json.loads(cluster.kubectl("version", "-o", "json"))["serverVersion"]
     assert version["gitVersion"].startswith("v1.33."), version
     assert (version["major"], version["minor"]) == ("1", "33")
+
+
+async def test_a_client_on_the_platform_kubeconfig_leaves_no_key_in_tmp(
+    cluster: ClusterHandle,
+) -> None:
+    """Credentials are referenced by path: kr8s copies embedded ones to temporary files that
+    it never removes, a private key in /tmp for every API client."""
+    if os.environ.get("TEMPOTRAIN_KUBECONFIG"):
+        pytest.skip("a cluster of your own: its kubeconfig is yours")
+    config = yaml.safe_load(cluster.kubeconfig.read_text())
+    users = [u["user"] for u in config["users"]]
+    clusters = [c["cluster"] for c in config["clusters"]]
+    embedded = [k for entry in users + clusters for k in entry if k.endswith("-data")]
+    assert not embedded, embedded
+    temp = Path(tempfile.gettempdir())
+    before = set(temp.iterdir())
+    api = await kr8s.asyncio.api(kubeconfig=str(cluster.kubeconfig))
+    assert (await api.version())["major"] == "1"
+    written = [f for f in set(temp.iterdir()) - before if f.is_file()]
+    assert not [f for f in written if f.read_bytes().startswith(b"-----BEGIN")], written
 
 
 async def test_kwok_nodes_cpu_and_gpu_pools_are_ready(cluster: ClusterHandle) -> None:
