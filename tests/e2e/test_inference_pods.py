@@ -65,6 +65,9 @@ async def test_an_inference_pod_killed_mid_job_changes_no_byte_of_the_output(
     apply(cluster, ns, claim_manifest(DATA_CLAIM))
     data = claim_directory(cluster.kubectl, ns, DATA_CLAIM)
     shutil.copytree(minilm_classifier, data / MODEL)
+    # Readable by the pods' uid 1000, as a user makes data for them (pytest's folders are 0700).
+    for path in [data / MODEL, *(data / MODEL).rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
     write_sentiment_jsonl(data / "datasets" / "many.jsonl", ROWS)
 
     # The reference: one pod, never interrupted.
