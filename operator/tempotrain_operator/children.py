@@ -148,10 +148,7 @@ def access_mode(experiment: Experiment[Any], volume: str) -> str:
 def co_located(experiment: Experiment[Any]) -> bool:
     """Whether a BertExperiment's eval pod must run on its training pod's node: unless both
     claims are ReadWriteMany, one node at a time can mount them."""
-    return not all(
-        getattr(experiment.spec.storage, volume).access_mode == RWX
-        for volume in ("snapshots", "runs")
-    )
+    return not all(access_mode(experiment, volume) == RWX for volume in ("snapshots", "runs"))
 
 
 def pvc_is_owned(experiment: Experiment[Any], volume: str) -> bool:

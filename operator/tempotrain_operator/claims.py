@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from tempotrain_operator.conditions import Verdict
+from tempotrain_operator.conditions import Verdict, newest_event
 
 CONDITION = "StorageReady"
 # A provisioner that says nothing for this long is not coming (or waits for a pod to be
@@ -61,9 +61,8 @@ def _problem(state: ClaimState, now: datetime) -> Verdict | None:
         + (f", or {field}.accessMode" if "ReadWriteMany" in modes else "")
         + f", or {field}.existingClaim to a claim you made"
     )
-    failures = [e for e in state.warnings if e.get("reason") == "ProvisioningFailed"]
-    if failures:
-        newest = max(failures, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime")))
+    newest = newest_event(state.warnings, {"ProvisioningFailed"})
+    if newest is not None:
         return Verdict(
             False, "ClaimPending", f"{what} cannot be provisioned: {newest['message']}; {advice}"
         )

@@ -17,6 +17,15 @@ class Verdict:
     message: str
 
 
+def newest_event(events: list[dict[str, Any]], reasons: set[str]) -> dict[str, Any] | None:
+    """The latest of the events with one of these reasons (a kubelet's or a controller's own
+    words for a condition's message); None when there is none."""
+    matching = [e for e in events if e.get("reason") in reasons]
+    if not matching:
+        return None
+    return max(matching, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime")))
+
+
 def upsert(
     conditions: list[dict[str, Any]] | None,
     type_: str,

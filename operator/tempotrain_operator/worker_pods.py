@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from tempotrain_operator.conditions import Verdict
+from tempotrain_operator.conditions import Verdict, newest_event
 
 CONDITION = "WorkersReady"
 IMAGE_REASONS = {"ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName"}
@@ -102,10 +102,9 @@ def stuck_creating(pods: list[dict[str, Any]], now: datetime) -> list[str]:
 
 def mount_problem(pod_name: str, events: list[dict[str, Any]]) -> Verdict | None:
     """The kubelet's newest complaint about the pod's volumes, from its Warning events."""
-    failures = [e for e in events if e.get("reason") in MOUNT_REASONS]
-    if not failures:
+    newest = newest_event(events, MOUNT_REASONS)
+    if newest is None:
         return None
-    newest = max(failures, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime")))
     return Verdict(
         False, "VolumeNotMounted", f"pod {pod_name}: {newest.get('reason')}: {newest['message']}"
     )
