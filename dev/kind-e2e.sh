@@ -283,6 +283,10 @@ done
 log "Temporal dev server at $temporal_address (port-forward of ${temporal_service#service/})"
 
 export TEMPOTRAIN_KUBECONFIG="$kubeconfig" TEMPOTRAIN_TEMPORAL_ADDRESS="$temporal_address"
+# The real-pod tests (tests/e2e/test_*pods.py, the Helm-installed operator) run these images,
+# as on the local platform's real node. Tests that SIGKILL a container through the node's
+# containerd are skipped here (kind's nodes are Docker containers).
+export TEMPOTRAIN_WORKERS_IMAGE="$workers_image" TEMPOTRAIN_OPERATOR_IMAGE="$operator_image"
 export KUBECONFIG="$kubeconfig"
 read -r -a extra_args <<<"${PYTEST_ARGS:-}"
 log "pytest tests/kube tests/e2e -m kube ${PYTEST_ARGS:-} $*"

@@ -146,12 +146,30 @@ async def pod_namespace(
 
 
 @pytest.fixture(scope="session")
+def kwok_nodes(cluster: ClusterHandle) -> list[str]:
+    """The names of the cluster's kwok nodes. A cluster of your own (TEMPOTRAIN_KUBECONFIG,
+    e.g. dev/kind-e2e.sh's) has none: tests of kwok placement are skipped there."""
+    nodes = json.loads(cluster.kubectl("get", "nodes", "-o", "json"))["items"]
+    names = [
+        str(n["metadata"]["name"])
+        for n in nodes
+        if KWOK_NODE_ANNOTATION in n["metadata"].get("annotations", {})
+    ]
+    if not names and os.environ.get("TEMPOTRAIN_KUBECONFIG"):
+        pytest.skip("kwok nodes are the local platform's; this cluster has none")
+    return names
+
+
+@pytest.fixture(scope="session")
 def real_node(cluster: ClusterHandle, request: pytest.FixtureRequest) -> str:
-    """The name of a Ready node that runs containers (not kwok's). Without one the test is
-    skipped with the platform's reason, or fails where TEMPOTRAIN_REQUIRE_REAL_NODE=1 (CI)."""
+    """The name of a Ready node that runs containers (not kwok's) and takes any pod (no
+    NoSchedule taint: not kind's control plane). Without one the test is skipped with the
+    platform's reason, or fails where TEMPOTRAIN_REQUIRE_REAL_NODE=1 (CI)."""
     nodes = json.loads(cluster.kubectl("get", "nodes", "-o", "json"))["items"]
     for node in nodes:
         if KWOK_NODE_ANNOTATION in node["metadata"].get("annotations", {}):
+            continue
+        if any(t.get("effect") == "NoSchedule" for t in node["spec"].get("taints", [])):
             continue
         conditions = {c["type"]: c["status"] for c in node["status"].get("conditions", [])}
         if conditions.get("Ready") == "True":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
@@ -32,6 +33,14 @@ class Kubectl:
         if result.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed:\n{result.stderr}")
         return result.stdout
+
+
+def node_pool(kubectl: Kubectl, node: str) -> str:
+    """The node's pool label (`tempotrain.dev/node-pool`: cpu or gpu), set on the platform's
+    kwok and real nodes and by dev/kind-e2e.sh's kind-config.yaml: tests check placement by
+    pool, never by a node name one platform happens to use."""
+    labels = kubectl("get", "node", node, "-o", "jsonpath={.metadata.labels}")
+    return str(json.loads(labels).get("tempotrain.dev/node-pool", ""))
 
 
 async def eventually(

@@ -34,6 +34,10 @@ GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
 NON_ROOT_UID = 1000
 HEALTH_PORT = 8081  # the worker's /livez and /readyz
+# (cpu, memory) requests of the CPU-side workers. Evaluation runs the model in its pod; the
+# Ray driver only submits each scale to the Ray cluster and supervises it (the training and
+# the Ray Train driver run on the Ray pods), so it asks for little.
+CPU_WORKER_REQUESTS = {"eval": ("1", "4Gi"), "ray-driver": ("250m", "1Gi")}
 
 
 SpecT = TypeVar("SpecT", BertExperimentSpec, Cifar10ScalingSpec, BatchInferenceSpec)
@@ -283,8 +287,8 @@ def build_worker_deployment(
         }[role],
         image=spec.workers.image or workers.image,
         pull_policy=spec.workers.image_pull_policy,
-        cpu=spec.resources.cpu if training else "1",
-        memory=spec.resources.memory if training else "4Gi",
+        cpu=spec.resources.cpu if training else CPU_WORKER_REQUESTS[role][0],
+        memory=spec.resources.memory if training else CPU_WORKER_REQUESTS[role][1],
         gpus=spec.resources.gpus if training else 0,
         node_selector=dict(spec.resources.node_selector) if training else {},
         tolerations=tolerations,

@@ -93,7 +93,8 @@ def build_ray_cluster(
         settings,
         gpus=0,
     )
-    worker_limits: dict[str, str] = {"cpu": str(cpus), "memory": ray.worker.memory}
+    pod_cpu = ray.worker.cpu or str(cpus)
+    worker_limits: dict[str, str] = {"cpu": pod_cpu, "memory": ray.worker.memory}
     tolerations = [t.wire() for t in ray.worker.tolerations]
     if gpus:
         worker_limits[GPU_RESOURCE] = str(gpus)
@@ -106,7 +107,7 @@ def build_ray_cluster(
             "image": image,
             "imagePullPolicy": spec.workers.image_pull_policy,
             "resources": {
-                "requests": {"cpu": str(cpus), "memory": ray.worker.memory},
+                "requests": {"cpu": pod_cpu, "memory": ray.worker.memory},
                 "limits": worker_limits,
             },
         },

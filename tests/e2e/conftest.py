@@ -35,6 +35,9 @@ class Stack:
     # Host workers do the work here; the pods (on kwok nodes) never pull this image.
     worker_image: str = "tempotrain/workers:test"
     operator_args: tuple[str, ...] = ()
+    # RayCluster pods on kwok nodes never run: Ray drivers start a Ray on the host instead.
+    # None: the RayCluster's head, by its Service (real pods).
+    ray_address: str | None = "local"
 
     @classmethod
     def fresh(
@@ -71,9 +74,7 @@ class Stack:
                 self.queues,
                 "--worker-image",
                 self.worker_image,
-                # RayCluster pods are kwok's here: Ray drivers start a Ray on the host.
-                "--ray-address",
-                "local",
+                *(("--ray-address", self.ray_address) if self.ray_address else ()),
                 *self.operator_args,
             ),
         )
@@ -202,8 +203,9 @@ def pod_stack(
 ) -> Iterator[Stack]:
     """The operator as a host process; the work only in pods."""
     stack = Stack.fresh(
-        pod_namespace, cluster, temporal_address, tmp_path, worker_image=worker_image
-    )
+        pod_namespace, cluster, temporal_address, tmp_path, worker_image=worker_image,
+        ray_address=None,
+    )  # fmt: skip
     stack.start_operator()
     yield stack
     stack.stop_all()

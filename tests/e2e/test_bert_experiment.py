@@ -23,7 +23,7 @@ from tests.e2e.conftest import (
     kube_json,
     until_released,
 )
-from tests.support import eventually
+from tests.support import eventually, node_pool
 
 pytestmark = pytest.mark.kube
 
@@ -93,7 +93,7 @@ async def test_experiment_trains_evaluates_and_reports_in_status(
             p["metadata"]["labels"]["app.kubernetes.io/component"]: p["spec"]["nodeName"]
             for p in pods
         }
-        assert nodes["training-worker"].startswith("kwok-gpu-"), nodes
+        assert node_pool(cluster.kubectl, nodes["training-worker"]) == "gpu", nodes
         # ReadWriteOnce claims: eval runs on its trainer's node, tolerating its GPU taint.
         assert nodes["eval-worker"] == nodes["training-worker"], nodes
 

@@ -1,5 +1,7 @@
-"""Cifar10Scaling end to end: CR → RayCluster (real KubeRay, kwok pods) → workflow → Ray Train
-DDP on the host's Ray → `.status` results → RayCluster deleted."""
+"""Cifar10Scaling end to end on kwok pods: CR → RayCluster (real KubeRay) → workflow → Ray
+Train on the host's Ray → `.status` results → RayCluster deleted; specs that cannot run. (In
+real pods, DDP over two Ray worker pods and a pod killed mid-scale: test_scaling_pods.py; 1
+and 2 workers compared: tests/temporal/test_scaling_workflow.py.)"""
 
 from __future__ import annotations
 
@@ -46,7 +48,7 @@ async def test_scaling_experiment_runs_on_ray_and_reports_results(
     cluster: ClusterHandle, stack: Stack
 ) -> None:
     ns = stack.namespace
-    apply(cluster, ns, scaling("scale"))
+    apply(cluster, ns, scaling("scale", scales=[{"workers": 1, "epochs": 1, "batchSize": 64}]))
     owner_uid = kube_json(cluster, ns, f"{KIND}.tempotrain.dev", "scale")["metadata"]["uid"]
 
     async def ray_cluster() -> dict[str, Any] | None:
@@ -58,7 +60,7 @@ async def test_scaling_experiment_runs_on_ray_and_reports_results(
     owner = created["metadata"]["ownerReferences"][0]
     assert (owner["kind"], owner["uid"], owner["controller"]) == ("Cifar10Scaling", owner_uid, True)
     group = created["spec"]["workerGroupSpecs"][0]
-    assert group["replicas"] == group["minReplicas"] == group["maxReplicas"] == 2  # largest scale
+    assert group["replicas"] == group["minReplicas"] == group["maxReplicas"] == 1
     worker = group["template"]["spec"]["containers"][0]
     assert worker["resources"]["limits"] == {"cpu": "1", "memory": "2Gi"}  # no GPUs asked for
     assert group["rayStartParams"]["num-cpus"] == "1"
@@ -75,17 +77,15 @@ async def test_scaling_experiment_runs_on_ray_and_reports_results(
     assert conditions["WorkflowStarted"]["status"] == "True"
     assert conditions["Completed"]["reason"] == "Succeeded"
     assert status["rayAddress"] == "local"
-    assert status["done"] == "2/2"
-    one, two = status["results"]
-    assert (one["workers"], two["workers"]) == (1, 2)
-    assert one["speedup"] == 1.0 and one["efficiency"] == 1.0
-    assert two["speedup"] > 0 and two["efficiency"] == pytest.approx(two["speedup"] / 2, abs=1e-3)
-    assert status["bestAccuracy"] == max(one["testAccuracy"], two["testAccuracy"])
-    assert two["checkpointPath"].startswith(str(stack.runs / "scale" / "scale-1-2w"))
+    assert status["done"] == "1/1"
+    [one] = status["results"]
+    assert one["workers"] == 1 and one["speedup"] == 1.0 and one["efficiency"] == 1.0
+    assert status["bestAccuracy"] == one["testAccuracy"]
+    assert one["checkpointPath"].startswith(str(stack.runs / "scale" / "scale-0-1w"))
 
     await until_no_ray_cluster(cluster, ns, within=60)
     table = cluster.kubectl("get", "c10s", "scale", "-n", ns)
-    assert "Succeeded" in table and "2/2" in table
+    assert "Succeeded" in table and "1/1" in table
 
 
 async def test_semantically_invalid_scaling_spec_reaches_invalid_spec(

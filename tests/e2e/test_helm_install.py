@@ -1,18 +1,25 @@
-"""The Helm chart on the local control plane: it installs (its pods land on kwok nodes), its
-RBAC is enough for the operator to run real experiments as the chart's ServiceAccount, and
-uninstalling leaves only the CRDs (kept on purpose: deleting them would delete every CR)."""
+"""The Helm chart on the local control plane. Installed with the images built here, its
+operator runs in its pod under the chart's ServiceAccount and trains a BertExperiment in pods,
+with either RBAC scope (namespaced on the session's platform, cluster-wide on a platform of its
+own); as that ServiceAccount its RBAC also suffices for a Cifar10Scaling's RayCluster.
+Uninstalling leaves the CRDs (deleting them would delete every CR) and the Retain claims."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import kr8s.asyncio
 import pytest
 import yaml
 from tempotrain_dev.commands import Queues
+from tempotrain_dev.platform import Platform
+from tempotrain_dev.real_node import NODE_NAME
 from tempotrain_dev.tools import REPO_ROOT, Tools
 from tempotrain_workers.sample_data import write_sentiment_jsonl
 
@@ -21,7 +28,7 @@ from tests.e2e.conftest import Stack, apply, experiment, experiment_status, kube
 from tests.e2e.test_cifar10_scaling import scaling, until_no_ray_cluster
 from tests.e2e.test_real_pods import data_volume as _data_volume
 from tests.e2e.test_real_pods import pod_experiment
-from tests.support import eventually
+from tests.support import Kubectl, eventually
 
 pytestmark = pytest.mark.kube
 CHART = REPO_ROOT / "charts" / "tempotrain"
@@ -99,7 +106,7 @@ async def test_chart_installs_its_rbac_suffices_and_uninstall_keeps_only_the_crd
     ]
     assert len(operator_pods) == 1, [p["metadata"]["name"] for p in pods]
     assert operator_pods[0]["status"]["phase"] == "Running"
-    assert operator_pods[0]["spec"]["nodeName"].startswith("kwok-")
+    assert operator_pods[0]["spec"]["nodeName"]
     account = operator_pods[0]["spec"]["serviceAccountName"]
 
     # RBAC is sufficient: the operator as that ServiceAccount, not as admin, runs a
@@ -184,43 +191,112 @@ async def test_helm_installed_operator_runs_in_its_pod_and_trains_an_experiment_
     """What a user installs: the chart with its images, the operator in its pod under the
     chart's ServiceAccount (in-cluster config, namespaced RBAC), and a BertExperiment trained
     and evaluated in pods that operator made."""
-    ns = pod_namespace
-    release = f"tt-{uuid.uuid4().hex[:6]}"
-    operator_repository, operator_tag = _split(operator_image)
-    workers_repository, workers_tag = _split(worker_image)
-    values = {
-        "operator.image.repository": operator_repository,
-        "operator.image.tag": operator_tag,
-        "operator.image.pullPolicy": "Never",  # built here; there is no registry to pull from
-        "operator.resyncSeconds": "10",
-        "workers.image.repository": workers_repository,
-        "workers.image.tag": workers_tag,
-        "temporal.devServer.enabled": "false",
-        "temporal.address": temporal_address,
-        "queues.status": f"operator-{release}",  # no other test's worker pushes here
-        "rbac.scope": "namespaced",
-        "watchNamespaces": f"{{{ns}}}",
-    }
-    sets = [arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]
-    # --take-ownership: the session's `crds` fixture applied the CRDs already. --wait: the
-    # operator pod is Ready, i.e. kopf's /healthz answers from inside it.
-    helm(tools, cluster, "install", release, str(CHART), "-n", ns, "--take-ownership",
-         "--wait", "--timeout", "180s", *sets)  # fmt: skip
+    install = ChartInstall(
+        release=f"tt-{uuid.uuid4().hex[:6]}",
+        namespace=pod_namespace,
+        operator_image=operator_image,
+        worker_image=worker_image,
+        temporal_address=temporal_address,
+        # A Role in the one namespace it watches; this test's queue: no other operator's.
+        values={"rbac.scope": "namespaced", "watchNamespaces": f"{{{pod_namespace}}}"},
+    )
+    await chart_trains_in_pods(cluster, tools, install, pod_namespace, real_node, minilm_path)
+
+
+async def test_cluster_scoped_chart_trains_an_experiment_in_pods_on_a_platform_of_its_own(
+    tools: Tools, operator_image: str, worker_image: str, minilm_path: Path, tmp_path: Path
+) -> None:
+    """rbac.scope=cluster, as most users install it: a ClusterRole, every namespace watched,
+    the experiment in a namespace other than the chart's. On a platform of its own: such an
+    operator reconciles every experiment it can see, the other tests' too."""
+    if os.environ.get("TEMPOTRAIN_KUBECONFIG"):
+        pytest.skip("a cluster-wide operator needs a platform of its own")
+    platform = Platform(tmp_path / "platform")
+    try:
+        platform.up(log=lambda _: None)
+        assert platform.node is not None, platform.no_node_reason
+        platform.images(["operator", "workers"], log=lambda _: None)
+        kubeconfig = platform.cluster.kubeconfig
+        cluster = ClusterHandle(
+            kubeconfig,
+            await kr8s.asyncio.api(kubeconfig=str(kubeconfig)),
+            Kubectl(tools.kubectl, kubeconfig),
+        )
+        for namespace in ("tempotrain-system", "research"):
+            cluster.kubectl("create", "namespace", namespace)
+        install = ChartInstall(
+            release="tempotrain",
+            namespace="tempotrain-system",
+            operator_image=operator_image,
+            worker_image=worker_image,
+            temporal_address=platform.temporal.address,
+            values={"rbac.scope": "cluster"},
+        )
+        await chart_trains_in_pods(cluster, tools, install, "research", NODE_NAME, minilm_path)
+    finally:
+        platform.down(log=lambda _: None)
+    assert platform.leftovers() == []
+
+
+@dataclass(frozen=True)
+class ChartInstall:
+    release: str
+    namespace: str
+    operator_image: str
+    worker_image: str
+    temporal_address: str
+    values: dict[str, str]
+
+    def set_args(self) -> list[str]:
+        operator_repository, operator_tag = _split(self.operator_image)
+        workers_repository, workers_tag = _split(self.worker_image)
+        values = {
+            "operator.image.repository": operator_repository,
+            "operator.image.tag": operator_tag,
+            "operator.image.pullPolicy": "Never",  # built here; there is no registry
+            "operator.resyncSeconds": "10",
+            "workers.image.repository": workers_repository,
+            "workers.image.tag": workers_tag,
+            "temporal.devServer.enabled": "false",
+            "temporal.address": self.temporal_address,
+            "queues.status": f"operator-{self.release}",  # no other test's worker pushes here
+            **self.values,
+        }
+        return [arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]
+
+
+async def chart_trains_in_pods(
+    cluster: ClusterHandle,
+    tools: Tools,
+    install: ChartInstall,
+    namespace: str,
+    node: str,
+    minilm_path: Path,
+) -> None:
+    """Install the chart; its operator, in its pod on `node`, trains and evaluates a
+    BertExperiment in `namespace` in pods, without one 403; uninstall it. The CRDs and the
+    Retain claims stay."""
+    # --take-ownership: the CRDs may be there already (the session's `crds` fixture). --wait:
+    # the operator pod is Ready, i.e. kopf's /healthz answers from inside it.
+    helm(tools, cluster, "install", install.release, str(CHART), "-n", install.namespace,
+         "--take-ownership", "--wait", "--timeout", "180s", *install.set_args())  # fmt: skip
     try:
         [operator_pod] = [
             p
-            for p in kube_json(cluster, ns, "pods")["items"]
+            for p in kube_json(cluster, install.namespace, "pods")["items"]
             if p["metadata"]["labels"].get("app.kubernetes.io/component") == "operator"
         ]
-        assert operator_pod["spec"]["nodeName"] == real_node
-        assert operator_pod["spec"]["containers"][0]["image"] == operator_image
+        assert operator_pod["spec"]["nodeName"] == node
+        assert operator_pod["spec"]["containers"][0]["image"] == install.operator_image
         operator_name = operator_pod["metadata"]["name"]
+        for crd in CRD_NAMES:  # installed by the chart where they were not yet
+            cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s")
 
-        data_volume = await _data_volume(cluster, ns, minilm_path)
-        apply(cluster, ns, pod_experiment("sentiment", epochs=1))
+        data_volume = await _data_volume(cluster, namespace, minilm_path)
+        apply(cluster, namespace, pod_experiment("sentiment", epochs=1))
 
         async def succeeded() -> dict[str, Any] | None:
-            status = experiment_status(cluster, ns, "sentiment")
+            status = experiment_status(cluster, namespace, "sentiment")
             if status.get("phase") == "Failed":
                 raise AssertionError(status)
             return status if status.get("phase") == "Succeeded" else None
@@ -228,15 +304,15 @@ async def test_helm_installed_operator_runs_in_its_pod_and_trains_an_experiment_
         status = await eventually(succeeded, within=420, what="the experiment to succeed")
         assert 0.0 <= status["metrics"]["evalAccuracy"] <= 1.0, status
         assert (data_volume / "datasets" / "sentiment.jsonl").exists()
-        log = cluster.kubectl("logs", operator_name, "-n", ns)
+        log = cluster.kubectl("logs", operator_name, "-n", install.namespace)
         assert "forbidden" not in log.lower(), log[-3000:]  # RBAC sufficed, as this account
 
         # The experiment goes first (its operator removes the finalizer), then the chart.
-        cluster.kubectl("delete", "bertexperiment", "sentiment", "-n", ns, "--timeout=120s")
+        cluster.kubectl("delete", "bertexperiment", "sentiment", "-n", namespace, "--timeout=120s")
     finally:
-        helm(tools, cluster, "uninstall", release, "-n", ns, "--wait")
+        helm(tools, cluster, "uninstall", install.release, "-n", install.namespace, "--wait")
     for crd in CRD_NAMES:  # kept: helm.sh/resource-policy: keep
         cluster.kubectl("get", "crd", crd)
     # The Retain claims outlive both the experiment and the chart: the checkpoints are safe.
-    claims = {c["metadata"]["name"] for c in kube_json(cluster, ns, "pvc")["items"]}
+    claims = {c["metadata"]["name"] for c in kube_json(cluster, namespace, "pvc")["items"]}
     assert "sentiment-runs" in claims, claims

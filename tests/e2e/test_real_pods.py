@@ -71,7 +71,8 @@ def training_pods(cluster: ClusterHandle, namespace: str) -> list[dict[str, Any]
 
 
 def reached_step(run_dir: Path) -> int:
-    """The last step the trainer finished (it rewrites progress.json every step)."""
+    """The last step the trainer reported: progress.json is rewritten every 2 s of training
+    and on every save (so it holds the step of a checkpoint just written)."""
     try:
         return int(json.loads((run_dir / "progress.json").read_text())["step"])
     except (FileNotFoundError, json.JSONDecodeError, KeyError):

@@ -14,7 +14,7 @@ import yaml
 from kr8s.asyncio.objects import Deployment, Pod, ReplicaSet
 
 from tests.conftest import ClusterHandle
-from tests.support import eventually
+from tests.support import eventually, node_pool
 
 pytestmark = pytest.mark.kube
 
@@ -45,9 +45,11 @@ async def test_a_client_on_the_platform_kubeconfig_leaves_no_key_in_tmp(
     assert not [f for f in written if f.read_bytes().startswith(b"-----BEGIN")], written
 
 
-async def test_kwok_nodes_cpu_and_gpu_pools_are_ready(cluster: ClusterHandle) -> None:
+async def test_kwok_nodes_cpu_and_gpu_pools_are_ready(
+    cluster: ClusterHandle, kwok_nodes: list[str]
+) -> None:
     nodes = json.loads(cluster.kubectl("get", "nodes", "-o", "json"))["items"]
-    kwok = [n for n in nodes if "kwok.x-k8s.io/node" in n["metadata"]["annotations"]]
+    kwok = [n for n in nodes if n["metadata"]["name"] in kwok_nodes]
     by_pool: dict[str, list[dict]] = {}
     for node in kwok:
         pool = node["metadata"]["labels"].get("tempotrain.dev/node-pool")
@@ -91,6 +93,7 @@ async def _pods(cluster: ClusterHandle, namespace: str) -> list[Pod]:
     return [p async for p in cluster.api.get("pods", namespace=namespace)]
 
 
+@pytest.mark.usefixtures("kwok_nodes")  # busybox: never pulled, kwok runs nothing
 async def test_deployment_pod_runs_on_a_kwok_node_and_is_garbage_collected(
     cluster: ClusterHandle, namespace: str
 ) -> None:
@@ -102,7 +105,7 @@ async def test_deployment_pod_runs_on_a_kwok_node_and_is_garbage_collected(
         return next((p for p in pods if p.status.get("phase") == "Running"), None)
 
     pod = await eventually(running_pod, within=60, what="a Running pod (scheduler + kwok)")
-    assert pod.spec["nodeName"].startswith("kwok-cpu-")  # GPU nodes are tainted
+    assert node_pool(cluster.kubectl, pod.spec["nodeName"]) == "cpu"  # GPU nodes: tainted
     replica_sets = [rs async for rs in cluster.api.get("replicasets", namespace=namespace)]
     assert len(replica_sets) == 1
     assert replica_sets[0].metadata["ownerReferences"][0]["uid"] == deployment.metadata["uid"]
@@ -116,6 +119,7 @@ async def test_deployment_pod_runs_on_a_kwok_node_and_is_garbage_collected(
     await eventually(all_collected, within=60, what="ReplicaSet and Pod garbage collection")
 
 
+@pytest.mark.usefixtures("kwok_nodes")  # busybox: never pulled, kwok runs nothing
 async def test_gpu_pod_lands_on_a_gpu_node(cluster: ClusterHandle, namespace: str) -> None:
     manifest = _deployment(
         "trainer",
@@ -132,7 +136,7 @@ async def test_gpu_pod_lands_on_a_gpu_node(cluster: ClusterHandle, namespace: st
         return running[0].spec["nodeName"] if running else None
 
     node = await eventually(scheduled_node, within=60, what="the GPU pod to run")
-    assert node.startswith("kwok-gpu-")
+    assert node_pool(cluster.kubectl, node) == "gpu"
 
 
 def _widget_crd(group: str) -> dict:

@@ -10,9 +10,10 @@ import pytest
 from kr8s.asyncio.objects import Pod, new_class
 
 from tests.conftest import ClusterHandle
-from tests.support import eventually
+from tests.support import eventually, node_pool
 
-pytestmark = pytest.mark.kube
+# kwok makes the Ray pods Running without running Ray.
+pytestmark = [pytest.mark.kube, pytest.mark.usefixtures("kwok_nodes")]
 
 RayCluster = new_class("RayCluster.ray.io/v1", namespaced=True, plural="rayclusters")
 
@@ -79,7 +80,8 @@ async def test_raycluster_turns_ready_on_cpu_nodes_and_deleting_it_removes_its_p
     pods = await _ray_pods(cluster, namespace, "cpu")
     kinds = sorted(p.metadata["labels"]["ray.io/node-type"] for p in pods)
     assert kinds == ["head", "worker", "worker"]
-    assert all(p.spec["nodeName"].startswith("kwok-cpu-") for p in pods)  # GPU nodes: tainted
+    # GPU nodes are tainted.
+    assert {node_pool(cluster.kubectl, p.spec["nodeName"]) for p in pods} == {"cpu"}
 
     await ray_cluster.delete()
 
@@ -107,4 +109,4 @@ async def test_gpu_worker_group_that_tolerates_the_gpu_taint_lands_on_gpu_nodes(
         if p.metadata["labels"]["ray.io/node-type"] == "worker"
     ]
     assert len(workers) == 2
-    assert all(p.spec["nodeName"].startswith("kwok-gpu-") for p in workers)
+    assert {node_pool(cluster.kubectl, p.spec["nodeName"]) for p in workers} == {"gpu"}

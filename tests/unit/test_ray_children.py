@@ -84,6 +84,13 @@ def test_one_worker_pod_per_rank_of_the_largest_scale_and_the_most_cpus_any_scal
     assert workers["rayStartParams"] == {"num-cpus": "4"}
 
 
+def test_a_smaller_worker_pod_cpu_packs_pods_while_ray_still_counts_the_scales_cpus() -> None:
+    _, workers = _groups(build_ray_cluster(_experiment(ray={"worker": {"cpu": "500m"}}), "i"))
+    resources = _container(workers)["resources"]
+    assert resources["requests"]["cpu"] == resources["limits"]["cpu"] == "500m"
+    assert workers["rayStartParams"] == {"num-cpus": "4"}
+
+
 def test_a_cpu_only_cluster_asks_for_no_gpus_and_tolerates_no_gpu_taint() -> None:
     cluster = build_ray_cluster(_experiment(), DEFAULT_IMAGE)
     head, workers = _groups(cluster)
@@ -254,7 +261,8 @@ def test_ray_driver_worker_polls_the_ray_queue_on_cpu() -> None:
     container = pod["containers"][0]
     assert container["command"][-2:] == ["--queue", "ray-q-uid"]
     assert container["image"] == "img:1"
-    assert "limits" not in container["resources"]
+    # It only submits and supervises; the training runs on the Ray pods.
+    assert container["resources"] == {"requests": {"cpu": "250m", "memory": "1Gi"}}
     assert "tolerations" not in pod
     assert {m["mountPath"] for m in container["volumeMounts"]} >= {"/data/snapshots", "/data/runs"}
 

@@ -101,31 +101,33 @@ def build_callback(job: TrainerJob) -> Any:
                 control.should_training_stop = True
             elif interval and time.monotonic() - self.last_save >= interval:
                 control.should_save = True
+            due = time.monotonic() - self.last_progress >= PROGRESS_EVERY_SECONDS
+            if state.is_world_process_zero and due:
+                self.report_progress(state)
+
+        def report_progress(self, state: Any) -> None:
+            """progress.json on the runs volume, and the progress event. At the logging
+            cadence, on every save and at the end, not every step: on a network filesystem
+            a rewrite per step costs several round trips each."""
+            self.last_progress = time.monotonic()
+            progress = {
+                "step": state.global_step,
+                "total_steps": state.max_steps,
+                "epoch": state.epoch,
+                "loss": self.last_loss,
+            }
+            write_json_atomically(run_dir / "progress.json", progress)
+            emit("progress", **progress)
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
             if state.is_world_process_zero:
-                write_json_atomically(
-                    run_dir / "progress.json",
-                    {
-                        "step": state.global_step,
-                        "total_steps": state.max_steps,
-                        "epoch": state.epoch,
-                        "loss": self.last_loss,
-                    },
-                )
-                now = time.monotonic()
-                if now - self.last_progress >= PROGRESS_EVERY_SECONDS:
-                    self.last_progress = now
-                    emit(
-                        "progress",
-                        step=state.global_step,
-                        total_steps=state.max_steps,
-                        epoch=state.epoch,
-                        loss=self.last_loss,
-                    )
+                self.report_progress(state)
 
         def on_save(self, args: Any, state: Any, control: Any, **_: Any) -> None:
             self.last_save = time.monotonic()
             if not state.is_world_process_zero:
                 return
+            self.report_progress(state)  # a reader sees the step this checkpoint holds
             checkpoint = run_dir / f"checkpoint-{state.global_step}"
             info = write_marker(
                 checkpoint,

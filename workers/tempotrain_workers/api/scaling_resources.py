@@ -61,6 +61,12 @@ class RayWorkerResources(WireModel):
     """Per Ray worker pod; CPUs and GPUs come from the largest scale."""
 
     memory: Quantity = "8Gi"
+    cpu: Quantity | None = Field(
+        default=None,
+        description="CPU request and limit of each Ray worker pod; default: the largest "
+        "scale's cpusPerWorker. Ray still counts cpusPerWorker CPUs per pod, so a smaller "
+        "value packs the pods onto fewer cores (slower, same results)",
+    )
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
 
