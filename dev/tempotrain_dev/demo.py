@@ -2,15 +2,16 @@
 on the local platform.
 
 `bert` applies examples/bert-experiment-local.yaml (MiniLM and a generated dataset, put on
-the claim `demo-data` first). Where the platform has a real node it runs in real pods: the
-operator (a platform process) creates the training and eval pods from the workers image
-built here, and no host worker runs. Without a real node it says why in one line and runs
-with host workers instead, as `cifar10` and `inference` always do for now: the operator and a
-host worker (training, eval, Ray and inference queues) as platform processes, the pods on
-kwok nodes (namespace `demo-host`). `cifar10` applies examples/cifar10-scaling-local.yaml
-(synthetic images, 1 and 2 Ray Train workers on the host worker's own Ray); `inference` runs
-the BERT demo first (or reuses it, once Succeeded) and then examples/batch-inference-local.yaml
-over its trained model. Each time `kubectl get` is shown as it changes until it finishes.
+the claim `demo-data` first). `cifar10` applies examples/cifar10-scaling-local.yaml
+(synthetic images, 1 and 2 Ray Train workers); `inference` runs the BERT demo first (or reuses
+it, once Succeeded) and then examples/batch-inference-local.yaml over its trained model. Each
+time `kubectl get` is shown as it changes until it finishes.
+
+Where the platform has a real node they run in real pods: the operator (a platform process)
+creates the worker pods, and KubeRay the Ray pods, from the workers image built here; no host
+worker runs. Without a real node the demo says why in one line and runs with host workers
+instead: the operator and a host worker (training, eval, Ray and inference queues) as
+platform processes, the pods on kwok nodes (namespace `demo-host`), Ray started on the host.
 """
 
 from __future__ import annotations
@@ -121,11 +122,10 @@ def run_demo(platform: Platform, experiment: str = "bert") -> int:
     platform.up()
     cluster = platform.cluster
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO_ROOT / "crds"))
-    if experiment == "bert" and platform.node is not None:
+    if platform.node is not None:
         runner: DemoRunner = PodDemo(platform)
     else:
-        if experiment == "bert":
-            print(f"real node: none ({platform.no_node_reason}); the demo runs on host workers")
+        print(f"real node: none ({platform.no_node_reason}); the demo runs on host workers")
         runner = HostDemo(platform)
     runner.start()
     if demo.needs is not None:
