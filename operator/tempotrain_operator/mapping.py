@@ -68,6 +68,7 @@ def coordinator_input(
         save_steps=training.save_steps,
         save_interval_minutes=training.save_interval_minutes,
         save_total_limit=training.save_total_limit,
+        heartbeat_timeout_seconds=training.heartbeat_timeout_seconds,
     )
     evaluation = BertEvalRequest(
         batch_size=spec.evaluation.batch_size,

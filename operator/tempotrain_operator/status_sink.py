@@ -14,7 +14,13 @@ from typing import Any
 from temporalio import activity
 from temporalio.client import Client
 from temporalio.worker import Worker
-from tempotrain_workers.api import PUBLISH_STATUS_ACTIVITY, TERMINAL_PHASES, Phase, StatusUpdate
+from tempotrain_workers.api import (
+    PUBLISH_STATUS_ACTIVITY,
+    TERMINAL_PHASES,
+    Phase,
+    StatusTarget,
+    StatusUpdate,
+)
 
 from tempotrain_operator import compute, conditions, kube
 from tempotrain_operator.mapping import status_patch
@@ -32,12 +38,22 @@ async def publish_status(update: StatusUpdate) -> None:
         activity.logger.warning("status for unknown kind %s dropped", target.kind)
         return
     experiment = await kube.get_experiment(target.namespace, target.name, target.kind)
-    if experiment is None or (target.uid and experiment.raw["metadata"].get("uid") != target.uid):
+    if experiment is None:
         activity.logger.info(
             "%s/%s is gone; dropping its status update", target.namespace, target.name
         )
         return
     raw: dict[str, Any] = dict(experiment.raw)
+    refused = refusal(target, raw)
+    if refused:
+        activity.logger.warning(
+            "status update for %s %s/%s refused: %s",
+            target.kind,
+            target.namespace,
+            target.name,
+            refused,
+        )
+        return
     status: dict[str, Any] = dict(raw.get("status") or {})
     patch = status_patch(update, status)
     finished = update.phase in TERMINAL_PHASES and "phase" in patch
@@ -63,6 +79,18 @@ async def publish_status(update: StatusUpdate) -> None:
             target.name,
             wait=RELEASE_WAIT_SECONDS,
         )
+
+
+def refusal(target: StatusTarget, experiment: dict[str, Any]) -> str | None:
+    """Why an update must not touch this CR; None when it may. The uid is the proof: only the
+    workflow the operator started for this very object carries it (a same-named CR created
+    later has another), so anyone else able to reach Temporal cannot fail an experiment."""
+    uid = experiment["metadata"].get("uid")
+    if not target.uid:
+        return "it names no uid"
+    if target.uid != uid:
+        return f"it is for uid {target.uid}, this object is {uid} (an older one of that name?)"
+    return None
 
 
 async def run_status_sink(client_factory: Any, queue: str, stop: asyncio.Event) -> None:

@@ -89,10 +89,14 @@ def test_pvcs_follow_reclaim_policy_and_existing_claims() -> None:
 
 def test_workflow_input_carries_the_spec_and_a_status_target() -> None:
     experiment = _experiment(
-        dataset={"file": "data/x.jsonl"}, training={"epochs": 1.5}, runId="my-run"
+        dataset={"file": "data/x.jsonl"},
+        training={"epochs": 1.5, "heartbeatTimeoutSeconds": 45},
+        runId="my-run",
     )
     request = coordinator_input("exp", "ns", "uid-1", experiment.spec, "opq", "tq", "eq")
     config = request.configs[0].fine_tune
+    assert config.heartbeat_timeout_seconds == 45
+    assert _experiment().spec.training.heartbeat_timeout_seconds == 15  # a crash costs seconds
     assert (config.run_id, config.dataset_name, config.dataset_config) == (
         "my-run",
         "data/x.jsonl",

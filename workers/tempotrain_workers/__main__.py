@@ -22,6 +22,7 @@ from tempotrain_workers.activities import (
 )
 from tempotrain_workers.api import INFERENCE_QUEUE, RAY_QUEUE, TRAINING_QUEUE
 from tempotrain_workers.health import HealthServer
+from tempotrain_workers.ml_imports import import_ml_stack
 from tempotrain_workers.settings import WorkerSettings, parse_worker_settings
 from tempotrain_workers.workflows import ALL_WORKFLOWS
 
@@ -66,7 +67,7 @@ async def _run(settings: WorkerSettings, stop: asyncio.Event, health: HealthServ
         for queue in settings.queues
     ]
     # Import the ML stack while polling starts, so the first job does not pay for it.
-    warming = asyncio.create_task(asyncio.to_thread(_warm_imports))
+    warming = asyncio.create_task(asyncio.to_thread(import_ml_stack))
     log.info(
         "polling %s at %s (snapshots %s, runs %s)",
         ", ".join(settings.queues),
@@ -87,14 +88,6 @@ async def _run(settings: WorkerSettings, stop: asyncio.Event, health: HealthServ
     for task in done:
         if task is not stopped and task.exception() is not None:
             raise task.exception()  # type: ignore[misc]
-
-
-def _warm_imports() -> None:
-    try:
-        import datasets  # noqa: F401
-        import transformers  # noqa: F401
-    except ImportError:  # an operator-only install: activities will report what is missing
-        pass
 
 
 def main(argv: list[str] | None = None) -> int:

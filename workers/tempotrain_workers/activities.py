@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from temporalio import activity
 
@@ -28,8 +28,8 @@ from tempotrain_workers.api import (
     ScaleTrainRequest,
     ScaleTrainResult,
 )
-
-T = TypeVar("T")
+from tempotrain_workers.heartbeats import heartbeating
+from tempotrain_workers.ml_imports import import_ml_stack
 
 
 @dataclass(frozen=True)
@@ -52,10 +52,11 @@ class BertActivities:
     async def create_dataset_snapshot(
         self, request: DatasetSnapshotRequest
     ) -> DatasetSnapshotResult:
+        await asyncio.to_thread(import_ml_stack)  # waits for the worker's warm-up, if any
         from tempotrain_workers.snapshots import create_snapshot
 
         root = self._snapshots_root(request.snapshots_root)
-        result = await asyncio.to_thread(create_snapshot, request, root)
+        result = await heartbeating(create_snapshot, request, root)
         activity.logger.info(
             "snapshot %s (%s)", result.snapshot_id, "reused" if result.reused else "written"
         )
@@ -69,9 +70,10 @@ class BertActivities:
 
     @activity.defn(name="run_bert_evaluation")
     async def run_bert_evaluation(self, request: BertEvalRequest) -> BertEvalResult:
+        await asyncio.to_thread(import_ml_stack)
         from tempotrain_workers.evaluation import evaluate
 
-        return await asyncio.to_thread(
+        return await heartbeating(
             evaluate,
             request,
             self._runs_root(request.runs_root),
@@ -80,9 +82,10 @@ class BertActivities:
 
     @activity.defn(name="run_bert_inference")
     async def run_bert_inference(self, request: BertInferenceRequest) -> BertInferenceResult:
+        await asyncio.to_thread(import_ml_stack)
         from tempotrain_workers.evaluation import infer
 
-        return await asyncio.to_thread(infer, request, self._runs_root(request.runs_root))
+        return await heartbeating(infer, request, self._runs_root(request.runs_root))
 
     def all(self) -> list[Callable[..., Any]]:
         return [
@@ -125,34 +128,20 @@ class InferenceActivities:
     async def plan_inference(self, request: PlanRequest) -> InferencePlan:
         from tempotrain_workers.inference.chunks import plan_inference
 
-        return await _heartbeating(plan_inference, request, self.roots)
+        return await heartbeating(plan_inference, request, self.roots)
 
     @activity.defn(name="process_chunk")
     async def process_chunk(self, request: ChunkRequest) -> ChunkOutcome:
         from tempotrain_workers.inference.chunks import process_chunk
 
-        outcome: ChunkOutcome = await _heartbeating(process_chunk, request, self.roots)
+        outcome: ChunkOutcome = await heartbeating(process_chunk, request, self.roots)
         return outcome.model_copy(update={"attempt": activity.info().attempt})
 
     @activity.defn(name="merge_chunks")
     async def merge_chunks(self, request: MergeRequest) -> MergeResult:
         from tempotrain_workers.inference.chunks import merge_chunks
 
-        return await _heartbeating(merge_chunks, request, self.roots)
+        return await heartbeating(merge_chunks, request, self.roots)
 
     def all(self) -> list[Callable[..., Any]]:
         return [self.plan_inference, self.process_chunk, self.merge_chunks]
-
-
-HEARTBEAT_SECONDS = 2.0
-
-
-async def _heartbeating(function: Callable[..., T], *args: Any) -> T:
-    """Run blocking work in a thread, heartbeating meanwhile: a worker that dies mid-chunk is
-    noticed within the heartbeat timeout, not the chunk's whole time limit."""
-    work = asyncio.ensure_future(asyncio.to_thread(function, *args))
-    while True:
-        done, _ = await asyncio.wait({work}, timeout=HEARTBEAT_SECONDS)
-        if done:
-            return work.result()
-        activity.heartbeat()

@@ -28,6 +28,7 @@ from tempotrain_workers.api import (
 )
 from tempotrain_workers.checkpoints import latest_verified
 from tempotrain_workers.errors import non_retryable
+from tempotrain_workers.heartbeats import HEARTBEAT_SECONDS
 from tempotrain_workers.subprocesses import die_with_parent
 from tempotrain_workers.trainer_main import EVENT_PREFIX, EXIT_BAD_INPUT, EXIT_STOPPED, TrainerJob
 
@@ -64,6 +65,15 @@ class TrainerSupervisor:
         self._last_progress_signal: float = 0.0
 
     async def run(self) -> BertFineTuneResult:
+        # From the first moment: the resume scan (sha256 of every checkpoint file) and the
+        # torch import can take longer than the heartbeat timeout on a large run.
+        heartbeats = asyncio.create_task(self._heartbeat_forever())
+        try:
+            return await self._supervise()
+        finally:
+            heartbeats.cancel()
+
+    async def _supervise(self) -> BertFineTuneResult:
         snapshot = self.request.snapshot
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "result.json").unlink(missing_ok=True)
@@ -98,15 +108,12 @@ class TrainerSupervisor:
                 preexec_fn=die_with_parent,
                 env={**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"},
             )
-        heartbeats = asyncio.create_task(self._heartbeat_forever())
         try:
             await self._relay_events(process)
             returncode = await process.wait()
         except asyncio.CancelledError:
             await self._stop_gracefully(process)
             raise
-        finally:
-            heartbeats.cancel()
         return self._result(returncode, log_file)
 
     def _with_local_model(self, snapshots_root: Path) -> BertFineTuneConfig:
@@ -165,7 +172,7 @@ class TrainerSupervisor:
         }
 
     async def _heartbeat_forever(self) -> None:
-        interval = max(1.0, min(5.0, self.config.heartbeat_timeout_seconds / 4))
+        interval = max(1.0, min(HEARTBEAT_SECONDS, self.config.heartbeat_timeout_seconds / 4))
         while True:
             activity.heartbeat(self._heartbeat_details())
             await asyncio.sleep(interval)

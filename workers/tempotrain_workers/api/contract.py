@@ -6,7 +6,7 @@ bad request fails when it is built (or when the workflow rejects it), never deep
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 from pydantic import ConfigDict, Field, model_validator
@@ -30,6 +30,12 @@ PUBLISH_STATUS_ACTIVITY = "publish_status"
 DEFAULT_MODEL = "bert-base-uncased"
 DEFAULT_DATASET = "glue"
 DEFAULT_DATASET_CONFIG = "sst2"
+# Kill → retry costs this plus the trainer's start: 15 s leaves 10 s over the workers' 5 s
+# heartbeat cadence (max_heartbeat_throttle_interval) for a loaded machine.
+DEFAULT_HEARTBEAT_TIMEOUT_SECONDS = 15
+# Snapshots and evaluation: a lost worker is noticed this fast, not after the activity's whole
+# time limit (hours). Their heartbeats come every 2 s from the worker's event loop.
+WORK_HEARTBEAT_TIMEOUT = timedelta(seconds=30)
 
 
 # -- checkpoints ------------------------------------------------------------------------------
@@ -103,7 +109,9 @@ class BertFineTuneConfig(Contract):
     save_interval_minutes: float | None = Field(default=None, gt=0)
     save_total_limit: int | None = Field(default=3, gt=0)
     # A lost worker is noticed after this long without a heartbeat, then the work is retried.
-    heartbeat_timeout_seconds: int = Field(default=120, ge=5, le=3600)
+    # Heartbeats come from the supervising activity's event loop every few seconds (not from
+    # the busy trainer process), so a short timeout is safe and a crash costs seconds.
+    heartbeat_timeout_seconds: int = Field(default=DEFAULT_HEARTBEAT_TIMEOUT_SECONDS, ge=5, le=3600)
 
     @model_validator(mode="after")
     def _some_save_cadence(self) -> BertFineTuneConfig:

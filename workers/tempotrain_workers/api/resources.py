@@ -14,7 +14,12 @@ from typing import Annotated, Literal
 from pydantic import ConfigDict, Field, StringConstraints
 
 from tempotrain_workers.api.base import CEL, DNS_LABEL_PATTERN, WireModel, cel
-from tempotrain_workers.api.contract import DEFAULT_DATASET, DEFAULT_DATASET_CONFIG, Phase
+from tempotrain_workers.api.contract import (
+    DEFAULT_DATASET,
+    DEFAULT_DATASET_CONFIG,
+    DEFAULT_HEARTBEAT_TIMEOUT_SECONDS,
+    Phase,
+)
 from tempotrain_workers.api.pod_settings import PodSettings
 
 GROUP = "tempotrain.dev"
@@ -90,6 +95,14 @@ class TrainingSpec(WireModel):
     save_steps: int | None = Field(default=500, ge=1)
     save_interval_minutes: float | None = Field(default=None, gt=0, le=1440)
     save_total_limit: int | None = Field(default=3, ge=1, le=100)
+    heartbeat_timeout_seconds: int = Field(
+        default=DEFAULT_HEARTBEAT_TIMEOUT_SECONDS,
+        ge=5,
+        le=3600,
+        description="a training worker silent this long is taken for lost and the run "
+        "resumes elsewhere from its last checkpoint; a crash costs about this plus the "
+        "trainer's start",
+    )
 
 
 class EvaluationSpec(WireModel):

@@ -11,6 +11,7 @@ from temporalio.common import RetryPolicy
 with workflow.unsafe.imports_passed_through():
     from tempotrain_workers.api import (
         NON_RETRYABLE_ERRORS,
+        WORK_HEARTBEAT_TIMEOUT,
         BertEvalRequest,
         BertEvalResult,
         BertInferenceRequest,
@@ -29,6 +30,7 @@ class BertEvalWorkflow:
             request,
             result_type=BertEvalResult,
             start_to_close_timeout=timedelta(hours=2),
+            heartbeat_timeout=WORK_HEARTBEAT_TIMEOUT,
             retry_policy=RETRY,
         )
         return result
@@ -43,6 +45,7 @@ class BertInferenceWorkflow:
             request,
             result_type=BertInferenceResult,
             start_to_close_timeout=timedelta(hours=1),
+            heartbeat_timeout=WORK_HEARTBEAT_TIMEOUT,
             retry_policy=RETRY,
         )
         return result

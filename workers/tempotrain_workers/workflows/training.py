@@ -11,6 +11,7 @@ from temporalio.common import RetryPolicy
 with workflow.unsafe.imports_passed_through():
     from tempotrain_workers.api import (
         NON_RETRYABLE_ERRORS,
+        WORK_HEARTBEAT_TIMEOUT,
         BertFineTuneRequest,
         BertFineTuneResult,
         BertTrainingInput,
@@ -55,6 +56,7 @@ class CheckpointedBertTrainingWorkflow:
             result_type=DatasetSnapshotResult,
             task_queue=request.snapshot_queue,
             start_to_close_timeout=timedelta(hours=2),
+            heartbeat_timeout=WORK_HEARTBEAT_TIMEOUT,
             retry_policy=SNAPSHOT_RETRY,
         )
         self._status.update(phase=Phase.TRAINING, snapshot=snapshot)
