@@ -21,6 +21,18 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
+def ports_free(ports: list[int], host: str = "127.0.0.1") -> bool:
+    """Whether every one of these ports can be bound on `host` right now."""
+    for port in ports:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no owner
+            try:
+                s.bind((host, port))
+            except OSError:
+                return False
+    return True
+
+
 def port_open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(1)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tempotrain_dev.net import free_ports
+from tempotrain_dev.net import free_ports, ports_free
 from tempotrain_dev.processes import ManagedProcess
 from tempotrain_dev.waiting import wait_for
 
@@ -64,6 +64,25 @@ class LocalTemporal:
             and self.healthy()
         )
 
+    def _ports_for(self, ip: str) -> tuple[int, int, int, int]:
+        """The recorded ports again when they are still free: a restarted server (after a
+        crash) keeps its address, so the operator and workers pointed at it reconnect.
+        Otherwise free ones, recorded."""
+        names = ("grpc", "ui", "http", "metrics")
+        if self._ports_file.exists():
+            recorded = self.ports
+            ports = [int(recorded[name]) for name in names if name in recorded]
+            same_ip = recorded.get("ip", "127.0.0.1") == ip
+            if same_ip and len(ports) == len(names) and ports_free(ports):
+                grpc, ui, http, metrics = ports
+                return grpc, ui, http, metrics
+        grpc, ui, http, metrics = free_ports(len(names))
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._ports_file.write_text(
+            json.dumps({"ip": ip, "grpc": grpc, "ui": ui, "http": http, "metrics": metrics})
+        )
+        return grpc, ui, http, metrics
+
     def healthy(self) -> bool:
         result = subprocess.run(
             [
@@ -87,11 +106,7 @@ class LocalTemporal:
             log(f"temporal: already up at {self.address} (UI {self.ui_url})")
             return
         if not self.process.is_running():
-            grpc, ui, http, metrics = free_ports(4)
-            self.state_dir.mkdir(parents=True, exist_ok=True)
-            self._ports_file.write_text(
-                json.dumps({"ip": ip, "grpc": grpc, "ui": ui, "http": http, "metrics": metrics})
-            )
+            grpc, ui, http, metrics = self._ports_for(ip)
             self.process.start(
                 [
                     str(temporal_cli()),
