@@ -12,8 +12,10 @@ one by one.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import shutil
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -42,6 +44,7 @@ COREDNS_USER = "system:coredns"
 # /var/log/containers: the kubelet's one hard-coded path outside its root dir (symlinks).
 CONTAINER_LOG_LINKS = Path("/var/log/containers")
 CNI_CACHE = Path("/var/lib/cni/results")
+SOCKETS_ROOT = Path("/run/tempotrain")  # short paths for unix sockets (see RealNode.socket)
 KUBELET_HEALTHZ_PORT = 10248  # inside the node's network namespace: no other platform's
 
 
@@ -76,7 +79,11 @@ class RealNode:
 
     @property
     def socket(self) -> Path:
-        return self.state_dir / "containerd" / "containerd.sock"
+        """containerd's socket, under /run by a hash of the state dir: containerd refuses a
+        socket path over 104 bytes, which a state dir in a deep folder (a pytest tmp_path)
+        reaches. One per node, as the state dir is."""
+        key = hashlib.sha256(str(self.state_dir.resolve()).encode()).hexdigest()[:16]
+        return SOCKETS_ROOT / key / "containerd.sock"
 
     @property
     def kubelet_root(self) -> Path:
@@ -157,6 +164,7 @@ class RealNode:
                 if lease.is_file():
                     lease.unlink()
         self._remove_container_log_links()
+        shutil.rmtree(self.socket.parent, ignore_errors=True)
         if not keep_network:
             log(f"node: {NODE_NAME} stopped, its network {self.network.netns} removed")
 
@@ -301,6 +309,7 @@ class RealNode:
     def _containerd_argv(self, sandbox_image: str) -> list[str]:
         directory = self.state_dir / "containerd"
         directory.mkdir(parents=True, exist_ok=True)
+        self.socket.parent.mkdir(parents=True, exist_ok=True)
         self._write_cni_config()
         config = directory / "config.toml"
         config.write_text(
@@ -308,6 +317,7 @@ class RealNode:
                 directory,
                 sandbox_image,
                 cni_conf_dir=self.state_dir / "cni" / "net.d",
+                socket=self.socket,
             )
         )
         return [*self.network.nsenter(), "containerd", "--config", str(config)]
@@ -390,7 +400,7 @@ class RealNode:
         return [str(self.cluster.tools.binary("coredns")), "-conf", str(corefile)]
 
 
-def containerd_config(directory: Path, sandbox_image: str, cni_conf_dir: Path) -> str:
+def containerd_config(directory: Path, sandbox_image: str, cni_conf_dir: Path, socket: Path) -> str:
     """containerd 1.6 (Debian's): everything under ``directory``, CRI on, cgroupfs."""
     cri = '[plugins."io.containerd.grpc.v1.cri"]'
     return f"""version = 2
@@ -404,7 +414,7 @@ disabled_plugins = [
 ]
 
 [grpc]
-  address = "{directory / "containerd.sock"}"
+  address = "{socket}"
 
 [plugins."io.containerd.internal.v1.opt"]
   path = "{directory / "opt"}"

@@ -36,6 +36,9 @@ def test_up_twice_is_a_no_op_and_down_stops_everything(tmp_path: Path) -> None:
         pids = _pids(state)
         assert all(pids.values()), (pids, first.stdout)
         assert (state / "env.sh").read_text().count("export") >= 4
+        if os.environ.get("TEMPOTRAIN_REQUIRE_REAL_NODE") == "1":
+            # Its own real node, although its state dir is deep (unix socket path limits).
+            assert Platform(state).node is not None, Platform(state).no_node_reason
 
         second = _cli(state, "up")
         assert second.returncode == 0, second.stderr
