@@ -17,9 +17,10 @@ from typing import Any
 
 from tempotrain_dev.net import free_ports, ports_free
 from tempotrain_dev.processes import ManagedProcess
-from tempotrain_dev.waiting import wait_for
+from tempotrain_dev.waiting import WaitTimeout, wait_for
 
 NAMESPACE = "default"
+PORT_RELEASE_SECONDS = 5.0
 
 
 def temporal_cli() -> Path:
@@ -73,7 +74,7 @@ class LocalTemporal:
             recorded = self.ports
             ports = [int(recorded[name]) for name in names if name in recorded]
             same_ip = recorded.get("ip", "127.0.0.1") == ip
-            if same_ip and len(ports) == len(names) and ports_free(ports):
+            if same_ip and len(ports) == len(names) and self._released(ports):
                 grpc, ui, http, metrics = ports
                 return grpc, ui, http, metrics
         grpc, ui, http, metrics = free_ports(len(names))
@@ -82,6 +83,15 @@ class LocalTemporal:
             json.dumps({"ip": ip, "grpc": grpc, "ui": ui, "http": http, "metrics": metrics})
         )
         return grpc, ui, http, metrics
+
+    @staticmethod
+    def _released(ports: list[int]) -> bool:
+        """Free, or freed within seconds: a server that has just died (its launcher gone
+        first) still holds its sockets for a moment. Taken by something else: False."""
+        try:
+            return wait_for(lambda: ports_free(ports), timeout=PORT_RELEASE_SECONDS, what="the recorded ports")
+        except WaitTimeout:
+            return False
 
     def healthy(self) -> bool:
         result = subprocess.run(

