@@ -89,7 +89,9 @@ class LocalTemporal:
         """Free, or freed within seconds: a server that has just died (its launcher gone
         first) still holds its sockets for a moment. Taken by something else: False."""
         try:
-            return wait_for(lambda: ports_free(ports), timeout=PORT_RELEASE_SECONDS, what="the recorded ports")
+            return wait_for(
+                lambda: ports_free(ports), timeout=PORT_RELEASE_SECONDS, what="the ports"
+            )
         except WaitTimeout:
             return False
 

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from tempotrain_dev.containerd import Ctr
 from tempotrain_dev.provisioner import claim_directory
+from tempotrain_workers.api import BatchInferenceInput
 from tempotrain_workers.checkpoints import file_digest
 from tempotrain_workers.sample_data import write_sentiment_jsonl
 
@@ -26,6 +27,7 @@ pytestmark = pytest.mark.kube
 ROWS = 1200
 CHUNK = 40  # 30 chunks, a few seconds each on a CPU pod
 MODEL = "models/minilm-classifier"
+HEARTBEAT_TIMEOUT = BatchInferenceInput.model_fields["heartbeat_timeout_seconds"].default
 
 
 def scoring(name: str, workers: int) -> dict[str, Any]:
@@ -112,6 +114,7 @@ async def test_an_inference_pod_killed_mid_job_changes_no_byte_of_the_output(
         print(
             f"\n[real pods] inference pod SIGKILLed at {done_at_kill}/{ROWS // CHUNK} chunks: "
             f"job done {seconds:.0f} s later "
-            f"(its chunk waits out the 60 s heartbeat timeout); the reference took "
+            f"(its chunk waits out the {HEARTBEAT_TIMEOUT:.0f} s heartbeat timeout); the "
+            f"reference took "
             f"{reference.get('rowsPerSecond', 0):.0f} rows/s"
         )

@@ -174,6 +174,8 @@ async def test_experiment_trains_in_its_pods_through_a_pod_deletion_and_a_contai
     _, resumed_from = await eventually(retried, within=400, what="training to resume")
     seconds = time.monotonic() - killed_at
     assert killed_step - resumed_from <= SAVE_STEPS, (killed_step, resumed_from)
+    # The 15 s heartbeat timeout, the retry and the trainer's start: seconds, not minutes.
+    assert seconds < 60, f"SIGKILL → next training step took {seconds:.0f} s"
     with capsys.disabled():
         print(
             f"\n[real pods] SIGKILL → next training step: {seconds:.0f} s; recomputed "

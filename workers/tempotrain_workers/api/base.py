@@ -39,6 +39,10 @@ class Contract(BaseModel):
 
 
 OPERATOR_QUEUE = "tempotrain-operator"  # status sink hosted by the operator
+# A worker silent this long is taken for lost and its work goes elsewhere; a crash costs this
+# plus the work's restart. 15 s leaves 10 s over the workers' 5 s heartbeat cadence
+# (max_heartbeat_throttle_interval) for a loaded machine.
+DEFAULT_HEARTBEAT_TIMEOUT_SECONDS = 15
 
 
 class StatusTarget(Contract):

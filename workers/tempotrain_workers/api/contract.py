@@ -12,6 +12,7 @@ from enum import StrEnum
 from pydantic import ConfigDict, Field, model_validator
 
 from tempotrain_workers.api.base import (
+    DEFAULT_HEARTBEAT_TIMEOUT_SECONDS,
     Contract,
     RunId,
     StatusTarget,
@@ -30,9 +31,6 @@ PUBLISH_STATUS_ACTIVITY = "publish_status"
 DEFAULT_MODEL = "bert-base-uncased"
 DEFAULT_DATASET = "glue"
 DEFAULT_DATASET_CONFIG = "sst2"
-# Kill → retry costs this plus the trainer's start: 15 s leaves 10 s over the workers' 5 s
-# heartbeat cadence (max_heartbeat_throttle_interval) for a loaded machine.
-DEFAULT_HEARTBEAT_TIMEOUT_SECONDS = 15
 # Snapshots and evaluation: a lost worker is noticed this fast, not after the activity's whole
 # time limit (hours). Their heartbeats come every 2 s from the worker's event loop.
 WORK_HEARTBEAT_TIMEOUT = timedelta(seconds=30)

@@ -16,7 +16,12 @@ from enum import StrEnum
 
 from pydantic import Field, model_validator
 
-from tempotrain_workers.api.base import Contract, RunId, StatusTarget
+from tempotrain_workers.api.base import (
+    DEFAULT_HEARTBEAT_TIMEOUT_SECONDS,
+    Contract,
+    RunId,
+    StatusTarget,
+)
 
 INFERENCE_QUEUE = "tempotrain-inference"
 MERGED_NAME = "output"  # <output_dir>/output.parquet and its marker output.json
@@ -182,7 +187,9 @@ class BatchInferenceInput(Contract):
     # Chunks per workflow run before continue-as-new keeps the history small.
     chunks_per_run: int = Field(default=200, ge=1, le=10_000)
     # A worker that dies mid-chunk is noticed after this long, and its chunk goes elsewhere.
-    heartbeat_timeout_seconds: float = Field(default=60.0, ge=1.0, le=3600.0)
+    heartbeat_timeout_seconds: float = Field(
+        default=DEFAULT_HEARTBEAT_TIMEOUT_SECONDS, ge=1.0, le=3600.0
+    )
     status_target: StatusTarget | None = None
     tally: ChunkTally = ChunkTally()
 

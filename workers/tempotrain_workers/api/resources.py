@@ -13,13 +13,14 @@ from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field, StringConstraints
 
-from tempotrain_workers.api.base import CEL, DNS_LABEL_PATTERN, WireModel, cel
-from tempotrain_workers.api.contract import (
-    DEFAULT_DATASET,
-    DEFAULT_DATASET_CONFIG,
+from tempotrain_workers.api.base import (
+    CEL,
     DEFAULT_HEARTBEAT_TIMEOUT_SECONDS,
-    Phase,
+    DNS_LABEL_PATTERN,
+    WireModel,
+    cel,
 )
+from tempotrain_workers.api.contract import DEFAULT_DATASET, DEFAULT_DATASET_CONFIG, Phase
 from tempotrain_workers.api.pod_settings import PodSettings
 
 GROUP = "tempotrain.dev"
