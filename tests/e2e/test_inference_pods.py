@@ -114,7 +114,7 @@ async def test_an_inference_pod_killed_mid_job_changes_no_byte_of_the_output(
         print(
             f"\n[real pods] inference pod SIGKILLed at {done_at_kill}/{ROWS // CHUNK} chunks: "
             f"job done {seconds:.0f} s later "
-            f"(its chunk waits out the {HEARTBEAT_TIMEOUT:.0f} s heartbeat timeout); the "
-            f"reference took "
+            f"(a chunk in flight on it waits out the {HEARTBEAT_TIMEOUT:.0f} s heartbeat "
+            f"timeout); the reference took "
             f"{reference.get('rowsPerSecond', 0):.0f} rows/s"
         )
