@@ -15,24 +15,8 @@ export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-buildvcs=false
 # The wrapper's go.sum is part of the key: a changed dependency set must rebuild.
 sum_key() { sha256sum "$1/go.sum" | cut -c1-12; }
 
-# build_once <key> <dir> <description> <command...>: runs the command only when <dir> lacks the
-# .complete stamp, writing into a temp dir renamed into place so a killed build leaves nothing.
-build_once() {
-  local key="$1" dest="$2" what="$3"; shift 3
-  if [[ -f "$dest/.complete" ]]; then
-    echo "[build-tools] $what: cache hit ($dest)" >&2
-    echo "$key=$dest"
-    return
-  fi
-  local tmp="$dest.tmp.$$" start=$SECONDS
-  rm -rf "$dest".tmp.*; mkdir -p "$tmp"  # .tmp.* left by a killed build
-  echo "[build-tools] $what: building ..." >&2
-  "$@" "$tmp" >&2
-  touch "$tmp/.complete"
-  rm -rf "$dest"; mv "$tmp" "$dest"
-  echo "[build-tools] $what: built in $((SECONDS - start))s" >&2
-  echo "$key=$dest"
-}
+# shellcheck source=build-once.sh
+source "$here/build-once.sh"
 
 build_kubernetes() {
   local out="$1" v="v$KUBERNETES_VERSION" minor
