@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import subprocess
 import time
@@ -44,13 +45,19 @@ def node_pool(kubectl: Kubectl, node: str) -> str:
 
 
 async def eventually(
-    probe: Callable[[], Awaitable[T | None]], *, within: float, what: str, interval: float = 0.25
+    probe: Callable[[], Awaitable[T | None] | T | None],
+    *,
+    within: float,
+    what: str,
+    interval: float = 0.25,
 ) -> T:
-    """Await ``probe`` until it returns something truthy, or fail after ``within`` seconds."""
+    """Call ``probe`` (a coroutine function, or a plain one: a file on a claim, a counter)
+    until it returns something truthy, or fail after ``within`` seconds."""
     deadline = time.monotonic() + within
     last: T | None = None
     while time.monotonic() < deadline:
-        last = await probe()
+        result = probe()
+        last = await result if inspect.isawaitable(result) else result
         if last:
             return last
         await asyncio.sleep(interval)

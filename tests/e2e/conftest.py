@@ -178,6 +178,11 @@ def conditions_by_type(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c["type"]: c for c in status.get("conditions", [])}
 
 
+def pod_ready(pod: dict[str, Any]) -> bool:
+    """Its Ready condition is True: the containers run and their readiness probes pass."""
+    return conditions_by_type(pod["status"]).get("Ready", {}).get("status") == "True"
+
+
 async def until_released(
     cluster: ClusterHandle, namespace: str, resource: str, name: str, within: float = 60
 ) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from tests.e2e.conftest import (
     experiment,
     kill_container,
     kube_json,
+    pod_ready,
     until_released,
 )
 from tests.support import eventually
@@ -110,11 +111,7 @@ async def test_experiment_trains_in_its_pods_through_a_pod_deletion_and_a_contai
     async def both_ready() -> list[dict[str, Any]] | None:
         """Running, and Ready: their readiness probes say they poll Temporal."""
         pods = kube_json(cluster, ns, "pods")["items"]
-        ready = [
-            p
-            for p in pods
-            if conditions_by_type(p["status"]).get("Ready", {}).get("status") == "True"
-        ]
+        ready = [p for p in pods if pod_ready(p)]
         return ready if len(ready) == 2 else None
 
     pods = await eventually(both_ready, within=180, what="training and eval pods Ready")
@@ -153,7 +150,7 @@ async def test_experiment_trains_in_its_pods_through_a_pod_deletion_and_a_contai
 
     # 2. The container SIGKILLed: nothing saved; the retry resumes from the last checkpoint.
     await eventually(
-        lambda: _async(reached_step(run_dir) >= resumed_from + SAVE_STEPS + 2),
+        lambda: reached_step(run_dir) >= resumed_from + SAVE_STEPS + 2,
         within=300,
         what="another checkpoint before the kill",
     )
@@ -205,10 +202,6 @@ async def test_experiment_trains_in_its_pods_through_a_pod_deletion_and_a_contai
     assert (await handle.describe()).status == WorkflowExecutionStatus.COMPLETED
     for deployment in kube_json(cluster, ns, "deployments")["items"]:
         assert deployment["spec"]["replicas"] == 0
-
-
-async def _async(value: bool) -> bool:
-    return value
 
 
 async def test_deleting_the_experiment_cancels_it_stops_its_pods_and_keeps_its_claims(

@@ -25,6 +25,7 @@ from tests.e2e.conftest import (
     conditions_by_type,
     kill_container,
     kube_json,
+    pod_ready,
     until_released,
 )
 from tests.e2e.test_cifar10_scaling import KIND, scaling, until_no_ray_cluster
@@ -63,10 +64,6 @@ def ray_pods(cluster: ClusterHandle, namespace: str, node_type: str) -> list[dic
     ]
 
 
-def is_ready(pod: dict[str, Any]) -> bool:
-    return conditions_by_type(pod["status"]).get("Ready", {}).get("status") == "True"
-
-
 def checkpointed(scale_dir: Path) -> bool:
     """An epoch checkpoint is complete on the runs volume (its marker is written last)."""
     return any(scale_dir.glob(f"checkpoint_*/{MARKER_FILE}"))
@@ -94,7 +91,7 @@ async def test_scaling_runs_on_kuberay_pods_through_a_ray_worker_kill(
 
     async def ray_pods_ready() -> list[dict[str, Any]] | None:
         pods = ray_pods(cluster, ns, "head") + ray_pods(cluster, ns, "worker")
-        return pods if len(pods) == 3 and all(map(is_ready, pods)) else None
+        return pods if len(pods) == 3 and all(map(pod_ready, pods)) else None
 
     # Ready means KubeRay's own probes (raylet and GCS health, through wget) pass in them.
     pods = await eventually(ray_pods_ready, within=300, what="the Ray head and 2 workers Ready")
@@ -111,9 +108,7 @@ async def test_scaling_runs_on_kuberay_pods_through_a_ray_worker_kill(
     scale_dir = claim_directory(cluster.kubectl, ns, "scale-runs") / "scale" / "scale-0-2w"
 
     # Past its first epoch checkpoint, one of the Ray worker pods dies.
-    await eventually(
-        lambda: _async(checkpointed(scale_dir)), within=400, what="a first epoch checkpoint"
-    )
+    await eventually(lambda: checkpointed(scale_dir), within=400, what="a first epoch checkpoint")
     status = kube_json(cluster, ns, RESOURCE, "scale")["status"]
     # Submitted by the driver pod to the head, by the Service KubeRay made for it.
     assert status["rayAddress"] == jobs_address("scale", ns)
@@ -160,7 +155,3 @@ async def test_scaling_runs_on_kuberay_pods_through_a_ray_worker_kill(
     assert (await handle.describe()).status == WorkflowExecutionStatus.COMPLETED
     table = cluster.kubectl("get", "c10s", "scale", "-n", ns)
     assert "Succeeded" in table and "1/1" in table
-
-
-async def _async(value: bool) -> bool:
-    return value

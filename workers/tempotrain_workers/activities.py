@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from tempotrain_workers.api import (
     ScaleTrainResult,
 )
 from tempotrain_workers.heartbeats import heartbeating
-from tempotrain_workers.ml_imports import import_ml_stack
+from tempotrain_workers.ml_imports import ml_stack_ready
 
 
 @dataclass(frozen=True)
@@ -52,7 +51,7 @@ class BertActivities:
     async def create_dataset_snapshot(
         self, request: DatasetSnapshotRequest
     ) -> DatasetSnapshotResult:
-        await asyncio.to_thread(import_ml_stack)  # waits for the worker's warm-up, if any
+        await ml_stack_ready()
         from tempotrain_workers.snapshots import create_snapshot
 
         root = self._snapshots_root(request.snapshots_root)
@@ -70,7 +69,7 @@ class BertActivities:
 
     @activity.defn(name="run_bert_evaluation")
     async def run_bert_evaluation(self, request: BertEvalRequest) -> BertEvalResult:
-        await asyncio.to_thread(import_ml_stack)
+        await ml_stack_ready()
         from tempotrain_workers.evaluation import evaluate
 
         return await heartbeating(
@@ -82,7 +81,7 @@ class BertActivities:
 
     @activity.defn(name="run_bert_inference")
     async def run_bert_inference(self, request: BertInferenceRequest) -> BertInferenceResult:
-        await asyncio.to_thread(import_ml_stack)
+        await ml_stack_ready()
         from tempotrain_workers.evaluation import infer
 
         return await heartbeating(infer, request, self._runs_root(request.runs_root))

@@ -29,6 +29,7 @@ from tempotrain_workers.api import (
 from tempotrain_workers.checkpoints import latest_verified
 from tempotrain_workers.errors import non_retryable
 from tempotrain_workers.heartbeats import HEARTBEAT_SECONDS
+from tempotrain_workers.ml_imports import ml_stack_ready
 from tempotrain_workers.subprocesses import die_with_parent
 from tempotrain_workers.trainer_main import EVENT_PREFIX, EXIT_BAD_INPUT, EXIT_STOPPED, TrainerJob
 
@@ -99,7 +100,8 @@ class TrainerSupervisor:
             attempt,
             resume.path if resume else "scratch",
         )
-        command = await asyncio.to_thread(trainer_command, job_file)  # imports torch
+        await ml_stack_ready()  # torch too: never beside the worker's warm-up importing it
+        command = await asyncio.to_thread(trainer_command, job_file)
         with log_file.open("ab") as stderr:
             process = await asyncio.create_subprocess_exec(
                 *command,

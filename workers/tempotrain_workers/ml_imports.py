@@ -9,9 +9,16 @@ of the stack goes through this lock, so an activity waits for a warm-up in progr
 
 from __future__ import annotations
 
+import asyncio
 import threading
 
 _lock = threading.Lock()
+
+
+async def ml_stack_ready() -> None:
+    """For an activity, before it imports anything of the stack: waits (off the event loop,
+    which keeps heartbeating) for a warm-up in progress, or does the imports itself."""
+    await asyncio.to_thread(import_ml_stack)
 
 
 def import_ml_stack() -> None:
