@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = parse_settings(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     bert_experiment.register_resync(settings.resync_seconds)
+    bert_experiment.register_progress(settings.progress_seconds)
     cifar10_scaling.register_resync(settings.resync_seconds)
     batch_inference.register_resync(settings.resync_seconds)
     runtime = Runtime(settings)

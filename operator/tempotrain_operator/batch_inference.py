@@ -4,6 +4,7 @@ chunked workflow once. Waiting for an experiment is a condition, not an error.""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import kopf
@@ -109,8 +110,6 @@ async def _experiment_model(
     return run_id, StorageSpec(**volumes)
 
 
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-@kopf.on.create(GROUP, VERSION, PLURAL)
 async def batchinference_reconcile(
     body: kopf.Body,
     spec: kopf.Spec,
@@ -201,6 +200,12 @@ async def batchinference_reconcile(
     )
 
 
+# Registered as plain calls: the name stays the typed function, which register_resync
+# hands to the resync timer to start a lost workflow again.
+kopf.on.resume(GROUP, VERSION, PLURAL)(batchinference_reconcile)
+kopf.on.create(GROUP, VERSION, PLURAL)(batchinference_reconcile)
+
+
 def _wait_for_experiment(
     body: kopf.Body, patch: kopf.Patch, status: kopf.Status, meta: kopf.Meta, source: str
 ) -> None:
@@ -227,10 +232,12 @@ async def batchinference_resync(
     patch: kopf.Patch,
     memo: kopf.Memo,
     logger: kopf.Logger,
+    restart: Callable[[], Awaitable[None]],
     **_: Any,
 ) -> None:
     """Re-derive status from the workflow (heals missed pushes); release the pods at the end."""
     current = dict(status)
+
     await lifecycle.resync_from_workflow(
         KIND,
         name,
@@ -242,11 +249,12 @@ async def batchinference_resync(
         memo.runtime,
         logger,
         derive=lambda client, workflow_id: derive_status(client, workflow_id, current),
+        restart=restart,
     )
 
 
 def register_resync(interval: float) -> None:
-    lifecycle.register_resync(PLURAL, batchinference_resync, interval)
+    lifecycle.register_resync(PLURAL, batchinference_resync, interval, batchinference_reconcile)
 
 
 async def derive_status(

@@ -3,6 +3,7 @@ cancel on delete. Long work lives in Temporal; nothing here sleeps or trains."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import kopf
@@ -15,6 +16,8 @@ from tempotrain_workers.api import (
     BertExperimentSpec,
     CoordinatorWorkflowResult,
     Phase,
+    TrainingHeartbeat,
+    training_workflow_id,
     workflow_id_for,
 )
 from tempotrain_workers.workflows.training import CheckpointedBertTrainingWorkflow
@@ -36,7 +39,12 @@ from tempotrain_operator.lifecycle import (
     validation_problems,
     volume_children,
 )
-from tempotrain_operator.mapping import coordinator_input, run_id_of
+from tempotrain_operator.mapping import (
+    checkpoint_patch,
+    coordinator_input,
+    progress_patch,
+    run_id_of,
+)
 from tempotrain_operator.runtime import Runtime
 
 PLURAL = "bertexperiments"
@@ -60,8 +68,6 @@ def _validated(spec: kopf.Spec) -> tuple[BertExperimentSpec | None, str]:
     return (None, "; ".join(problems)) if problems else (model, "")
 
 
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-@kopf.on.create(GROUP, VERSION, PLURAL)
 async def bertexperiment_reconcile(
     body: kopf.Body,
     spec: kopf.Spec,
@@ -120,6 +126,12 @@ async def bertexperiment_reconcile(
     patch.status["runId"] = run_id_of(name, model)
 
 
+# Registered as plain calls: the name stays the typed function, which register_resync
+# hands to the resync timer to start a lost workflow again.
+kopf.on.resume(GROUP, VERSION, PLURAL)(bertexperiment_reconcile)
+kopf.on.create(GROUP, VERSION, PLURAL)(bertexperiment_reconcile)
+
+
 async def _ensure_children(
     body: kopf.Body, experiment: Experiment[BertExperimentSpec], workers: WorkerConfig
 ) -> None:
@@ -145,11 +157,13 @@ async def bertexperiment_resync(
     patch: kopf.Patch,
     memo: kopf.Memo,
     logger: kopf.Logger,
+    restart: Callable[[], Awaitable[None]],
     **_: Any,
 ) -> None:
     """Re-derive status from the workflow: heals any missed push (operator down, etc.).
     Registered as a timer by `register_resync` with the configured interval."""
     known_step = (status.get("latestCheckpoint") or {}).get("step", -1)
+
     await lifecycle.resync_from_workflow(
         KIND,
         name,
@@ -161,11 +175,58 @@ async def bertexperiment_resync(
         memo.runtime,
         logger,
         derive=lambda client, workflow_id: derive_status(client, workflow_id, known_step),
+        restart=restart,
     )
 
 
 def register_resync(interval: float) -> None:
-    lifecycle.register_resync(PLURAL, bertexperiment_resync, interval)
+    lifecycle.register_resync(PLURAL, bertexperiment_resync, interval, bertexperiment_reconcile)
+
+
+async def bertexperiment_progress(
+    status: kopf.Status,
+    patch: kopf.Patch,
+    memo: kopf.Memo,
+    logger: kopf.Logger,
+    **_: Any,
+) -> None:
+    """Live `.status.progress` (and a checkpoint a lost signal missed) from the training
+    attempt's heartbeat: progress never passes through the workflow, so a run of any length
+    adds nothing to its history for it. Registered by `register_progress`."""
+    workflow_id = status.get("workflowId")
+    if status.get("phase") != Phase.TRAINING.value or not workflow_id:
+        return
+    try:
+        heartbeat = await training_heartbeat(await memo.runtime.client(), workflow_id)
+    except Exception as err:  # best effort: the next tick asks again
+        logger.debug("progress of %s not read: %s", workflow_id, err)
+        return
+    if heartbeat is None:
+        return
+    progress = heartbeat.progress()
+    if progress is not None:
+        patch.status.update(progress_patch(progress, dict(status)))
+    if heartbeat.checkpoint is not None:
+        patch.status.update(checkpoint_patch(heartbeat.checkpoint, dict(status)))
+
+
+def register_progress(interval: float) -> None:
+    kopf.timer(GROUP, VERSION, PLURAL, interval=interval, initial_delay=interval)(
+        bertexperiment_progress
+    )
+
+
+async def training_heartbeat(client: Client, workflow_id: str) -> TrainingHeartbeat | None:
+    """The last heartbeat of the coordinator's running training attempt; None between
+    attempts or before the first heartbeat."""
+    description = await client.get_workflow_handle(training_workflow_id(workflow_id)).describe()
+    for pending in description.raw_description.pending_activities:
+        payloads = pending.heartbeat_details.payloads
+        if pending.activity_type.name == "fine_tune_bert" and payloads:
+            decoded = await client.data_converter.decode(payloads, [TrainingHeartbeat])
+            heartbeat: TrainingHeartbeat = decoded[0]
+            return heartbeat
+    return None
 
 
 async def derive_status(client: Client, workflow_id: str, known_step: int) -> dict[str, Any]:
@@ -190,7 +251,7 @@ async def derive_status(client: Client, workflow_id: str, known_step: int) -> di
             "completionTime": now(),
             "message": f"workflow {workflow_id} ended {state.name if state else 'unknown'}",
         }
-    child = client.get_workflow_handle(f"{workflow_id}-train-0")
+    child = client.get_workflow_handle(training_workflow_id(workflow_id))
     latest = await child.query(
         CheckpointedBertTrainingWorkflow.get_latest_checkpoint,
     )

@@ -3,6 +3,7 @@ the largest scale (owned by the CR), then the scaling workflow once the cluster 
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -69,8 +70,6 @@ def _validated(spec: kopf.Spec) -> tuple[Cifar10ScalingSpec | None, str]:
     return (None, "; ".join(problems)) if problems else (model, "")
 
 
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-@kopf.on.create(GROUP, VERSION, PLURAL)
 async def cifar10scaling_reconcile(
     body: kopf.Body,
     spec: kopf.Spec,
@@ -142,6 +141,12 @@ async def cifar10scaling_reconcile(
         logger=logger,
     )
     patch.status["runId"] = name
+
+
+# Registered as plain calls: the name stays the typed function, which register_resync
+# hands to the resync timer to start a lost workflow again.
+kopf.on.resume(GROUP, VERSION, PLURAL)(cifar10scaling_reconcile)
+kopf.on.create(GROUP, VERSION, PLURAL)(cifar10scaling_reconcile)
 
 
 async def _ray_address(
@@ -225,6 +230,7 @@ async def cifar10scaling_resync(
     patch: kopf.Patch,
     memo: kopf.Memo,
     logger: kopf.Logger,
+    restart: Callable[[], Awaitable[None]],
     **_: Any,
 ) -> None:
     """Re-derive a finished workflow's outcome (heals missed pushes); release resources."""
@@ -239,11 +245,12 @@ async def cifar10scaling_resync(
         memo.runtime,
         logger,
         derive=derive_status,
+        restart=restart,
     )
 
 
 def register_resync(interval: float) -> None:
-    lifecycle.register_resync(PLURAL, cifar10scaling_resync, interval)
+    lifecycle.register_resync(PLURAL, cifar10scaling_resync, interval, cifar10scaling_reconcile)
 
 
 async def derive_status(client: Client, workflow_id: str) -> dict[str, Any]:

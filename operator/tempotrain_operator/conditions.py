@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from tempotrain_workers.api import RetryState
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -63,3 +65,28 @@ def upsert(
             }
         )
     return result
+
+
+DEGRADED = "Degraded"
+
+
+def degraded(retry: RetryState) -> Verdict:
+    """`Degraded` True while a run retries after failures that no checkpoint has followed yet;
+    False again once it saves one (or finishes)."""
+    failure = retry.last_failure
+    if not retry.degraded or failure is None:
+        return Verdict(False, "Progressing", f"attempt {retry.attempts} is making progress")
+    if retry.failures_without_progress >= retry.max_failures_without_progress:
+        return Verdict(
+            True,
+            "RetriesExhausted",
+            f"{retry.failures_without_progress} attempts in a row failed without a new "
+            f"checkpoint, the last with {failure.reason}: {failure.message[:300]}",
+        )
+    return Verdict(
+        True,
+        "Retrying",
+        f"the last attempt failed ({failure.reason}: {failure.message[:300]}); "
+        f"{retry.failures_without_progress} of {retry.max_failures_without_progress} failures "
+        "in a row without a new checkpoint; retrying from the last checkpoint",
+    )

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 import kr8s
 import kr8s.asyncio
-from kr8s.asyncio.objects import APIObject, Deployment, PersistentVolumeClaim, new_class
+from kr8s.asyncio.objects import (
+    APIObject,
+    Deployment,
+    Event,
+    PersistentVolumeClaim,
+    new_class,
+)
 from tempotrain_workers.api import API_VERSION
 
 BertExperimentResource = new_class(
@@ -63,6 +70,35 @@ async def list_pods(namespace: str, labels: dict[str, str]) -> list[dict[str, An
         dict(pod.raw)
         async for pod in kr8s.asyncio.get("pods", namespace=namespace, label_selector=labels)
     ]
+
+
+async def post_warning(experiment: dict[str, Any], reason: str, message: str) -> None:
+    """A Warning event about the experiment, from outside a kopf handler (kopf.warn needs
+    one's context): a run that fails says why in `kubectl describe`, as a bad spec does."""
+    meta = experiment["metadata"]
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    event = await Event(
+        {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": experiment["apiVersion"],
+                "kind": experiment["kind"],
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+            },
+            "type": "Warning",
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": "tempotrain-operator"},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+    )
+    await event.create()
 
 
 async def warning_events(namespace: str, kind: str, name: str) -> list[dict[str, Any]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,7 +15,16 @@ from pydantic import BaseModel, ValidationError
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
-from tempotrain_workers.api import GROUP, LABEL_PREFIX, TERMINAL_PHASES, VERSION, StorageSpec
+from temporalio.service import RPCError, RPCStatusCode
+from tempotrain_workers.api import (
+    GROUP,
+    LABEL_PREFIX,
+    TERMINAL_PHASES,
+    VERSION,
+    Phase,
+    StorageSpec,
+    workflow_id_for,
+)
 
 from tempotrain_operator import claims, compute, conditions, kube, worker_pods
 from tempotrain_operator.children import Experiment, build_pvc, claim_name_of, pvc_is_owned
@@ -101,11 +111,14 @@ async def resync_from_workflow(
     runtime: Runtime,
     logger: kopf.Logger,
     derive: Callable[[Client, str], Awaitable[dict[str, Any]]],
+    restart: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Re-derive status from the workflow (heals any missed push: operator down, etc.) and
-    release the compute of an experiment whose workflow has closed."""
+    release the compute of an experiment whose workflow has closed. A workflow Temporal no
+    longer knows (a wiped dev server, a restored namespace) is started again under its id
+    by `restart` (the kind's reconcile): it resumes from what is on the volumes."""
     workflow_id = status.get("workflowId")
-    if not workflow_id or compute.released(status):
+    if not workflow_id or compute.released(status) or status.get("phase") == Phase.TERMINATING:
         return
     if status.get("phase") not in TERMINAL_PHASES:
         # First, whatever the workflow says: workers that cannot start leave it with nothing
@@ -115,13 +128,38 @@ async def resync_from_workflow(
         try:
             derived = await derive(await runtime.client(), workflow_id)
         except Exception as err:  # best effort; the next tick tries again
-            logger.warning("resync of %s skipped: %s", workflow_id, err)
+            if restart is not None and workflow_lost(err):
+                await _restart_lost(workflow_id, status, patch, meta, logger, restart)
+            else:
+                logger.warning("resync of %s skipped: %s", workflow_id, err)
             return
         for key, value in derived.items():
             patch.status[key] = value
         if derived.get("phase") not in TERMINAL_PHASES:
             return
     await release_if_closed(kind, name, namespace, spec, status, patch, meta, runtime)
+
+
+def workflow_lost(err: BaseException) -> bool:
+    """Temporal answered, and it does not know the workflow (not: it is unreachable)."""
+    return isinstance(err, RPCError) and err.status == RPCStatusCode.NOT_FOUND
+
+
+async def _restart_lost(
+    workflow_id: str,
+    status: kopf.Status,
+    patch: kopf.Patch,
+    meta: kopf.Meta,
+    logger: kopf.Logger,
+    restart: Callable[[], Awaitable[None]],
+) -> None:
+    message = (
+        f"Temporal no longer knows workflow {workflow_id} (a wiped or restored server): "
+        "started it again under the same id; it resumes from the last verified checkpoint"
+    )
+    logger.warning(message)
+    await restart()
+    set_condition(patch, status, meta, "WorkflowStarted", True, "WorkflowRestarted", message)
 
 
 async def report_worker_pods(
@@ -193,16 +231,26 @@ async def release_if_closed(
             patch.status["conditions"] = compute.released_condition(current, meta.get("generation"))
 
 
-def register_resync(plural: str, handler: Any, interval: float) -> None:
-    """A slow timer that re-derives status from the workflow (heals missed pushes)."""
+def register_resync(
+    plural: str, handler: Any, interval: float, reconcile: Callable[..., Awaitable[None]]
+) -> None:
+    """A slow timer that re-derives status from the workflow (heals missed pushes). The
+    handler gets `restart`: the kind's reconcile with this object's arguments, which starts
+    again a workflow that Temporal has lost."""
+
+    async def resync(**kwargs: Any) -> None:
+        arguments = {"started": datetime.now(UTC), **kwargs}
+        await handler(**kwargs, restart=functools.partial(reconcile, **arguments))
+
     kopf.timer(
         GROUP,
         VERSION,
         plural,
+        id=handler.__name__,
         interval=interval,
         initial_delay=interval / 2,
         idle=min(10.0, interval),
-    )(handler)
+    )(resync)
 
 
 def reject_spec(
@@ -279,18 +327,32 @@ def cancel_on_delete(plural: str) -> None:
 
 
 async def _cancel_on_delete(
+    body: kopf.Body,
     status: kopf.Status,
     name: str,
     namespace: str | None,
+    uid: str,
+    patch: kopf.Patch,
     logger: kopf.Logger,
     memo: kopf.Memo,
     runtime: timedelta,
     **_: Any,
 ) -> None:
-    if await cancel_workflow(status, memo.runtime, logger):
+    namespace = namespaced(namespace, "experiment")
+    # From the object, not from .status: a crash between the start and the status patch
+    # must not leave a workflow behind.
+    workflow_id = workflow_id_for(str(body.get("kind")), namespace, name, uid)
+    finished = status.get("phase") in TERMINAL_PHASES
+    if not finished:
+        # Being deleted, never "Failed": the workflow's own push after its cancellation
+        # ranks below this, and the resync leaves a Terminating CR alone.
+        patch.status["phase"] = Phase.TERMINATING.value
+        patch.status["message"] = "deleted: the workflow is cancelled (a checkpoint is saved)"
+    if await cancel_workflow(workflow_id, memo.runtime, logger):
+        if not finished:
+            patch.status["phase"] = Phase.CANCELLED.value
         return
-    workflow_id = status.get("workflowId")
-    running = await _workers_running(name, namespaced(namespace, "experiment"))
+    running = await _workers_running(name, namespace)
     if running and runtime.total_seconds() < CLOSE_GIVE_UP_SECONDS:
         raise kopf.TemporaryError(
             f"workflow {workflow_id} is cancelled and still closing (its activities save a "
@@ -332,13 +394,10 @@ async def _worker_pods_health(
     return pods, health
 
 
-async def cancel_workflow(status: kopf.Status, runtime: Runtime, logger: kopf.Logger) -> bool:
+async def cancel_workflow(workflow_id: str, runtime: Runtime, logger: kopf.Logger) -> bool:
     """Cancel the CR's workflow if running (its activities save a checkpoint on the way out)
     and wait, bounded, for it to close. True when nothing is left to wait for: no workflow,
     a closed one, or an unreachable Temporal (which must not pin the CR forever)."""
-    workflow_id = status.get("workflowId")
-    if not workflow_id:
-        return True
     try:
         handle = (await runtime.client()).get_workflow_handle(workflow_id)
         description = await handle.describe()

@@ -14,6 +14,7 @@ from tempotrain_workers.api import (
     BertEvalRequest,
     BertExperimentSpec,
     BertFineTuneConfig,
+    CheckpointInfo,
     Cifar10ScalingInput,
     Cifar10ScalingSpec,
     CoordinatorWorkflowConfig,
@@ -21,6 +22,7 @@ from tempotrain_workers.api import (
     InferenceJob,
     InferenceProgress,
     Phase,
+    Progress,
     RayScaleConfig,
     RowSelection,
     ScaleOutcome,
@@ -69,6 +71,7 @@ def coordinator_input(
         save_interval_minutes=training.save_interval_minutes,
         save_total_limit=training.save_total_limit,
         heartbeat_timeout_seconds=training.heartbeat_timeout_seconds,
+        max_failures_without_progress=training.max_failures_without_progress,
     )
     evaluation = BertEvalRequest(
         batch_size=spec.evaluation.batch_size,
@@ -164,6 +167,9 @@ PHASE_RANK = {
     Phase.SUSPENDED: 3,
     Phase.SUCCEEDED: 4,
     Phase.FAILED: 4,
+    # Deleting outranks what a cancelled workflow reports on its way out (it would say Failed).
+    Phase.TERMINATING: 4,
+    Phase.CANCELLED: 5,
 }
 
 
@@ -198,26 +204,21 @@ def status_patch(update: StatusUpdate, current: dict[str, Any]) -> dict[str, Any
             "hash": snapshot.snapshot_hash,
             "numExamples": snapshot.num_train_examples,
         }
-    known_step = (current.get("latestCheckpoint") or {}).get("step", -1)
-    if update.latest_checkpoint and update.latest_checkpoint.step > known_step:
-        checkpoint = update.latest_checkpoint
-        patch["latestCheckpoint"] = {
-            "step": checkpoint.step,
-            "epoch": checkpoint.epoch,
-            "loss": checkpoint.loss,
-            "path": checkpoint.path,
-            "savedAt": _timestamp(checkpoint.saved_at),
-        }
+    if update.latest_checkpoint:
+        patch |= checkpoint_patch(update.latest_checkpoint, current)
     if update.checkpoints_saved is not None:
         patch["checkpointsSaved"] = update.checkpoints_saved
-    if update.progress and update.progress.step >= (current.get("progress") or {}).get("step", -1):
-        progress: dict[str, Any] = {"step": update.progress.step}
-        if update.progress.total_steps:
-            progress["totalSteps"] = update.progress.total_steps
-            progress["percent"] = min(
-                100, int(100 * update.progress.step / update.progress.total_steps)
-            )
-        patch["progress"] = progress
+    if update.progress:
+        patch |= progress_patch(update.progress, current)
+    if update.retry is not None:
+        patch["attempts"] = update.retry.attempts
+        if update.retry.last_failure is not None:
+            failure = update.retry.last_failure
+            patch["lastFailure"] = {
+                "reason": failure.reason,
+                "message": failure.message,
+                "time": _timestamp(failure.at),
+            }
     if update.metrics:
         patch["metrics"] = dict(update.metrics)
         if "numEvalExamples" in patch["metrics"]:
@@ -238,6 +239,33 @@ def status_patch(update: StatusUpdate, current: dict[str, Any]) -> dict[str, Any
     if update.message:
         patch["message"] = update.message
     return patch
+
+
+def checkpoint_patch(checkpoint: CheckpointInfo, current: dict[str, Any]) -> dict[str, Any]:
+    """`latestCheckpoint`, only ever moving forward."""
+    if checkpoint.step <= (current.get("latestCheckpoint") or {}).get("step", -1):
+        return {}
+    return {
+        "latestCheckpoint": {
+            "step": checkpoint.step,
+            "epoch": checkpoint.epoch,
+            "loss": checkpoint.loss,
+            "path": checkpoint.path,
+            "savedAt": _timestamp(checkpoint.saved_at),
+        }
+    }
+
+
+def progress_patch(update: Progress, current: dict[str, Any]) -> dict[str, Any]:
+    """`progress` (step, total, percent), only ever moving forward; unchanged: nothing."""
+    known = current.get("progress") or {}
+    if update.step < known.get("step", -1):
+        return {}
+    progress: dict[str, Any] = {"step": update.step}
+    if update.total_steps:
+        progress["totalSteps"] = update.total_steps
+        progress["percent"] = min(100, int(100 * update.step / update.total_steps))
+    return {} if progress == known else {"progress": progress}
 
 
 def inference_patch(progress: InferenceProgress, current: dict[str, Any]) -> dict[str, Any]:

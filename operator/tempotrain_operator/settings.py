@@ -35,6 +35,7 @@ class OperatorSettings:
     per_experiment_queues: bool
     liveness_endpoint: str | None
     resync_seconds: float
+    progress_seconds: float
     ray_queue: str = RAY_QUEUE
     inference_queue: str = INFERENCE_QUEUE
     # Where Ray drivers run when the operator created the RayCluster; None: the cluster's own
@@ -123,6 +124,13 @@ def parse_settings(argv: list[str] | None = None) -> OperatorSettings:
     parser.add_argument(
         "--resync-seconds", type=float, default=float(_env("TEMPOTRAIN_RESYNC_SECONDS", "60") or 60)
     )
+    parser.add_argument(
+        "--progress-seconds",
+        type=float,
+        default=float(_env("TEMPOTRAIN_PROGRESS_SECONDS", "5") or 5),
+        help="how often a training experiment's .status.progress is read from its running "
+        "attempt's heartbeat",
+    )
     args = parser.parse_args(argv)
     try:
         pod_defaults = PodSettings.model_validate_json(args.worker_pod_defaults)
@@ -141,6 +149,7 @@ def parse_settings(argv: list[str] | None = None) -> OperatorSettings:
         per_experiment_queues=args.per_experiment_queues,
         liveness_endpoint=args.liveness_endpoint,
         resync_seconds=args.resync_seconds,
+        progress_seconds=args.progress_seconds,
         ray_queue=args.ray_queue,
         inference_queue=args.inference_queue,
         ray_address=args.ray_address,

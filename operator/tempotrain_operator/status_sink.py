@@ -67,8 +67,23 @@ async def publish_status(update: StatusUpdate) -> None:
             update.message or ("the experiment finished" if succeeded else "failed"),
             raw["metadata"].get("generation"),
         )
+    if update.retry is not None and not finished:
+        verdict = conditions.degraded(update.retry)
+        patch["conditions"] = conditions.upsert(
+            status.get("conditions"),
+            conditions.DEGRADED,
+            verdict.ready,
+            verdict.reason,
+            verdict.message,
+            raw["metadata"].get("generation"),
+        )
     if patch:
         await kube.patch_status(experiment, patch)
+    if finished and update.phase == Phase.FAILED:
+        try:
+            await kube.post_warning(raw, _failure_reason(update.message), update.message or "")
+        except Exception as err:  # the status says it already; the event is a courtesy
+            activity.logger.warning("could not post the failure event: %s", err)
     if update.phase in TERMINAL_PHASES and not compute.released(status):
         # Not now: this push runs inside the workflow, which still needs its workers.
         compute.release_in_background(
@@ -79,6 +94,12 @@ async def publish_status(update: StatusUpdate) -> None:
             target.name,
             wait=RELEASE_WAIT_SECONDS,
         )
+
+
+def _failure_reason(message: str | None) -> str:
+    """The error type a failure message starts with (`ModelNotFound: ...`), for the event."""
+    head = (message or "").split(":", 1)[0].strip()
+    return head if head.isidentifier() and head[:1].isupper() else "RunFailed"
 
 
 def refusal(target: StatusTarget, experiment: dict[str, Any]) -> str | None:

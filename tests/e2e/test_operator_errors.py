@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -92,3 +93,27 @@ async def test_unreachable_temporal_is_a_condition_and_a_retry_not_a_crash(
         return started.get("status") == "True"
 
     await eventually(recovered, within=60, what="WorkflowStarted once Temporal is reachable")
+
+
+async def test_a_run_that_fails_says_why_in_its_status_and_a_warning_event(
+    cluster: ClusterHandle, stack: Stack, minilm_path: Path
+) -> None:
+    ns = stack.namespace
+    apply(cluster, ns, experiment("no-model", stack.snapshots / "models" / "not-there"))
+
+    async def failed() -> dict[str, Any] | None:
+        status = experiment_status(cluster, ns, "no-model")
+        return status if status.get("phase") == "Failed" else None
+
+    status = await eventually(failed, within=120, what="phase Failed")
+    assert status["message"].startswith("ModelNotFound: "), status["message"]
+    assert "attempts" in status and status["attempts"] == 1  # bad input: never retried
+
+    async def warned() -> list[dict[str, Any]] | None:
+        selector = "involvedObject.name=no-model,type=Warning,reason=ModelNotFound"
+        found = cluster.kubectl("get", "events", "-n", ns, f"--field-selector={selector}", "-ojson")
+        events: list[dict[str, Any]] = json.loads(found)["items"]
+        return events or None
+
+    events = await eventually(warned, within=30, what="a ModelNotFound Warning event")
+    assert "not-there" in events[0]["message"], events[0]

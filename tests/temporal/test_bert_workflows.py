@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from pydantic import ValidationError
-from temporalio import activity
 from temporalio.client import Client, WorkflowFailureError, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer, Worker
 from tempotrain_dev.commands import worker_command
+from tempotrain_dev.history_sim import StatusRecorder
 from tempotrain_dev.processes import pids_running
 from tempotrain_operator.bert_experiment import derive_status
 from tempotrain_workers.activities import BertActivities, StorageRoots
@@ -31,7 +31,6 @@ from tempotrain_workers.api import (
     CoordinatorWorkflowInput,
     Phase,
     StatusTarget,
-    StatusUpdate,
 )
 from tempotrain_workers.checkpoints import checkpoint_dirs, verify
 from tempotrain_workers.workflows import (
@@ -50,17 +49,6 @@ pytestmark = pytest.mark.temporal
 HISTORIES = Path(__file__).parent / "histories"
 TRAINER_MODULE = "tempotrain_workers.trainer_main"
 RECORDED = ["coordinator", "training", "evaluation", "inference"]
-
-
-class StatusRecorder:
-    """Stands in for the operator's publish_status (built in the operator issue)."""
-
-    def __init__(self) -> None:
-        self.updates: list[StatusUpdate] = []
-
-    @activity.defn(name="publish_status")
-    async def publish_status(self, update: StatusUpdate) -> None:
-        self.updates.append(update)
 
 
 def _queues() -> dict[str, str]:

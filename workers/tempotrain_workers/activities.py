@@ -38,8 +38,13 @@ class StorageRoots:
 
 
 class BertActivities:
-    def __init__(self, roots: StorageRoots) -> None:
+    def __init__(
+        self, roots: StorageRoots, trainer_command: Callable[[Path], list[str]] | None = None
+    ) -> None:
+        """`trainer_command`: what fine-tuning runs as its process (default: the HF trainer,
+        `fine_tune.trainer_command`); a simulator for long-run checks."""
         self.roots = roots
+        self.trainer_command = trainer_command
 
     def _snapshots_root(self, override: str | None) -> Path:
         return Path(override) if override else self.roots.snapshots
@@ -63,9 +68,11 @@ class BertActivities:
 
     @activity.defn(name="fine_tune_bert")
     async def fine_tune_bert(self, request: BertFineTuneRequest) -> BertFineTuneResult:
-        from tempotrain_workers.fine_tune import TrainerSupervisor
+        from tempotrain_workers.fine_tune import TrainerSupervisor, trainer_command
 
-        return await TrainerSupervisor(request, self._runs_root(request.runs_root)).run()
+        runs_root = self._runs_root(request.runs_root)
+        command = self.trainer_command or trainer_command
+        return await TrainerSupervisor(request, runs_root, command).run()
 
     @activity.defn(name="run_bert_evaluation")
     async def run_bert_evaluation(self, request: BertEvalRequest) -> BertEvalResult:

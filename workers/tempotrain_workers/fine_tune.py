@@ -12,11 +12,12 @@ import logging
 import os
 import signal
 import sys
-from datetime import timedelta
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from tempotrain_workers.api import (
     BertFineTuneConfig,
@@ -25,6 +26,7 @@ from tempotrain_workers.api import (
     CheckpointInfo,
     ErrorType,
     Progress,
+    TrainingHeartbeat,
 )
 from tempotrain_workers.checkpoints import latest_verified
 from tempotrain_workers.errors import non_retryable
@@ -35,7 +37,10 @@ from tempotrain_workers.trainer_main import EVENT_PREFIX, EXIT_BAD_INPUT, EXIT_S
 
 log = logging.getLogger(__name__)
 GRACEFUL_STOP_SECONDS = 120
-PROGRESS_SIGNAL_EVERY = timedelta(seconds=15)  # keeps workflow history small on long runs
+# Error types of an attempt that ended badly but may be retried; the workflow reads the
+# attempt's TrainingHeartbeat from the error's details to tell whether it made progress.
+TRAINER_EXITED = "TrainerExited"
+TRAINER_STOPPED = "TrainerStopped"
 
 
 def trainer_command(job_file: Path) -> list[str]:
@@ -56,14 +61,23 @@ def trainer_command(job_file: Path) -> list[str]:
 
 
 class TrainerSupervisor:
-    def __init__(self, request: BertFineTuneRequest, runs_root: Path) -> None:
+    """Progress goes out in heartbeat details (no workflow history); only a new checkpoint
+    is signalled to the workflow."""
+
+    def __init__(
+        self,
+        request: BertFineTuneRequest,
+        runs_root: Path,
+        command: Callable[[Path], list[str]] = trainer_command,
+    ) -> None:
         self.request = request
         self.config = request.config
         self.run_dir = runs_root / str(self.config.run_id)
+        self.command = command
         self.latest: CheckpointInfo | None = None
+        self.resumed_step: int | None = None
         self.progress: Progress | None = None
         self.error: dict[str, Any] | None = None
-        self._last_progress_signal: float = 0.0
 
     async def run(self) -> BertFineTuneResult:
         # From the first moment: the resume scan (sha256 of every checkpoint file) and the
@@ -80,6 +94,7 @@ class TrainerSupervisor:
         (self.run_dir / "result.json").unlink(missing_ok=True)
         resume = await asyncio.to_thread(latest_verified, self.run_dir, snapshot.snapshot_hash)
         self.latest = resume
+        self.resumed_step = resume.step if resume else None
         attempt = activity.info().attempt
         job_file = self.run_dir / f".job-attempt-{attempt}.json"
         job = TrainerJob(
@@ -101,7 +116,7 @@ class TrainerSupervisor:
             resume.path if resume else "scratch",
         )
         await ml_stack_ready()  # torch too: never beside the worker's warm-up importing it
-        command = await asyncio.to_thread(trainer_command, job_file)
+        command = await asyncio.to_thread(self.command, job_file)
         with log_file.open("ab") as stderr:
             process = await asyncio.create_subprocess_exec(
                 *command,
@@ -129,6 +144,9 @@ class TrainerSupervisor:
     async def _relay_events(self, process: asyncio.subprocess.Process) -> None:
         assert process.stdout is not None
         async for raw in process.stdout:
+            # A line already buffered is read without suspending: yield, so that a chatty
+            # trainer never starves the heartbeats.
+            await asyncio.sleep(0)
             line = raw.decode(errors="replace").rstrip()
             if not line.startswith(EVENT_PREFIX):
                 continue
@@ -145,17 +163,11 @@ class TrainerSupervisor:
                 activity.heartbeat(self._heartbeat_details())
                 await self._signal("update_checkpoint", self.latest)
             elif kind == "progress":
+                # Heartbeat details only: the SDK sends the latest at most every few seconds.
                 self.progress = Progress.model_validate(event)
-                await self._maybe_signal_progress()
+                activity.heartbeat(self._heartbeat_details())
             elif kind == "error":
                 self.error = event
-
-    async def _maybe_signal_progress(self) -> None:
-        loop = asyncio.get_running_loop()
-        due = loop.time() - self._last_progress_signal >= PROGRESS_SIGNAL_EVERY.total_seconds()
-        if self.progress and due:
-            self._last_progress_signal = loop.time()
-            await self._signal("update_progress", self.progress)
 
     async def _signal(self, name: str, payload: Any) -> None:
         info = activity.info()
@@ -167,11 +179,16 @@ class TrainerSupervisor:
         except Exception as err:  # status is best effort; the checkpoint is on disk regardless
             activity.logger.warning("signal %s to %s failed: %s", name, info.workflow_id, err)
 
-    def _heartbeat_details(self) -> dict[str, Any]:
-        return {
-            "step": self.progress.step if self.progress else None,
-            "checkpoint": self.latest.path if self.latest else None,
-        }
+    def _heartbeat_details(self) -> TrainingHeartbeat:
+        progress = self.progress
+        return TrainingHeartbeat(
+            step=progress.step if progress else None,
+            total_steps=progress.total_steps if progress else None,
+            epoch=progress.epoch if progress else None,
+            loss=progress.loss if progress else None,
+            checkpoint=self.latest,
+            resumed_step=self.resumed_step,
+        )
 
     async def _heartbeat_forever(self) -> None:
         interval = max(1.0, min(HEARTBEAT_SECONDS, self.config.heartbeat_timeout_seconds / 4))
@@ -180,24 +197,34 @@ class TrainerSupervisor:
             await asyncio.sleep(interval)
 
     async def _stop_gracefully(self, process: asyncio.subprocess.Process) -> None:
-        if process.returncode is not None:
-            return
-        activity.logger.info("cancelled: asking the trainer to save a checkpoint and stop")
-        process.send_signal(signal.SIGTERM)
+        if process.returncode is None:
+            activity.logger.info("cancelled: asking the trainer to save a checkpoint and stop")
+            process.send_signal(signal.SIGTERM)
+        # Keep reading its events while it saves: they carry that last checkpoint, and a full
+        # stdout pipe would block the trainer (and its exit) for good.
+        finishing = asyncio.ensure_future(self._relay_events(process))
         try:
-            await asyncio.wait_for(asyncio.shield(process.wait()), GRACEFUL_STOP_SECONDS)
+            await asyncio.wait_for(asyncio.shield(finishing), GRACEFUL_STOP_SECONDS)
         except TimeoutError:
             process.kill()
-            await process.wait()
+            await finishing  # the pipe closes with the process
+        await process.wait()
 
     def _result(self, returncode: int, log_file: Path) -> BertFineTuneResult:
         if returncode == EXIT_BAD_INPUT and self.error:
             raise non_retryable(ErrorType(self.error["type"]), self.error["message"])
+        details = self._heartbeat_details().model_dump(mode="json")
         if returncode == EXIT_STOPPED:
-            raise RuntimeError("the trainer stopped on request before finishing")
+            raise ApplicationError(
+                "the trainer stopped on request before finishing", details, type=TRAINER_STOPPED
+            )
         if returncode != 0:
             tail = "\n".join(log_file.read_text(errors="replace").splitlines()[-20:])
-            raise RuntimeError(f"trainer exited with {returncode}; last log lines:\n{tail}")
+            raise ApplicationError(
+                f"trainer exited with {returncode}; last log lines:\n{tail}",
+                details,
+                type=TRAINER_EXITED,
+            )
         result = BertFineTuneResult.model_validate_json((self.run_dir / "result.json").read_text())
         if result.latest_checkpoint is None and self.latest is not None:
             result = result.model_copy(update={"latest_checkpoint": self.latest})

@@ -43,6 +43,8 @@ OPERATOR_QUEUE = "tempotrain-operator"  # status sink hosted by the operator
 # plus the work's restart. 15 s leaves 10 s over the workers' 5 s heartbeat cadence
 # (max_heartbeat_throttle_interval) for a loaded machine.
 DEFAULT_HEARTBEAT_TIMEOUT_SECONDS = 15
+# Training attempts in a row that may fail without saving a new checkpoint before a run fails.
+DEFAULT_MAX_FAILURES_WITHOUT_PROGRESS = 5
 
 
 class StatusTarget(Contract):

@@ -13,6 +13,7 @@ from pydantic import ConfigDict, Field, model_validator
 
 from tempotrain_workers.api.base import (
     DEFAULT_HEARTBEAT_TIMEOUT_SECONDS,
+    DEFAULT_MAX_FAILURES_WITHOUT_PROGRESS,
     Contract,
     RunId,
     StatusTarget,
@@ -110,6 +111,11 @@ class BertFineTuneConfig(Contract):
     # Heartbeats come from the supervising activity's event loop every few seconds (not from
     # the busy trainer process), so a short timeout is safe and a crash costs seconds.
     heartbeat_timeout_seconds: int = Field(default=DEFAULT_HEARTBEAT_TIMEOUT_SECONDS, ge=5, le=3600)
+    # Crashes are budgeted per stretch without progress, not per lifetime: an attempt that
+    # saved a new checkpoint resets the count, so preemptions over days never add up.
+    max_failures_without_progress: int = Field(
+        default=DEFAULT_MAX_FAILURES_WITHOUT_PROGRESS, ge=1, le=1000
+    )
 
     @model_validator(mode="after")
     def _some_save_cadence(self) -> BertFineTuneConfig:
@@ -141,6 +147,8 @@ class Phase(StrEnum):
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
     SUSPENDED = "Suspended"
+    TERMINATING = "Terminating"  # deleted: its workflow is being cancelled
+    CANCELLED = "Cancelled"  # deleted, and its workflow has closed
 
 
 class Progress(Contract):
@@ -148,6 +156,48 @@ class Progress(Contract):
     total_steps: int | None = Field(default=None, ge=0)
     epoch: float | None = None
     loss: float | None = None
+
+
+class TrainingHeartbeat(Contract):
+    """What the training activity heartbeats: live progress travels here, not as signals, so
+    it costs no workflow history (the operator reads it with describe). Also the last word of
+    an attempt that died: the workflow learns from it whether that attempt made progress."""
+
+    step: int | None = None
+    total_steps: int | None = None
+    epoch: float | None = None
+    loss: float | None = None
+    checkpoint: CheckpointInfo | None = None  # the newest verified checkpoint of the run
+    resumed_step: int | None = None  # where this attempt started from (None: from scratch)
+
+    def progress(self) -> Progress | None:
+        if self.step is None:
+            return None
+        return Progress(
+            step=self.step, total_steps=self.total_steps, epoch=self.epoch, loss=self.loss
+        )
+
+
+class AttemptFailure(Contract):
+    """Why the last training attempt ended, for `.status.lastFailure`."""
+
+    reason: str = Field(max_length=128)  # an error type, e.g. a heartbeat timeout
+    message: str = Field(max_length=4096)
+    at: datetime
+
+
+class RetryState(Contract):
+    """Where a run stands with its failures: `.status.attempts`, `lastFailure`, `Degraded`."""
+
+    attempts: int = Field(ge=1)  # training attempts started, over the whole run
+    failures_without_progress: int = Field(ge=0)
+    max_failures_without_progress: int = Field(ge=1)
+    last_failure: AttemptFailure | None = None
+
+    @property
+    def degraded(self) -> bool:
+        """Retrying after a failure that has not yet been followed by progress."""
+        return self.failures_without_progress > 0
 
 
 class StatusUpdate(Contract):
@@ -167,14 +217,28 @@ class StatusUpdate(Contract):
     total_scales: int | None = Field(default=None, ge=1)
     scale_results: list[ScaleOutcome] | None = None
     inference: InferenceProgress | None = None  # BatchInference: chunk counts, rate, output
+    retry: RetryState | None = None  # BertExperiment training: attempts and failures
     message: str | None = None
     at: datetime
+
+
+class TrainingCarry(Contract):
+    """What a training workflow hands to its next run when it continues as new."""
+
+    snapshot: DatasetSnapshotResult
+    latest: CheckpointInfo | None = None
+    checkpoints_seen: int = 0
+    retry: RetryState | None = None
 
 
 class BertTrainingInput(Contract):
     config: BertFineTuneConfig
     status_target: StatusTarget | None = None
     snapshot_queue: str = EVAL_QUEUE  # snapshots are CPU work, next to evaluation
+    # Continue as new past this many history events (or when the server suggests it), so a
+    # run of any length stays far below Temporal's 10,240-event warning.
+    history_limit: int = Field(default=4000, ge=200, le=10_000)
+    carry: TrainingCarry | None = None  # set only by continue-as-new
 
 
 class BertFineTuneRequest(Contract):
@@ -292,6 +356,12 @@ class ErrorType(StrEnum):
 
 
 NON_RETRYABLE_ERRORS = [str(e) for e in ErrorType]
+
+
+def training_workflow_id(coordinator_id: str, index: int = 0) -> str:
+    """The coordinator's training child for its config `index` (the operator reads its
+    heartbeat for live progress)."""
+    return f"{coordinator_id}-train-{index}"
 
 
 def workflow_id_for(kind: str, namespace: str, name: str, uid: str) -> str:

@@ -16,6 +16,7 @@ from pydantic import ConfigDict, Field, StringConstraints
 from tempotrain_workers.api.base import (
     CEL,
     DEFAULT_HEARTBEAT_TIMEOUT_SECONDS,
+    DEFAULT_MAX_FAILURES_WITHOUT_PROGRESS,
     DNS_LABEL_PATTERN,
     WireModel,
     cel,
@@ -103,6 +104,14 @@ class TrainingSpec(WireModel):
         description="a training worker silent this long is taken for lost and the run "
         "resumes elsewhere from its last checkpoint; a crash costs about this plus the "
         "trainer's start",
+    )
+    max_failures_without_progress: int = Field(
+        default=DEFAULT_MAX_FAILURES_WITHOUT_PROGRESS,
+        ge=1,
+        le=1000,
+        description="the run fails after this many training attempts in a row fail without "
+        "saving a new checkpoint; an attempt that saved one resets the count, and its retry "
+        "starts at once",
     )
 
 
@@ -208,6 +217,12 @@ class ProgressStatus(WireModel):
     percent: int | None = Field(default=None, ge=0, le=100)
 
 
+class FailureStatus(WireModel):
+    reason: str
+    message: str = ""
+    time: datetime | None = None
+
+
 class MetricsStatus(WireModel):
     train_loss: float | None = None
     eval_loss: float | None = None
@@ -237,7 +252,8 @@ class BertExperimentStatus(ExperimentStatus):
     checkpoints_saved: int | None = None
     progress: ProgressStatus | None = None
     metrics: MetricsStatus | None = None
-    attempts: int | None = None
+    attempts: int | None = Field(default=None, description="training attempts started")
+    last_failure: FailureStatus | None = None
 
 
-TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED})
+TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED, Phase.CANCELLED})

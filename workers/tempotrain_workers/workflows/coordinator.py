@@ -20,6 +20,7 @@ with workflow.unsafe.imports_passed_through():
         CoordinatorWorkflowInput,
         CoordinatorWorkflowResult,
         Phase,
+        training_workflow_id,
     )
     from tempotrain_workers.workflows.evaluation import BertEvalWorkflow
     from tempotrain_workers.workflows.status import StatusReporter, root_message
@@ -62,7 +63,7 @@ class CoordinatorWorkflow:
                 status_target=request.status_target,
                 snapshot_queue=request.eval_queue,
             ),
-            id=f"{parent}-train-{index}",
+            id=training_workflow_id(parent, index),
             task_queue=request.training_queue,
         )
         self._status.update(phase=Phase.EVALUATING, run_id=training.run_id)

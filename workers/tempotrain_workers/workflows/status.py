@@ -15,7 +15,7 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from tempotrain_workers.api import (
@@ -93,7 +93,12 @@ class StatusReporter:
 
 
 def root_message(err: BaseException) -> str:
-    """The innermost cause's message: what actually went wrong, for `.status.message`."""
-    while err.__cause__ is not None:
-        err = err.__cause__
+    """What actually went wrong, for `.status.message`: the outermost typed application
+    error below the workflow wrappers (`ModelNotFound: ...`, `TooManyFailuresWithoutProgress:
+    ...`), else the innermost cause's message."""
+    cause: BaseException | None = err
+    while cause is not None:
+        if isinstance(cause, ApplicationError) and cause.type:
+            return f"{cause.type}: {cause.message}"
+        err, cause = cause, cause.__cause__
     return str(err)

@@ -1,17 +1,36 @@
-"""CheckpointedBertTrainingWorkflow: snapshot the data, fine-tune with verified resume."""
+"""CheckpointedBertTrainingWorkflow: snapshot the data, fine-tune with verified resume.
+
+A run may last days, through any number of crashes and preemptions, so:
+- its history stays small: progress travels in the activity's heartbeat details (read by the
+  operator), only checkpoints are signalled, and the workflow continues as new when the
+  server suggests it or its own count is reached;
+- failures are budgeted per stretch without progress: each training attempt is one activity
+  execution, and the workflow decides what comes next. An attempt that saved a new checkpoint
+  is retried at once with a clean slate; only `max_failures_without_progress` attempts in a
+  row with nothing saved fail the run, with growing backoff between them.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
+from typing import Any
 
 from pydantic import ValidationError
 from temporalio import workflow
 from temporalio.common import RetryPolicy
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    CancelledError,
+    TimeoutError,
+)
 
 with workflow.unsafe.imports_passed_through():
     from tempotrain_workers.api import (
         NON_RETRYABLE_ERRORS,
         WORK_HEARTBEAT_TIMEOUT,
+        AttemptFailure,
         BertFineTuneRequest,
         BertFineTuneResult,
         BertTrainingInput,
@@ -19,17 +38,57 @@ with workflow.unsafe.imports_passed_through():
         DatasetSnapshotResult,
         Phase,
         Progress,
+        RetryState,
+        TrainingCarry,
+        TrainingHeartbeat,
     )
-    from tempotrain_workers.workflows.status import StatusReporter
+    from tempotrain_workers.workflows.status import StatusReporter, root_message
 
 SNAPSHOT_RETRY = RetryPolicy(maximum_attempts=3, non_retryable_error_types=NON_RETRYABLE_ERRORS)
-# A crashed or lost worker costs one attempt; ten in a row means something is really wrong.
-TRAINING_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=2),
-    maximum_interval=timedelta(minutes=2),
-    maximum_attempts=10,
-    non_retryable_error_types=NON_RETRYABLE_ERRORS,
-)
+# One activity execution per attempt: the workflow retries, so it can tell progress apart.
+ONE_ATTEMPT = RetryPolicy(maximum_attempts=1)
+FIRST_BACKOFF = timedelta(seconds=2)
+MAX_BACKOFF = timedelta(minutes=2)
+TOO_MANY_FAILURES = "TooManyFailuresWithoutProgress"
+
+
+def backoff(failures_without_progress: int) -> timedelta:
+    """None after progress (the count is 0 then); 2 s, 4 s, ... up to 2 min in a row."""
+    if failures_without_progress <= 0:
+        return timedelta(0)
+    seconds = FIRST_BACKOFF.total_seconds() * 2 ** (failures_without_progress - 1)
+    return min(MAX_BACKOFF, timedelta(seconds=seconds))
+
+
+def failure_of(err: ActivityError) -> tuple[str, str, TrainingHeartbeat | None]:
+    """(reason, message, the attempt's last heartbeat) of a failed training attempt."""
+    cause = err.cause
+    details: Any = None
+    if isinstance(cause, TimeoutError):
+        reason = f"{cause.type.name.title().replace('_', '')}Timeout" if cause.type else "Timeout"
+        details = cause.last_heartbeat_details
+    elif isinstance(cause, ApplicationError):
+        reason = cause.type or "ApplicationError"
+        details = cause.details
+    else:
+        reason = type(cause).__name__ if cause else "ActivityError"
+    heartbeat = None
+    if details:
+        try:
+            heartbeat = TrainingHeartbeat.model_validate(details[0])
+        except ValidationError:
+            heartbeat = None  # an older worker's details: no progress can be read from them
+    return reason, root_message(err), heartbeat
+
+
+def is_final(err: ActivityError) -> bool:
+    """Bad input, cancellation: retrying cannot help."""
+    cause = err.cause
+    if isinstance(cause, CancelledError):
+        return True
+    return isinstance(cause, ApplicationError) and (
+        cause.non_retryable or (cause.type or "") in NON_RETRYABLE_ERRORS
+    )
 
 
 @workflow.defn(failure_exception_types=[ValidationError])
@@ -38,40 +97,60 @@ class CheckpointedBertTrainingWorkflow:
         self._latest: CheckpointInfo | None = None
         self._checkpoints_seen = 0
         self._progress: Progress | None = None
+        self._retry: RetryState | None = None
         self._status = StatusReporter(None)
+        self._history_limit = 0
 
     @workflow.run
     async def run(self, request: BertTrainingInput) -> BertFineTuneResult:
         self._status = StatusReporter(request.status_target)
+        self._history_limit = request.history_limit
         config = request.config
         if config.run_id is None:
             # Canonical run id, written back so every activity and the result agree on it.
             config = config.model_copy(update={"run_id": f"run-{workflow.info().run_id[:8]}"})
-        self._status.update(
-            phase=Phase.SNAPSHOTTING, run_id=config.run_id, workflow_id=workflow.info().workflow_id
-        )
-        snapshot: DatasetSnapshotResult = await workflow.execute_activity(
-            "create_dataset_snapshot",
-            config.snapshot_request(),
-            result_type=DatasetSnapshotResult,
-            task_queue=request.snapshot_queue,
-            start_to_close_timeout=timedelta(hours=2),
-            heartbeat_timeout=WORK_HEARTBEAT_TIMEOUT,
-            retry_policy=SNAPSHOT_RETRY,
-        )
-        self._status.update(phase=Phase.TRAINING, snapshot=snapshot)
-        result: BertFineTuneResult = await workflow.execute_activity(
-            "fine_tune_bert",
-            BertFineTuneRequest(config=config, snapshot=snapshot, resume_from=self._latest),
-            result_type=BertFineTuneResult,
-            start_to_close_timeout=timedelta(days=7),
-            heartbeat_timeout=timedelta(seconds=config.heartbeat_timeout_seconds),
-            retry_policy=TRAINING_RETRY,
-            # On cancellation wait for the trainer's final checkpoint before going away.
-            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-        )
+        carry = request.carry
+        if carry is None:
+            self._status.update(
+                phase=Phase.SNAPSHOTTING,
+                run_id=config.run_id,
+                workflow_id=workflow.info().workflow_id,
+            )
+            snapshot: DatasetSnapshotResult = await workflow.execute_activity(
+                "create_dataset_snapshot",
+                config.snapshot_request(),
+                result_type=DatasetSnapshotResult,
+                task_queue=request.snapshot_queue,
+                start_to_close_timeout=timedelta(hours=2),
+                heartbeat_timeout=WORK_HEARTBEAT_TIMEOUT,
+                retry_policy=SNAPSHOT_RETRY,
+            )
+            self._status.update(phase=Phase.TRAINING, snapshot=snapshot)
+        else:
+            snapshot = carry.snapshot
+            self._latest, self._checkpoints_seen = carry.latest, carry.checkpoints_seen
+            self._retry = carry.retry
+        fine_tune = BertFineTuneRequest(config=config, snapshot=snapshot)
+        result = await self._train(fine_tune, request)
+        if result is None:  # history is long: the next run carries on from here
+            await self._status.flush()
+            workflow.continue_as_new(
+                request.model_copy(
+                    update={
+                        "config": config,
+                        "carry": TrainingCarry(
+                            snapshot=snapshot,
+                            latest=self._latest,
+                            checkpoints_seen=self._checkpoints_seen,
+                            retry=self._retry,
+                        ),
+                    }
+                )
+            )
         if result.latest_checkpoint is not None:
             self._record(result.latest_checkpoint)
+        if self._retry is not None and self._retry.degraded:
+            self._retry = self._retry.model_copy(update={"failures_without_progress": 0})
         self._status.update(
             progress=Progress(
                 step=result.global_step, total_steps=result.total_steps, loss=result.train_loss
@@ -81,9 +160,116 @@ class CheckpointedBertTrainingWorkflow:
                 for k, v in {"trainLoss": result.train_loss, "evalLoss": result.eval_loss}.items()
                 if v is not None
             },
+            retry=self._retry,
         )
         await self._status.flush()
         return result
+
+    async def _train(
+        self, fine_tune: BertFineTuneRequest, request: BertTrainingInput
+    ) -> BertFineTuneResult | None:
+        """Attempts until one finishes; None when the run should continue as new first."""
+        max_failures = fine_tune.config.max_failures_without_progress
+        while True:
+            if self._history_full():
+                return None
+            retry = self._retry
+            self._retry = RetryState(
+                attempts=(retry.attempts if retry else 0) + 1,
+                failures_without_progress=retry.failures_without_progress if retry else 0,
+                max_failures_without_progress=max_failures,
+                last_failure=retry.last_failure if retry else None,
+            )
+            self._status.update(retry=self._retry)
+            before = self._latest.step if self._latest else -1
+            try:
+                return await self._attempt(
+                    fine_tune.model_copy(update={"resume_from": self._latest}),
+                    fine_tune.config.heartbeat_timeout_seconds,
+                )
+            except _RollOver:
+                return None
+            except ActivityError as err:
+                if is_final(err):
+                    raise
+                reason, message, heartbeat = failure_of(err)
+                if heartbeat is not None:
+                    # What the attempt resumed from was there before it: not its progress.
+                    if heartbeat.resumed_step is not None:
+                        before = max(before, heartbeat.resumed_step)
+                    if heartbeat.checkpoint is not None:
+                        self._record(heartbeat.checkpoint)
+                progressed = (self._latest.step if self._latest else -1) > before
+                in_a_row = 0 if progressed else self._retry.failures_without_progress + 1
+                self._retry = self._retry.model_copy(
+                    update={
+                        "failures_without_progress": in_a_row,
+                        "last_failure": AttemptFailure(
+                            reason=reason, message=message[-4096:], at=workflow.now()
+                        ),
+                    }
+                )
+                self._status.update(retry=self._retry)
+                workflow.logger.warning(
+                    "training attempt %d failed (%s), %s",
+                    self._retry.attempts,
+                    reason,
+                    "after progress: retrying now"
+                    if progressed
+                    else f"{in_a_row} of {max_failures} in a row without progress",
+                )
+                if in_a_row >= max_failures:
+                    raise ApplicationError(
+                        f"{in_a_row} training attempts in a row failed without saving a new "
+                        f"checkpoint; the last: {reason}: {message}",
+                        type=TOO_MANY_FAILURES,
+                        non_retryable=True,
+                    ) from err
+                pause = backoff(in_a_row)
+                if pause:
+                    await workflow.sleep(pause)
+
+    async def _attempt(
+        self, fine_tune: BertFineTuneRequest, heartbeat_timeout_seconds: int
+    ) -> BertFineTuneResult:
+        activity = workflow.start_activity(
+            "fine_tune_bert",
+            fine_tune,
+            result_type=BertFineTuneResult,
+            start_to_close_timeout=timedelta(days=7),
+            heartbeat_timeout=timedelta(seconds=heartbeat_timeout_seconds),
+            retry_policy=ONE_ATTEMPT,
+            # On cancellation wait for the trainer's final checkpoint before going away.
+            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+        )
+        rolling_over = False
+
+        async def stop_when_history_is_full() -> None:
+            # Checkpoint signals filled the history: stop the trainer (it saves on SIGTERM),
+            # then the next run resumes from that checkpoint.
+            nonlocal rolling_over
+            await workflow.wait_condition(self._history_full)
+            rolling_over = True
+            activity.cancel()
+
+        watcher = asyncio.ensure_future(stop_when_history_is_full())
+        try:
+            # Awaited directly: cancelling the workflow cancels the attempt (and its trainer).
+            result: BertFineTuneResult = await activity
+            return result
+        except ActivityError as err:
+            if rolling_over and isinstance(err.cause, CancelledError):
+                raise _RollOver() from err
+            raise
+        finally:
+            watcher.cancel()
+
+    def _history_full(self) -> bool:
+        info = workflow.info()
+        return (
+            info.is_continue_as_new_suggested()
+            or info.get_current_history_length() >= self._history_limit
+        )
 
     @workflow.signal
     def update_checkpoint(self, checkpoint: CheckpointInfo) -> None:
@@ -91,6 +277,7 @@ class CheckpointedBertTrainingWorkflow:
 
     @workflow.signal
     def update_progress(self, progress: Progress) -> None:
+        # Kept for histories recorded before progress moved to heartbeat details.
         self._progress = progress
         self._status.update(progress=progress)
 
@@ -101,6 +288,10 @@ class CheckpointedBertTrainingWorkflow:
     @workflow.query
     def get_progress(self) -> Progress | None:
         return self._progress
+
+    @workflow.query
+    def get_retry_state(self) -> RetryState | None:
+        return self._retry
 
     def _record(self, checkpoint: CheckpointInfo) -> None:
         if self._latest is not None and checkpoint.step <= self._latest.step:
@@ -113,8 +304,18 @@ class CheckpointedBertTrainingWorkflow:
             epoch=checkpoint.epoch,
             loss=checkpoint.loss,
         )
+        update: dict[str, Any] = {}
+        if self._retry is not None and self._retry.degraded:
+            # A new checkpoint is progress: the run is healthy again, whatever came before.
+            self._retry = self._retry.model_copy(update={"failures_without_progress": 0})
+            update["retry"] = self._retry
         self._status.update(
             latest_checkpoint=checkpoint,
             checkpoints_saved=self._checkpoints_seen,
             progress=self._progress,
+            **update,
         )
+
+
+class _RollOver(Exception):
+    """The running attempt was stopped so that the workflow can continue as new."""
