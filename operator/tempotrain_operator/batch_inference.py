@@ -4,7 +4,7 @@ chunked workflow once. Waiting for an experiment is a condition, not an error.""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import kopf
@@ -32,6 +32,7 @@ from tempotrain_operator.children import (
     worker_config,
 )
 from tempotrain_operator.lifecycle import (
+    image_errors,
     namespaced,
     now,
     reject_spec,
@@ -57,12 +58,15 @@ def semantic_errors(spec: BatchInferenceSpec) -> list[str]:
     return errors
 
 
-def _validated(spec: kopf.Spec) -> tuple[BatchInferenceSpec | None, str]:
+def _validated(
+    spec: kopf.Spec, allowed_images: Sequence[str]
+) -> tuple[BatchInferenceSpec | None, str]:
     try:
         model = BatchInferenceSpec.model_validate(dict(spec))
     except ValidationError as err:
         return None, validation_problems(err)
-    problems = semantic_errors(model)
+    images = {"spec.image.image": model.image.image}
+    problems = semantic_errors(model) + image_errors(images, allowed_images)
     return (None, "; ".join(problems)) if problems else (model, "")
 
 
@@ -132,7 +136,7 @@ async def batchinference_reconcile(
         # Started before this operator (re)start: the workflow owns the job, with the model
         # resolved then; the experiment may even be gone since, which must not fail the job.
         return
-    model, problem = _validated(spec)
+    model, problem = _validated(spec, runtime.settings.allowed_images)
     if model is None:
         reject_spec(body, patch, status, meta, problem)
         return
@@ -281,7 +285,7 @@ async def derive_status(
             **inference_patch(progress, current),
         }
     return {
-        "phase": Phase.FAILED.value,
+        "phase": lifecycle.closed_phase(state),
         "completionTime": now(),
         "message": f"workflow {workflow_id} ended {state.name if state else 'unknown'}",
     }

@@ -3,7 +3,7 @@ cancel on delete. Long work lives in Temporal; nothing here sleeps or trains."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import kopf
@@ -30,6 +30,7 @@ from tempotrain_operator.children import (
     worker_config,
 )
 from tempotrain_operator.lifecycle import (
+    image_errors,
     namespaced,
     now,
     reject_spec,
@@ -59,12 +60,15 @@ def semantic_errors(spec: BertExperimentSpec) -> list[str]:
     return errors
 
 
-def _validated(spec: kopf.Spec) -> tuple[BertExperimentSpec | None, str]:
+def _validated(
+    spec: kopf.Spec, allowed_images: Sequence[str]
+) -> tuple[BertExperimentSpec | None, str]:
     try:
         model = BertExperimentSpec.model_validate(dict(spec))
     except ValidationError as err:
         return None, validation_problems(err)
-    problems = semantic_errors(model)
+    images = {"spec.workers.image": model.workers.image}
+    problems = semantic_errors(model) + image_errors(images, allowed_images)
     return (None, "; ".join(problems)) if problems else (model, "")
 
 
@@ -86,7 +90,7 @@ async def bertexperiment_reconcile(
     if status.get("phase") in TERMINAL_PHASES:
         await release_if_closed(KIND, name, namespace, spec, status, patch, meta, runtime)
         return  # terminal stays terminal
-    model, problem = _validated(spec)
+    model, problem = _validated(spec, runtime.settings.allowed_images)
     if model is None:
         reject_spec(body, patch, status, meta, problem)
         return
@@ -247,7 +251,7 @@ async def derive_status(client: Client, workflow_id: str, known_step: int) -> di
         }
     if state != WorkflowExecutionStatus.RUNNING:
         return {
-            "phase": Phase.FAILED.value,
+            "phase": lifecycle.closed_phase(state),
             "completionTime": now(),
             "message": f"workflow {workflow_id} ended {state.name if state else 'unknown'}",
         }

@@ -3,7 +3,7 @@ the largest scale (owned by the CR), then the scaling workflow once the cluster 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,6 +29,7 @@ from tempotrain_operator.children import (
     worker_config,
 )
 from tempotrain_operator.lifecycle import (
+    image_errors,
     namespaced,
     now,
     reject_spec,
@@ -61,12 +62,15 @@ def semantic_errors(spec: Cifar10ScalingSpec) -> list[str]:
     return errors
 
 
-def _validated(spec: kopf.Spec) -> tuple[Cifar10ScalingSpec | None, str]:
+def _validated(
+    spec: kopf.Spec, allowed_images: Sequence[str]
+) -> tuple[Cifar10ScalingSpec | None, str]:
     try:
         model = Cifar10ScalingSpec.model_validate(dict(spec))
     except ValidationError as err:
         return None, validation_problems(err)
-    problems = semantic_errors(model)
+    images = {"spec.workers.image": model.workers.image, "spec.ray.image": model.ray.image}
+    problems = semantic_errors(model) + image_errors(images, allowed_images)
     return (None, "; ".join(problems)) if problems else (model, "")
 
 
@@ -89,7 +93,7 @@ async def cifar10scaling_reconcile(
     if status.get("phase") in TERMINAL_PHASES:
         await lifecycle.release_if_closed(KIND, name, namespace, spec, status, patch, meta, runtime)
         return  # terminal stays terminal
-    model, problem = _validated(spec)
+    model, problem = _validated(spec, runtime.settings.allowed_images)
     if model is None:
         reject_spec(body, patch, status, meta, problem)
         return
@@ -267,7 +271,7 @@ async def derive_status(client: Client, workflow_id: str) -> dict[str, Any]:
             **scaling_results_patch(result.scales),
         }
     return {
-        "phase": Phase.FAILED.value,
+        "phase": lifecycle.closed_phase(state),
         "completionTime": now(),
         "message": f"workflow {workflow_id} ended {state.name if state else 'unknown'}",
     }

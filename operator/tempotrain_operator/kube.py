@@ -15,7 +15,7 @@ from kr8s.asyncio.objects import (
     PersistentVolumeClaim,
     new_class,
 )
-from tempotrain_workers.api import API_VERSION
+from tempotrain_workers.api import API_VERSION, LABEL_PREFIX
 
 BertExperimentResource = new_class(
     f"BertExperiment.{API_VERSION}", namespaced=True, plural="bertexperiments"
@@ -53,16 +53,64 @@ async def create_if_absent(manifest: dict[str, Any]) -> bool:
 
 
 async def create_children(owner: kopf.Body, children: list[dict[str, Any]]) -> None:
-    """Create each child that does not exist yet; an API error retries the handler."""
+    """Create each child that does not exist yet; an API error retries the handler. One that
+    exists must be this experiment's: another kind's of the same name (a BertExperiment and
+    a Cifar10Scaling both called `x`) is never shared."""
+    owner_kind, owner_uid = str(owner.get("kind")), str(owner.get("metadata", {}).get("uid"))
     for child in children:
         what = f"{child['kind']} {child['metadata']['name']}"
+        child["metadata"].setdefault("annotations", {})[OWNER_KIND] = owner_kind
         try:
             created = await create_if_absent(child)
+            existing = None if created else await _raw(child)
         except Exception as err:
             kopf.warn(owner, reason="ChildCreateFailed", message=f"{what}: {err}")
             raise kopf.TemporaryError(f"cannot create {what}: {err}", delay=15) from err
         if created:
             kopf.info(owner, reason="Created", message=what)
+            continue
+        other = foreign_owner(existing or {}, owner_kind, owner_uid)
+        if other is None:
+            continue
+        message = f"{what} already exists and belongs to {other}; rename this experiment"
+        kopf.warn(owner, reason="NameConflict", message=message)
+        if other.startswith(f"{owner_kind} "):
+            # An earlier experiment of this kind and name, still being garbage-collected.
+            raise kopf.TemporaryError(message, delay=30)
+        obj = await EXPERIMENT_KINDS[owner_kind](dict(owner))
+        condition = {
+            "type": "SpecValid",
+            "status": "False",
+            "reason": "NameConflict",
+            "message": message,
+            "lastTransitionTime": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+        await patch_status(obj, {"phase": "Failed", "message": message, "conditions": [condition]})
+        raise kopf.PermanentError(message)
+
+
+OWNER_KIND = f"{LABEL_PREFIX}owner-kind"  # on every child: which kind of experiment made it
+
+
+def foreign_owner(existing: dict[str, Any], owner_kind: str, owner_uid: str) -> str | None:
+    """Whose an existing child of the wanted name is, when not this experiment's; None when
+    it is ours: owned by this very object, or a claim kept (Retain) by an experiment of this
+    kind and name before, which a re-applied one picks up on purpose."""
+    meta = existing.get("metadata") or {}
+    references = meta.get("ownerReferences") or []
+    if references:
+        if any(reference.get("uid") == owner_uid for reference in references):
+            return None
+        first = references[0]
+        return f"{first.get('kind')} {first.get('name')} (uid {first.get('uid')})"
+    kind = (meta.get("annotations") or {}).get(OWNER_KIND)
+    return f"a {kind} of the same name" if kind and kind != owner_kind else None
+
+
+async def _raw(manifest: dict[str, Any]) -> dict[str, Any] | None:
+    meta = manifest["metadata"]
+    found = await get_object(manifest["kind"], meta["namespace"], meta["name"])
+    return dict(found.raw) if found is not None else None
 
 
 async def list_pods(namespace: str, labels: dict[str, str]) -> list[dict[str, Any]]:

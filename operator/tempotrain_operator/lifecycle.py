@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fnmatch
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -88,6 +89,18 @@ def storage_errors(storage: StorageSpec) -> list[str]:
     return errors
 
 
+def image_errors(images: dict[str, str | None], allowed: Sequence[str]) -> list[str]:
+    """The images an experiment sets itself (field path → image) that no allowed pattern
+    matches; none when every image is allowed (no patterns)."""
+    if not allowed:
+        return []
+    return [
+        f"{path}: image {image!r} is not allowed here (allowed: {', '.join(allowed)})"
+        for path, image in images.items()
+        if image and not any(fnmatch.fnmatchcase(image, pattern) for pattern in allowed)
+    ]
+
+
 def volume_children(body: kopf.Body, experiment: Experiment[Any]) -> list[dict[str, Any]]:
     """The snapshots and runs PVCs to create; owned (deleted with the CR) only when Delete."""
     pvcs = []
@@ -138,6 +151,12 @@ async def resync_from_workflow(
         if derived.get("phase") not in TERMINAL_PHASES:
             return
     await release_if_closed(kind, name, namespace, spec, status, patch, meta, runtime)
+
+
+def closed_phase(state: WorkflowExecutionStatus | None) -> str:
+    """The phase of a workflow that closed without a result: Cancelled when it was."""
+    cancelled = state == WorkflowExecutionStatus.CANCELED
+    return (Phase.CANCELLED if cancelled else Phase.FAILED).value
 
 
 def workflow_lost(err: BaseException) -> bool:
@@ -343,11 +362,17 @@ async def _cancel_on_delete(
     # must not leave a workflow behind.
     workflow_id = workflow_id_for(str(body.get("kind")), namespace, name, uid)
     finished = status.get("phase") in TERMINAL_PHASES
-    if not finished:
-        # Being deleted, never "Failed": the workflow's own push after its cancellation
-        # ranks below this, and the resync leaves a Terminating CR alone.
-        patch.status["phase"] = Phase.TERMINATING.value
-        patch.status["message"] = "deleted: the workflow is cancelled (a checkpoint is saved)"
+    if not finished and status.get("phase") != Phase.TERMINATING:
+        # Being deleted, never "Failed": written now, before the cancellation, so that what
+        # the workflow pushes on its way out ranks below it; the resync leaves it alone.
+        obj = await kube.EXPERIMENT_KINDS[str(body.get("kind"))](dict(body))
+        await kube.patch_status(
+            obj,
+            {
+                "phase": Phase.TERMINATING.value,
+                "message": "deleted: its workflow is cancelled (the trainer saves first)",
+            },
+        )
     if await cancel_workflow(workflow_id, memo.runtime, logger):
         if not finished:
             patch.status["phase"] = Phase.CANCELLED.value

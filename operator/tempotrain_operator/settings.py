@@ -48,6 +48,9 @@ class OperatorSettings:
     # Pull secrets and environment every worker and Ray pod gets (the chart's `workers.*`);
     # an experiment's `spec.workers` adds to them.
     worker_pod_defaults: PodSettings = field(default_factory=PodSettings)
+    # Patterns (fnmatch) an experiment's own images must match; empty: any image. The images
+    # run with the experiment's claims and Temporal credentials: an admin may pin them.
+    allowed_images: tuple[str, ...] = ()
 
     def queues_for(self, uid: str) -> tuple[str, str]:
         """(training, eval) queues of one experiment. Per-experiment queues keep a worker pod
@@ -125,6 +128,15 @@ def parse_settings(argv: list[str] | None = None) -> OperatorSettings:
         "--resync-seconds", type=float, default=float(_env("TEMPOTRAIN_RESYNC_SECONDS", "60") or 60)
     )
     parser.add_argument(
+        "--allowed-image",
+        action="append",
+        dest="allowed_images",
+        metavar="PATTERN",
+        help="an image an experiment may set in spec.workers.image / spec.ray.image / "
+        "spec.image.image, as an fnmatch pattern (repeatable; env TEMPOTRAIN_ALLOWED_IMAGES, "
+        "comma-separated); default: any",
+    )
+    parser.add_argument(
         "--progress-seconds",
         type=float,
         default=float(_env("TEMPOTRAIN_PROGRESS_SECONDS", "5") or 5),
@@ -155,4 +167,8 @@ def parse_settings(argv: list[str] | None = None) -> OperatorSettings:
         ray_address=args.ray_address,
         worker_temporal_secret=args.worker_temporal_secret,
         worker_pod_defaults=pod_defaults,
+        allowed_images=tuple(
+            args.allowed_images
+            or [p for p in (_env("TEMPOTRAIN_ALLOWED_IMAGES") or "").split(",") if p]
+        ),
     )

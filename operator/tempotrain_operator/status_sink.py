@@ -59,11 +59,12 @@ async def publish_status(update: StatusUpdate) -> None:
     finished = update.phase in TERMINAL_PHASES and "phase" in patch
     if finished:
         succeeded = update.phase == Phase.SUCCEEDED
+        failed_reason = "Cancelled" if update.phase == Phase.CANCELLED else "WorkflowFailed"
         patch["conditions"] = conditions.upsert(
             status.get("conditions"),
             "Completed",
             True,
-            "Succeeded" if succeeded else "WorkflowFailed",
+            "Succeeded" if succeeded else failed_reason,
             update.message or ("the experiment finished" if succeeded else "failed"),
             raw["metadata"].get("generation"),
         )

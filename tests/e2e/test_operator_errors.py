@@ -17,6 +17,7 @@ from tests.e2e.conftest import (
     experiment_status,
     kube_json,
 )
+from tests.e2e.test_cifar10_scaling import scaling
 from tests.support import eventually
 
 pytestmark = pytest.mark.kube
@@ -117,3 +118,30 @@ async def test_a_run_that_fails_says_why_in_its_status_and_a_warning_event(
 
     events = await eventually(warned, within=30, what="a ModelNotFound Warning event")
     assert "not-there" in events[0]["message"], events[0]
+
+
+async def test_two_kinds_with_one_name_never_share_children(
+    cluster: ClusterHandle, stack: Stack, minilm_path: Path
+) -> None:
+    ns = stack.namespace
+    apply(cluster, ns, experiment("twin", minilm_path))
+
+    async def started() -> bool:
+        status = experiment_status(cluster, ns, "twin")
+        return conditions_by_type(status).get("WorkflowStarted", {}).get("status") == "True"
+
+    await eventually(started, within=60, what="the BertExperiment's WorkflowStarted")
+    apply(cluster, ns, scaling("twin"))
+
+    async def refused() -> dict[str, Any] | None:
+        status = experiment_status(cluster, ns, "twin", kind="cifar10scalings")
+        return status if status.get("phase") == "Failed" else None
+
+    status = await eventually(refused, within=60, what="the Cifar10Scaling refused")
+    condition = conditions_by_type(status)["SpecValid"]
+    assert condition["reason"] == "NameConflict", condition
+    assert "twin-snapshots" in condition["message"] and "BertExperiment" in condition["message"]
+    # Nothing of its own was made: no Ray driver, no RayCluster.
+    assert not kube_json(cluster, ns, "rayclusters.ray.io")["items"]
+    names = {d["metadata"]["name"] for d in kube_json(cluster, ns, "deployments")["items"]}
+    assert names == {"twin-training", "twin-eval"}, names

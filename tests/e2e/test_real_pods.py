@@ -190,6 +190,12 @@ async def test_experiment_trains_in_its_pods_through_a_pod_deletion_and_a_contai
     status = kube_json(cluster, ns, RESOURCE, "sentiment")["status"]
     assert status["metrics"]["evalAccuracy"] > 0.8
     assert conditions_by_type(status)["Completed"]["reason"] == "Succeeded"
+    # Three attempts: the pod deletion (a worker shutdown, retried at once after its save)
+    # and the SIGKILL (a heartbeat timeout) each ended one; both made progress, so the run
+    # was never degraded for long, and is not now.
+    assert status["attempts"] == 3, status
+    assert status["lastFailure"]["reason"] == "HeartbeatTimeout", status["lastFailure"]
+    assert conditions_by_type(status)["Degraded"]["status"] == "False", status["conditions"]
     row = cluster.kubectl("get", "bexp", "sentiment", "-n", ns, "--no-headers").split()
     assert row[1] == "Succeeded" and row[2] == "100", row  # PHASE, PROGRESS (%)
     assert all(value != "<none>" for value in row[3:6]), row  # STEP, LOSS, ACCURACY

@@ -69,6 +69,28 @@ async def test_valid_minimal_manifest_gets_schema_defaults(
     assert BertExperimentSpec.model_validate(spec).training.learning_rate == 2e-5
 
 
+@pytest.mark.kube
+async def test_what_defines_a_run_cannot_change_under_it(
+    crds: None, cluster: ClusterHandle, namespace: str
+) -> None:
+    manifest = {
+        "apiVersion": "tempotrain.dev/v1alpha1",
+        "kind": "BertExperiment",
+        "metadata": {"name": "fixed"},
+        "spec": {"model": {"name": "bert-base-uncased"}},
+    }
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(manifest))
+    edit = json.dumps({"spec": {"training": {"epochs": 9}}})
+    refused = cluster.kubectl.run(
+        "patch", "bexp", "fixed", "-n", namespace, "--type=merge", "-p", edit
+    )
+    assert refused.returncode != 0, "an edit of spec.training was accepted"
+    assert "spec.training cannot change once the experiment exists" in refused.stderr
+    # What does not define the run may change.
+    allowed = json.dumps({"spec": {"resources": {"cpu": "2"}}})
+    cluster.kubectl("patch", "bexp", "fixed", "-n", namespace, "--type=merge", "-p", allowed)
+
+
 def test_example_spec_round_trips_through_the_model(minilm_path: Path) -> None:
     spec = experiment("x", minilm_path)["spec"]
     assert BertExperimentSpec.model_validate(spec).wire()["training"]["saveSteps"] == 8

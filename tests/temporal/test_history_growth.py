@@ -20,7 +20,7 @@ TEMPORAL_WARNING = 10_240  # events in one run: Temporal warns here, terminates 
 async def test_a_simulated_week_with_crashes_keeps_each_run_small_and_finishes(
     temporal: TemporalHandle, tmp_path: Path
 ) -> None:
-    # A checkpoint every 10 minutes for 7 days (1,008), a progress event every 20 s (30,240;
+    # A checkpoint every 10 minutes for 7 days (1,008), a progress event a minute (10,080;
     # bench/history_growth.py runs the trainer's real 2 s), five crashes. A low limit of its
     # own makes the run continue as new several times.
     limit = 2000
@@ -30,7 +30,7 @@ async def test_a_simulated_week_with_crashes_keeps_each_run_small_and_finishes(
         crash_at_hours=(20, 50, 80, 110, 140),
         history_limit=limit,
         max_failures_without_progress=2,  # five crashes, each after progress: never reached
-        tick_seconds=20,
+        tick_seconds=60,
     )
     outcome = await simulate(temporal.client, week, tmp_path)
     print(
@@ -46,8 +46,10 @@ async def test_a_simulated_week_with_crashes_keeps_each_run_small_and_finishes(
     assert max(outcome.events_per_run) < min(2 * limit, TEMPORAL_WARNING)
     assert outcome.progress_signals == 0  # progress costs no history at all
     assert outcome.events_per_hour_without_checkpoints() <= 100
-    # Every checkpoint reached the workflow once, across crashes and handovers.
-    assert sum(outcome.checkpoint_signals_per_run) >= 1008
+    # The checkpoints reached the workflow across crashes and handovers: all but, at most,
+    # one per handover (saved as the old run closed; the next run finds it on disk).
+    handovers = len(outcome.events_per_run) - 1
+    assert sum(outcome.checkpoint_signals_per_run) >= 1008 - handovers
     retry = outcome.retry
     assert retry is not None and retry.attempts >= 6  # 5 crashes + the handovers' attempts
     assert retry.failures_without_progress == 0

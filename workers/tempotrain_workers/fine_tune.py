@@ -33,7 +33,7 @@ from tempotrain_workers.errors import non_retryable
 from tempotrain_workers.heartbeats import HEARTBEAT_SECONDS
 from tempotrain_workers.ml_imports import ml_stack_ready
 from tempotrain_workers.subprocesses import die_with_parent
-from tempotrain_workers.trainer_main import EVENT_PREFIX, EXIT_BAD_INPUT, EXIT_STOPPED, TrainerJob
+from tempotrain_workers.trainer_main import EVENT_PREFIX, EXIT_STOPPED, TrainerJob
 
 log = logging.getLogger(__name__)
 GRACEFUL_STOP_SECONDS = 120
@@ -41,6 +41,7 @@ GRACEFUL_STOP_SECONDS = 120
 # attempt's TrainingHeartbeat from the error's details to tell whether it made progress.
 TRAINER_EXITED = "TrainerExited"
 TRAINER_STOPPED = "TrainerStopped"
+WORKER_SHUTDOWN = "WorkerShutdown"
 
 
 def trainer_command(job_file: Path) -> list[str]:
@@ -95,7 +96,7 @@ class TrainerSupervisor:
         resume = await asyncio.to_thread(latest_verified, self.run_dir, snapshot.snapshot_hash)
         self.latest = resume
         self.resumed_step = resume.step if resume else None
-        attempt = activity.info().attempt
+        attempt = max(self.request.attempt, activity.info().attempt)
         job_file = self.run_dir / f".job-attempt-{attempt}.json"
         job = TrainerJob(
             config=self._with_local_model(Path(snapshot.path).parent),
@@ -130,6 +131,14 @@ class TrainerSupervisor:
             returncode = await process.wait()
         except asyncio.CancelledError:
             await self._stop_gracefully(process)
+            if activity.is_worker_shutdown():
+                # Not a cancellation the workflow asked for: a retryable failure (it just
+                # saved, so the workflow retries at once elsewhere), never "Cancelled".
+                raise ApplicationError(
+                    "the worker shut down; the trainer saved a checkpoint and stopped",
+                    self._heartbeat_details().model_dump(mode="json"),
+                    type=WORKER_SHUTDOWN,
+                ) from None
             raise
         return self._result(returncode, log_file)
 
@@ -211,7 +220,9 @@ class TrainerSupervisor:
         await process.wait()
 
     def _result(self, returncode: int, log_file: Path) -> BertFineTuneResult:
-        if returncode == EXIT_BAD_INPUT and self.error:
+        if returncode != 0 and self.error:
+            # The error event, not the exit code, says what went wrong: torchrun reports its
+            # own exit code for a failed rank, so EXIT_BAD_INPUT does not survive it.
             raise non_retryable(ErrorType(self.error["type"]), self.error["message"])
         details = self._heartbeat_details().model_dump(mode="json")
         if returncode == EXIT_STOPPED:

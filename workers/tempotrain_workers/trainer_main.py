@@ -64,6 +64,22 @@ def pick_device() -> str:
     return "cpu"
 
 
+def ranks_agree(*flags: bool) -> tuple[bool, ...]:
+    """Each flag OR-ed over all ranks (torchrun): a SIGTERM may reach one rank only, and
+    clocks differ, so every rank stops, or saves, at the same step: one complete checkpoint,
+    never a rank waiting in a collective the others left. One rank: the flags as they are."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flags
+    on_gpu = dist.get_backend() == "nccl"
+    device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
+    votes = torch.tensor([float(flag) for flag in flags], device=device)
+    dist.all_reduce(votes, op=dist.ReduceOp.MAX)
+    return tuple(bool(vote) for vote in votes.tolist())
+
+
 def build_callback(job: TrainerJob) -> Any:
     from transformers import TrainerCallback
 
@@ -94,12 +110,15 @@ def build_callback(job: TrainerJob) -> Any:
 
         def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
             self.step_ended = time.monotonic()  # the Trainer saves right after this hook
-            if os.getppid() != self.parent:  # the supervising worker died: stop, don't orphan
+            # The supervising worker died: stop, don't orphan.
+            stop = self.stop_requested or os.getppid() != self.parent
+            timed = bool(interval) and time.monotonic() - self.last_save >= interval
+            stop, timed = ranks_agree(stop, timed)
+            if stop:
                 self.stop_requested = True
-            if self.stop_requested:
                 control.should_save = True
                 control.should_training_stop = True
-            elif interval and time.monotonic() - self.last_save >= interval:
+            elif timed:
                 control.should_save = True
             due = time.monotonic() - self.last_progress >= PROGRESS_EVERY_SECONDS
             if state.is_world_process_zero and due:

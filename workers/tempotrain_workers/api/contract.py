@@ -246,6 +246,9 @@ class BertFineTuneRequest(Contract):
     snapshot: DatasetSnapshotResult
     resume_from: CheckpointInfo | None = None  # a hint: the run directory is the truth
     runs_root: str | None = None  # default: the worker's --runs-root
+    # The workflow's count: each attempt is one activity execution (whose own count stays 1).
+    # Names the attempt's job file and trainer log.
+    attempt: int = Field(default=1, ge=1)
 
     @model_validator(mode="after")
     def _run_id_is_set(self) -> BertFineTuneRequest:

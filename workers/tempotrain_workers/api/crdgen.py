@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from tempotrain_workers.api.base import DNS_LABEL_PATTERN
+from tempotrain_workers.api.base import CEL, DNS_LABEL_PATTERN
 from tempotrain_workers.api.inference_resources import BatchInferenceSpec, BatchInferenceStatus
 from tempotrain_workers.api.resources import (
     CATEGORY,
@@ -77,8 +77,10 @@ def _object_defaults(model: type[BaseModel], schema: dict[str, Any]) -> None:
 def _convert(node: dict[str, Any], definitions: dict[str, Any]) -> dict[str, Any]:
     node = copy.deepcopy(node)
     if "$ref" in node:
-        target = definitions[node.pop("$ref").split("/")[-1]]
-        node = {**copy.deepcopy(target), **node}
+        target = copy.deepcopy(definitions[node.pop("$ref").split("/")[-1]])
+        # A field's own CEL rules (e.g. immutability) join its model's, never replace them.
+        rules = target.get(CEL, []) + node.pop(CEL, [])
+        node = {**target, **node, **({CEL: rules} if rules else {})}
     if "anyOf" in node:  # Optional[X]: the non-null branch; absence stands for None
         branches = [b for b in node.pop("anyOf") if b.get("type") != "null"]
         if len(branches) != 1:

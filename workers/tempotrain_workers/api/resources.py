@@ -12,6 +12,7 @@ from enum import StrEnum
 from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field, StringConstraints
+from pydantic.config import JsonDict
 
 from tempotrain_workers.api.base import (
     CEL,
@@ -167,21 +168,43 @@ class WorkersSpec(PodSettings):
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
 
 
+def immutable(field: str) -> JsonDict:
+    """A transition rule: what defines a run cannot change under it (its workflow has its
+    input already); the apiserver refuses the edit with this message."""
+    return {
+        CEL: [
+            cel(
+                "self == oldSelf",
+                f"spec.{field} cannot change once the experiment exists: delete it and apply "
+                "the new spec (Retain claims keep the data)",
+            )
+        ]
+    }
+
+
 class BertExperimentSpec(WireModel):
-    model: ModelSpec
+    model: ModelSpec = Field(json_schema_extra=immutable("model"))
     dataset: DatasetSpec = Field(
-        default_factory=lambda: DatasetSpec(name=DEFAULT_DATASET, config=DEFAULT_DATASET_CONFIG)
+        default_factory=lambda: DatasetSpec(name=DEFAULT_DATASET, config=DEFAULT_DATASET_CONFIG),
+        json_schema_extra=immutable("dataset"),
     )
-    training: TrainingSpec = Field(default_factory=TrainingSpec)
-    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    training: TrainingSpec = Field(
+        default_factory=TrainingSpec, json_schema_extra=immutable("training")
+    )
+    evaluation: EvaluationSpec = Field(
+        default_factory=EvaluationSpec, json_schema_extra=immutable("evaluation")
+    )
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
-    storage: StorageSpec = Field(default_factory=StorageSpec)
+    storage: StorageSpec = Field(
+        default_factory=StorageSpec, json_schema_extra=immutable("storage")
+    )
     workers: WorkersSpec = Field(default_factory=WorkersSpec)
     run_id: str | None = Field(
         default=None,
         pattern=DNS_LABEL_PATTERN,
         max_length=63,
         description="default: the experiment's name",
+        json_schema_extra=immutable("runId"),
     )
 
 

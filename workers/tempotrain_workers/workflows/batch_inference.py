@@ -34,7 +34,11 @@ with workflow.unsafe.imports_passed_through():
         RowSelection,
         chunk_ranges,
     )
-    from tempotrain_workers.workflows.status import StatusReporter, root_message
+    from tempotrain_workers.workflows.status import (
+        StatusReporter,
+        ended_phase,
+        root_message,
+    )
 
 CHUNK_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=2),
@@ -96,7 +100,7 @@ class BatchInferenceWorkflow:
             )
             return await self._finish(status, ranges, tally, merged)
         except ActivityError as err:
-            status.update(phase=Phase.FAILED, message=root_message(err))
+            status.update(phase=ended_phase(err), message=root_message(err))
             await status.flush()
             raise
 

@@ -23,7 +23,11 @@ with workflow.unsafe.imports_passed_through():
         training_workflow_id,
     )
     from tempotrain_workers.workflows.evaluation import BertEvalWorkflow
-    from tempotrain_workers.workflows.status import StatusReporter, root_message
+    from tempotrain_workers.workflows.status import (
+        StatusReporter,
+        ended_phase,
+        root_message,
+    )
     from tempotrain_workers.workflows.training import CheckpointedBertTrainingWorkflow
 
 
@@ -41,7 +45,7 @@ class CoordinatorWorkflow:
                 *(self._train_and_evaluate(i, c, request) for i, c in enumerate(request.configs))
             )
         except (ActivityError, ChildWorkflowError) as err:
-            self._status.update(phase=Phase.FAILED, message=root_message(err))
+            self._status.update(phase=ended_phase(err), message=root_message(err))
             await self._status.flush()
             raise
         first = runs[0]

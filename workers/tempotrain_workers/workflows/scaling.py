@@ -24,7 +24,11 @@ with workflow.unsafe.imports_passed_through():
         ScaleTrainResult,
         compare_scales,
     )
-    from tempotrain_workers.workflows.status import StatusReporter, root_message
+    from tempotrain_workers.workflows.status import (
+        StatusReporter,
+        ended_phase,
+        root_message,
+    )
 
 SCALE_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=5),
@@ -65,7 +69,7 @@ class Cifar10ScalingWorkflow:
                     cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
                 )
             except ActivityError as err:
-                status.update(phase=Phase.FAILED, message=root_message(err))
+                status.update(phase=ended_phase(err), message=root_message(err))
                 await status.flush()
                 raise
             self._results.append(result)

@@ -15,11 +15,12 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
 with workflow.unsafe.imports_passed_through():
     from tempotrain_workers.api import (
         PUBLISH_STATUS_ACTIVITY,
+        Phase,
         StatusTarget,
         StatusUpdate,
     )
@@ -102,3 +103,14 @@ def root_message(err: BaseException) -> str:
             return f"{cause.type}: {cause.message}"
         err, cause = cause, cause.__cause__
     return str(err)
+
+
+def ended_phase(err: BaseException) -> Phase:
+    """Cancelled when the failure is a cancellation (the experiment deleted, a `temporal
+    workflow cancel`), else Failed: a deleted experiment never reads as failed."""
+    cause: BaseException | None = err
+    while cause is not None:
+        if isinstance(cause, CancelledError):
+            return Phase.CANCELLED
+        cause = cause.__cause__
+    return Phase.FAILED

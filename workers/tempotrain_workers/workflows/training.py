@@ -184,7 +184,9 @@ class CheckpointedBertTrainingWorkflow:
             before = self._latest.step if self._latest else -1
             try:
                 return await self._attempt(
-                    fine_tune.model_copy(update={"resume_from": self._latest}),
+                    fine_tune.model_copy(
+                        update={"resume_from": self._latest, "attempt": self._retry.attempts}
+                    ),
                     fine_tune.config.heartbeat_timeout_seconds,
                 )
             except _RollOver:
