@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -253,6 +255,15 @@ def minilm_classifier(minilm_path: Path, tmp_path_factory: pytest.TempPathFactor
     )
     AutoTokenizer.from_pretrained(minilm_path).save_pretrained(target)
     return target
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A state dir for a platform of a test's own: its real node's kubelet binds unix sockets
+    under it (at most 107 bytes), which pytest's tmp_path can exceed (`pytest-123/<test>`)."""
+    path = Path(tempfile.mkdtemp(prefix="tt-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -44,6 +44,7 @@ COREDNS_USER = "system:coredns"
 # /var/log/containers: the kubelet's one hard-coded path outside its root dir (symlinks).
 CONTAINER_LOG_LINKS = Path("/var/log/containers")
 CNI_CACHE = Path("/var/lib/cni/results")
+MAX_UNIX_SOCKET_PATH = 107  # sun_path is 108 bytes with its terminating NUL
 SOCKETS_ROOT = Path("/run/tempotrain")  # short paths for unix sockets (see RealNode.socket)
 KUBELET_HEALTHZ_PORT = 10248  # inside the node's network namespace: no other platform's
 
@@ -89,6 +90,18 @@ class RealNode:
     def kubelet_root(self) -> Path:
         return self.state_dir / "kubelet"
 
+    def _check_socket_paths(self) -> None:
+        """The kubelet binds unix sockets under its root dir (pod-resources/<10 digits>); a
+        path over 107 bytes cannot be bound, and the kubelet exits. Said up front, with
+        what to do, rather than as a kubelet crash."""
+        longest = self.kubelet_root / "pod-resources" / ("0" * 10)
+        if len(str(longest).encode()) > MAX_UNIX_SOCKET_PATH:
+            raise RuntimeError(
+                f"the state dir {self.state_dir} is too deep for the kubelet's unix sockets "
+                f"({len(str(longest).encode())} bytes, at most {MAX_UNIX_SOCKET_PATH}): "
+                "use a shorter --state-dir"
+            )
+
     @property
     def pod_logs(self) -> Path:
         return self.state_dir / "pod-logs"
@@ -111,6 +124,7 @@ class RealNode:
         if self.is_up():
             log(f"node: {NODE_NAME} already up")
             return
+        self._check_socket_paths()
         if not self.processes["containerd"].is_running():
             # Whatever ran before died with it: start the node from a clean slate.
             self.down(lambda _: None, keep_network=True)

@@ -17,6 +17,18 @@ from tempotrain_operator.settings import parse_settings
 from tempotrain_operator.status_sink import run_status_sink
 
 
+class QuietTimers(logging.Filter):
+    """kopf logs every timer run at INFO; the progress (5 s) and resync timers would fill
+    the log with one line per experiment per tick. Their failures still show."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("Timer '") and message.endswith("' succeeded."))
+
+
+logging.getLogger("kopf.objects").addFilter(QuietTimers())
+
+
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     # Progress in annotations, not in .status: the status schema stays strict and ours.

@@ -28,6 +28,7 @@ from tempotrain_operator.children import (
     WorkerConfig,
     build_worker_deployment,
     worker_config,
+    worker_deployment_names,
 )
 from tempotrain_operator.lifecycle import (
     image_errors,
@@ -83,11 +84,15 @@ async def bertexperiment_reconcile(
     patch: kopf.Patch,
     logger: kopf.Logger,
     memo: kopf.Memo,
+    rerun: bool = False,
     **_: Any,
 ) -> None:
+    """`rerun`: a Failed experiment the user asked to run again (`lifecycle.register_retry`):
+    its workers come back and its workflow starts again under its id, resuming from the last
+    verified checkpoint."""
     runtime: Runtime = memo.runtime
     namespace = namespaced(namespace, KIND)
-    if status.get("phase") in TERMINAL_PHASES:
+    if status.get("phase") in TERMINAL_PHASES and not rerun:
         await release_if_closed(KIND, name, namespace, spec, status, patch, meta, runtime)
         return  # terminal stays terminal
     model, problem = _validated(spec, runtime.settings.allowed_images)
@@ -99,7 +104,10 @@ async def bertexperiment_reconcile(
     workers = worker_config(runtime.settings, uid)
     await _ensure_children(body, experiment, workers)
 
-    if not status.get("phase"):
+    if rerun:
+        await lifecycle.reset_for_retry(body, status, patch)
+        await kube.scale(namespace, worker_deployment_names(name), 1)
+    elif not status.get("phase"):
         # Written now, not with the handler's patch: the workflow's own updates (Snapshotting,
         # Training) may land before the handler returns, and phase must not go back.
         obj = await kube.BertExperimentResource(dict(body))  # the body kopf handed us: no GET
@@ -126,6 +134,7 @@ async def bertexperiment_reconcile(
         status=status,
         meta=meta,
         logger=logger,
+        rerun_failed=rerun,
     )
     patch.status["runId"] = run_id_of(name, model)
 
@@ -134,6 +143,7 @@ async def bertexperiment_reconcile(
 # hands to the resync timer to start a lost workflow again.
 kopf.on.resume(GROUP, VERSION, PLURAL)(bertexperiment_reconcile)
 kopf.on.create(GROUP, VERSION, PLURAL)(bertexperiment_reconcile)
+lifecycle.register_retry(PLURAL, bertexperiment_reconcile)
 
 
 async def _ensure_children(

@@ -159,13 +159,18 @@ async def warning_events(namespace: str, kind: str, name: str) -> list[dict[str,
 
 
 async def scale_to_zero(namespace: str, names: list[str]) -> None:
+    await scale(namespace, names, 0)
+
+
+async def scale(namespace: str, names: list[str], replicas: int) -> None:
+    """Each Deployment that exists to `replicas` (missing ones are left to the reconcile)."""
     for name in names:
         try:
             deployment = await Deployment.get(name, namespace=namespace)
         except kr8s.NotFoundError:
             continue
-        if deployment.raw["spec"].get("replicas", 1) != 0:
-            await deployment.scale(0)
+        if deployment.raw["spec"].get("replicas", 1) != replicas:
+            await deployment.scale(replicas)
 
 
 async def get_experiment(

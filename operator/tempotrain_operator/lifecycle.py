@@ -294,8 +294,10 @@ async def start_workflow_once(
     status: kopf.Status,
     meta: kopf.Meta,
     logger: kopf.Logger,
+    rerun_failed: bool = False,
 ) -> None:
-    """Start (or find running) the one workflow of this CR; a closed one is never rerun."""
+    """Start (or find running) the one workflow of this CR; a closed one is never rerun,
+    unless it failed and `rerun_failed` (a retry the user asked for)."""
     try:
         client = await runtime.client()
         await client.start_workflow(
@@ -304,7 +306,9 @@ async def start_workflow_once(
             id=workflow_id,
             task_queue=queue,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY
+            if rerun_failed
+            else WorkflowIDReusePolicy.REJECT_DUPLICATE,
         )
     except WorkflowAlreadyStartedError:
         # Closed already (it finished while the operator was away): never run it twice; the
@@ -334,6 +338,48 @@ async def start_workflow_once(
         f"workflow {workflow_id} on {queue}",
     )
     kopf.info(body, reason="WorkflowStarted", message=f"workflow {workflow_id}")
+
+
+# What a retried experiment's last run said that no longer holds.
+RETRY_CLEARS = frozenset({"Completed", compute.RELEASED, "Degraded"})
+
+
+def register_retry(plural: str, reconcile: Callable[..., Awaitable[None]]) -> None:
+    """A Failed experiment whose data is intact runs again, without delete and re-apply,
+    when its `spec.retryGeneration` is raised
+    (`kubectl patch ... --type=merge -p '{"spec":{"retryGeneration":1}}'`). A field of the
+    spec, not an annotation: kopf leaves the annotations of its own prefix out of the diffs
+    it hands to handlers."""
+
+    async def retry(
+        body: kopf.Body, status: kopf.Status, old: Any, new: Any, **kwargs: Any
+    ) -> None:
+        phase = status.get("phase")
+        if not new or (old is not None and new <= old) or not phase:
+            return  # its default at creation, or lowered: nothing to retry
+        if phase != Phase.FAILED:
+            message = f"only a Failed experiment is retried; this one is {phase}"
+            kopf.info(body, reason="RetryIgnored", message=message)
+            return
+        kopf.info(
+            body,
+            reason="Retrying",
+            message=f"retry {new}: the run starts again from its last verified checkpoint",
+        )
+        await reconcile(body=body, status=status, rerun=True, **kwargs)
+
+    kopf.on.field(GROUP, VERSION, plural, id="retry", field="spec.retryGeneration")(retry)
+
+
+async def reset_for_retry(body: kopf.Body, status: kopf.Status, patch: kopf.Patch) -> None:
+    """Back to Pending before the new run starts (its pushes must not meet a terminal
+    phase); the last run's outcome goes, its checkpoints and attempts' history stay."""
+    obj = await kube.EXPERIMENT_KINDS[str(body.get("kind"))](dict(body))
+    cleared = {"phase": Phase.PENDING.value, "message": None, "completionTime": None}
+    await kube.patch_status(obj, cleared)
+    patch.status["conditions"] = [
+        c for c in status.get("conditions") or [] if c.get("type") not in RETRY_CLEARS
+    ]
 
 
 def cancel_on_delete(plural: str) -> None:

@@ -204,14 +204,14 @@ async def test_helm_installed_operator_runs_in_its_pod_and_trains_an_experiment_
 
 
 async def test_cluster_scoped_chart_trains_an_experiment_in_pods_on_a_platform_of_its_own(
-    tools: Tools, operator_image: str, worker_image: str, minilm_path: Path, tmp_path: Path
+    tools: Tools, operator_image: str, worker_image: str, minilm_path: Path, short_dir: Path
 ) -> None:
     """rbac.scope=cluster, as most users install it: a ClusterRole, every namespace watched,
     the experiment in a namespace other than the chart's. On a platform of its own: such an
     operator reconciles every experiment it can see, the other tests' too."""
     if os.environ.get("TEMPOTRAIN_KUBECONFIG"):
         pytest.skip("a cluster-wide operator needs a platform of its own")
-    platform = Platform(tmp_path / "platform")
+    platform = Platform(short_dir / "platform")
     try:
         platform.up(log=lambda _: None)
         assert platform.node is not None, platform.no_node_reason

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +97,7 @@ async def test_unreachable_temporal_is_a_condition_and_a_retry_not_a_crash(
     await eventually(recovered, within=60, what="WorkflowStarted once Temporal is reachable")
 
 
-async def test_a_run_that_fails_says_why_in_its_status_and_a_warning_event(
+async def test_a_failed_run_says_why_and_once_fixed_is_retried_in_place(
     cluster: ClusterHandle, stack: Stack, minilm_path: Path
 ) -> None:
     ns = stack.namespace
@@ -118,6 +119,26 @@ async def test_a_run_that_fails_says_why_in_its_status_and_a_warning_event(
 
     events = await eventually(warned, within=30, what="a ModelNotFound Warning event")
     assert "not-there" in events[0]["message"], events[0]
+
+    # The fix, then a retry of the same object: no delete, no re-apply.
+    shutil.copytree(minilm_path, stack.snapshots / "models" / "not-there")
+    retry = json.dumps({"spec": {"retryGeneration": 1}})
+    cluster.kubectl("patch", "bexp", "no-model", "-n", ns, "--type=merge", "-p", retry)
+
+    async def running_again() -> bool:
+        return experiment_status(cluster, ns, "no-model").get("phase") != "Failed"
+
+    await eventually(running_again, within=60, what="the retry to take the run out of Failed")
+
+    async def succeeded() -> dict[str, Any] | None:
+        status = experiment_status(cluster, ns, "no-model")
+        return status if status.get("phase") in ("Succeeded", "Failed") else None
+
+    status = await eventually(succeeded, within=240, what="the retried run to finish")
+    assert status["phase"] == "Succeeded", (status, stack.log("operator"))
+    conditions = conditions_by_type(status)
+    assert conditions["Completed"]["reason"] == "Succeeded", conditions
+    assert "message" not in status or not status["message"].startswith("ModelNotFound")
 
 
 async def test_two_kinds_with_one_name_never_share_children(

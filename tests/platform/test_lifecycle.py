@@ -28,8 +28,8 @@ def _pids(state_dir: Path) -> dict[str, int | None]:
     return {name: p.pid() for name, p in Platform(state_dir).processes().items()}
 
 
-def test_up_twice_is_a_no_op_and_down_stops_everything(tmp_path: Path) -> None:
-    state = tmp_path / "platform"
+def test_up_twice_is_a_no_op_and_down_stops_everything(short_dir: Path) -> None:
+    state = short_dir / "platform"
     try:
         first = _cli(state, "up")
         assert first.returncode == 0, first.stderr
@@ -37,7 +37,7 @@ def test_up_twice_is_a_no_op_and_down_stops_everything(tmp_path: Path) -> None:
         assert all(pids.values()), (pids, first.stdout)
         assert (state / "env.sh").read_text().count("export") >= 4
         if os.environ.get("TEMPOTRAIN_REQUIRE_REAL_NODE") == "1":
-            # Its own real node, although its state dir is deep (unix socket path limits).
+            # Its own real node, beside the session's.
             assert Platform(state).node is not None, Platform(state).no_node_reason
 
         second = _cli(state, "up")

@@ -79,6 +79,7 @@ class TrainerSupervisor:
         self.resumed_step: int | None = None
         self.progress: Progress | None = None
         self.error: dict[str, Any] | None = None
+        self.stopped = False  # the trainer said it stopped on request (after its save)
 
     async def run(self) -> BertFineTuneResult:
         # From the first moment: the resume scan (sha256 of every checkpoint file) and the
@@ -177,6 +178,8 @@ class TrainerSupervisor:
                 activity.heartbeat(self._heartbeat_details())
             elif kind == "error":
                 self.error = event
+            elif kind == "stopped":
+                self.stopped = True
 
     async def _signal(self, name: str, payload: Any) -> None:
         info = activity.info()
@@ -225,7 +228,7 @@ class TrainerSupervisor:
             # own exit code for a failed rank, so EXIT_BAD_INPUT does not survive it.
             raise non_retryable(ErrorType(self.error["type"]), self.error["message"])
         details = self._heartbeat_details().model_dump(mode="json")
-        if returncode == EXIT_STOPPED:
+        if returncode == EXIT_STOPPED or (returncode == 0 and self.stopped):
             raise ApplicationError(
                 "the trainer stopped on request before finishing", details, type=TRAINER_STOPPED
             )

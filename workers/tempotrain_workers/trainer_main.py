@@ -248,6 +248,10 @@ def run(job: TrainerJob) -> int:
     train_seconds = time.monotonic() - started
     if callback.stop_requested:
         emit("stopped", step=trainer.state.global_step)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            # Under torchrun a rank that exits non-zero gets the others SIGTERMed, maybe mid
+            # save: exit 0 and let the "stopped" event say it (the supervisor reads it).
+            return 0
         return EXIT_STOPPED
 
     trainer.save_model(job.run_dir)  # final weights + tokenizer at the run root

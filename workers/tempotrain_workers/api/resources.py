@@ -206,6 +206,12 @@ class BertExperimentSpec(WireModel):
         description="default: the experiment's name",
         json_schema_extra=immutable("runId"),
     )
+    retry_generation: int = Field(
+        default=0,
+        ge=0,
+        description="raise it to run a Failed experiment again, from its last verified "
+        "checkpoint, without delete and re-apply",
+    )
 
 
 # -- status -------------------------------------------------------------------------------------
