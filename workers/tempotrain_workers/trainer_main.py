@@ -144,7 +144,9 @@ def build_callback(job: TrainerJob) -> Any:
 
         def on_save(self, args: Any, state: Any, control: Any, **_: Any) -> None:
             self.last_save = time.monotonic()
-            if not state.is_world_process_zero:
+            # One marker per checkpoint, by the global rank 0 only (as `emit` decides): two
+            # ranks writing it race on its staging file.
+            if not state.is_world_process_zero or int(os.environ.get("RANK", "0")) != 0:
                 return
             self.report_progress(state)  # a reader sees the step this checkpoint holds
             checkpoint = run_dir / f"checkpoint-{state.global_step}"
