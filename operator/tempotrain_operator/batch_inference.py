@@ -241,7 +241,6 @@ async def batchinference_resync(
 ) -> None:
     """Re-derive status from the workflow (heals missed pushes); release the pods at the end."""
     current = dict(status)
-
     await lifecycle.resync_from_workflow(
         KIND,
         name,

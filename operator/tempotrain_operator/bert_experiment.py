@@ -44,6 +44,7 @@ from tempotrain_operator.lifecycle import (
 from tempotrain_operator.mapping import (
     checkpoint_patch,
     coordinator_input,
+    latest_step,
     progress_patch,
     run_id_of,
 )
@@ -176,8 +177,7 @@ async def bertexperiment_resync(
 ) -> None:
     """Re-derive status from the workflow: heals any missed push (operator down, etc.).
     Registered as a timer by `register_resync` with the configured interval."""
-    known_step = (status.get("latestCheckpoint") or {}).get("step", -1)
-
+    known_step = latest_step(status)
     await lifecycle.resync_from_workflow(
         KIND,
         name,
@@ -217,11 +217,10 @@ async def bertexperiment_progress(
         return
     if heartbeat is None:
         return
-    progress = heartbeat.progress()
-    if progress is not None:
-        patch.status.update(progress_patch(progress, dict(status)))
+    if heartbeat.progress is not None:
+        patch.status.update(progress_patch(heartbeat.progress, dict(status)))
     if heartbeat.checkpoint is not None:
-        patch.status.update(checkpoint_patch(heartbeat.checkpoint, dict(status)))
+        patch.status.update(checkpoint_patch(heartbeat.checkpoint, latest_step(status)))
 
 
 def register_progress(interval: float) -> None:
@@ -269,14 +268,4 @@ async def derive_status(client: Client, workflow_id: str, known_step: int) -> di
     latest = await child.query(
         CheckpointedBertTrainingWorkflow.get_latest_checkpoint,
     )
-    if latest is None or latest.step <= known_step:
-        return {}
-    return {
-        "latestCheckpoint": {
-            "step": latest.step,
-            "epoch": latest.epoch,
-            "loss": latest.loss,
-            "path": latest.path,
-            "savedAt": latest.saved_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        }
-    }
+    return {} if latest is None else checkpoint_patch(latest, known_step)

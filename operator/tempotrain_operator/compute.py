@@ -23,7 +23,7 @@ RELEASED = "ComputeReleased"
 
 async def release(kind: str, namespace: str, name: str, spec: dict[str, Any]) -> None:
     """Worker Deployments scaled to 0; a Cifar10Scaling's RayCluster deleted unless kept."""
-    await kube.scale_to_zero(namespace, worker_deployment_names(name, kind))
+    await kube.scale(namespace, worker_deployment_names(name, kind), 0)
     if kind != "Cifar10Scaling":
         return
     ray = spec.get("ray") or {}

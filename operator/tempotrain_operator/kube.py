@@ -17,6 +17,8 @@ from kr8s.asyncio.objects import (
 )
 from tempotrain_workers.api import API_VERSION, LABEL_PREFIX
 
+from tempotrain_operator import conditions
+
 BertExperimentResource = new_class(
     f"BertExperiment.{API_VERSION}", namespaced=True, plural="bertexperiments"
 )
@@ -77,16 +79,22 @@ async def create_children(owner: kopf.Body, children: list[dict[str, Any]]) -> N
         if other.startswith(f"{owner_kind} "):
             # An earlier experiment of this kind and name, still being garbage-collected.
             raise kopf.TemporaryError(message, delay=30)
-        obj = await EXPERIMENT_KINDS[owner_kind](dict(owner))
-        condition = {
-            "type": "SpecValid",
-            "status": "False",
-            "reason": "NameConflict",
-            "message": message,
-            "lastTransitionTime": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        }
-        await patch_status(obj, {"phase": "Failed", "message": message, "conditions": [condition]})
+        current = (owner.get("status") or {}).get("conditions")
+        generation = owner.get("metadata", {}).get("generation")
+        condition = conditions.upsert(
+            current, "SpecValid", False, "NameConflict", message, generation
+        )
+        await patch_status(
+            await experiment_of(owner),
+            {"phase": "Failed", "message": message, "conditions": condition},
+        )
         raise kopf.PermanentError(message)
+
+
+async def experiment_of(body: kopf.Body) -> APIObject:
+    """The experiment a kopf handler was given, as a kr8s object (no GET)."""
+    experiment: APIObject = await EXPERIMENT_KINDS[str(body.get("kind"))](dict(body))
+    return experiment
 
 
 OWNER_KIND = f"{LABEL_PREFIX}owner-kind"  # on every child: which kind of experiment made it
@@ -156,10 +164,6 @@ async def warning_events(namespace: str, kind: str, name: str) -> list[dict[str,
         dict(event.raw)
         async for event in kr8s.asyncio.get("events", namespace=namespace, field_selector=selector)
     ]
-
-
-async def scale_to_zero(namespace: str, names: list[str]) -> None:
-    await scale(namespace, names, 0)
 
 
 async def scale(namespace: str, names: list[str], replicas: int) -> None:

@@ -374,9 +374,8 @@ def register_retry(plural: str, reconcile: Callable[..., Awaitable[None]]) -> No
 async def reset_for_retry(body: kopf.Body, status: kopf.Status, patch: kopf.Patch) -> None:
     """Back to Pending before the new run starts (its pushes must not meet a terminal
     phase); the last run's outcome goes, its checkpoints and attempts' history stay."""
-    obj = await kube.EXPERIMENT_KINDS[str(body.get("kind"))](dict(body))
     cleared = {"phase": Phase.PENDING.value, "message": None, "completionTime": None}
-    await kube.patch_status(obj, cleared)
+    await kube.patch_status(await kube.experiment_of(body), cleared)
     patch.status["conditions"] = [
         c for c in status.get("conditions") or [] if c.get("type") not in RETRY_CLEARS
     ]
@@ -411,9 +410,8 @@ async def _cancel_on_delete(
     if not finished and status.get("phase") != Phase.TERMINATING:
         # Being deleted, never "Failed": written now, before the cancellation, so that what
         # the workflow pushes on its way out ranks below it; the resync leaves it alone.
-        obj = await kube.EXPERIMENT_KINDS[str(body.get("kind"))](dict(body))
         await kube.patch_status(
-            obj,
+            await kube.experiment_of(body),
             {
                 "phase": Phase.TERMINATING.value,
                 "message": "deleted: its workflow is cancelled (the trainer saves first)",

@@ -3,6 +3,7 @@ workflow's StatusUpdate → a `/status` merge patch."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -205,7 +206,7 @@ def status_patch(update: StatusUpdate, current: dict[str, Any]) -> dict[str, Any
             "numExamples": snapshot.num_train_examples,
         }
     if update.latest_checkpoint:
-        patch |= checkpoint_patch(update.latest_checkpoint, current)
+        patch |= checkpoint_patch(update.latest_checkpoint, latest_step(current))
     if update.checkpoints_saved is not None:
         patch["checkpointsSaved"] = update.checkpoints_saved
     if update.progress:
@@ -241,9 +242,15 @@ def status_patch(update: StatusUpdate, current: dict[str, Any]) -> dict[str, Any
     return patch
 
 
-def checkpoint_patch(checkpoint: CheckpointInfo, current: dict[str, Any]) -> dict[str, Any]:
-    """`latestCheckpoint`, only ever moving forward."""
-    if checkpoint.step <= (current.get("latestCheckpoint") or {}).get("step", -1):
+def latest_step(status: Mapping[str, Any]) -> int:
+    """The step of the checkpoint `.status` reports; -1 when none yet."""
+    step: int = (status.get("latestCheckpoint") or {}).get("step", -1)
+    return step
+
+
+def checkpoint_patch(checkpoint: CheckpointInfo, known_step: int) -> dict[str, Any]:
+    """`latestCheckpoint`, only ever moving forward (past `known_step`)."""
+    if checkpoint.step <= known_step:
         return {}
     return {
         "latestCheckpoint": {

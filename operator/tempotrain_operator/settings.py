@@ -72,6 +72,11 @@ def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(name, default)
 
 
+def _env_list(name: str) -> list[str]:
+    """A comma-separated environment variable, empty items left out."""
+    return [item for item in (_env(name) or "").split(",") if item]
+
+
 def parse_settings(argv: list[str] | None = None) -> OperatorSettings:
     parser = argparse.ArgumentParser(
         prog="python -m tempotrain_operator", description="The TempoTrain operator (kopf)."
@@ -148,9 +153,7 @@ def parse_settings(argv: list[str] | None = None) -> OperatorSettings:
         pod_defaults = PodSettings.model_validate_json(args.worker_pod_defaults)
     except ValidationError as err:  # at startup, in one message: never a pod built half-right
         parser.error(f"--worker-pod-defaults / TEMPOTRAIN_WORKER_POD_DEFAULTS: {err}")
-    namespaces = args.namespaces or [
-        n for n in (_env("TEMPOTRAIN_NAMESPACES") or "").split(",") if n
-    ]
+    namespaces = args.namespaces or _env_list("TEMPOTRAIN_NAMESPACES")
     return OperatorSettings(
         namespaces=namespaces,
         temporal=connection_from(args),
@@ -167,8 +170,5 @@ def parse_settings(argv: list[str] | None = None) -> OperatorSettings:
         ray_address=args.ray_address,
         worker_temporal_secret=args.worker_temporal_secret,
         worker_pod_defaults=pod_defaults,
-        allowed_images=tuple(
-            args.allowed_images
-            or [p for p in (_env("TEMPOTRAIN_ALLOWED_IMAGES") or "").split(",") if p]
-        ),
+        allowed_images=tuple(args.allowed_images or _env_list("TEMPOTRAIN_ALLOWED_IMAGES")),
     )

@@ -192,14 +192,8 @@ class TrainerSupervisor:
             activity.logger.warning("signal %s to %s failed: %s", name, info.workflow_id, err)
 
     def _heartbeat_details(self) -> TrainingHeartbeat:
-        progress = self.progress
         return TrainingHeartbeat(
-            step=progress.step if progress else None,
-            total_steps=progress.total_steps if progress else None,
-            epoch=progress.epoch if progress else None,
-            loss=progress.loss if progress else None,
-            checkpoint=self.latest,
-            resumed_step=self.resumed_step,
+            progress=self.progress, checkpoint=self.latest, resumed_step=self.resumed_step
         )
 
     async def _heartbeat_forever(self) -> None:

@@ -163,19 +163,9 @@ class TrainingHeartbeat(Contract):
     it costs no workflow history (the operator reads it with describe). Also the last word of
     an attempt that died: the workflow learns from it whether that attempt made progress."""
 
-    step: int | None = None
-    total_steps: int | None = None
-    epoch: float | None = None
-    loss: float | None = None
+    progress: Progress | None = None
     checkpoint: CheckpointInfo | None = None  # the newest verified checkpoint of the run
     resumed_step: int | None = None  # where this attempt started from (None: from scratch)
-
-    def progress(self) -> Progress | None:
-        if self.step is None:
-            return None
-        return Progress(
-            step=self.step, total_steps=self.total_steps, epoch=self.epoch, loss=self.loss
-        )
 
 
 class AttemptFailure(Contract):

@@ -93,24 +93,27 @@ class StatusReporter:
                 self._last_sent = workflow.now()
 
 
+def causes(err: BaseException) -> list[BaseException]:
+    """The error and its causes, outermost first."""
+    chain = [err]
+    while chain[-1].__cause__ is not None:
+        chain.append(chain[-1].__cause__)
+    return chain
+
+
 def root_message(err: BaseException) -> str:
     """What actually went wrong, for `.status.message`: the outermost typed application
     error below the workflow wrappers (`ModelNotFound: ...`, `TooManyFailuresWithoutProgress:
     ...`), else the innermost cause's message."""
-    cause: BaseException | None = err
-    while cause is not None:
+    chain = causes(err)
+    for cause in chain:
         if isinstance(cause, ApplicationError) and cause.type:
             return f"{cause.type}: {cause.message}"
-        err, cause = cause, cause.__cause__
-    return str(err)
+    return str(chain[-1])
 
 
 def ended_phase(err: BaseException) -> Phase:
     """Cancelled when the failure is a cancellation (the experiment deleted, a `temporal
     workflow cancel`), else Failed: a deleted experiment never reads as failed."""
-    cause: BaseException | None = err
-    while cause is not None:
-        if isinstance(cause, CancelledError):
-            return Phase.CANCELLED
-        cause = cause.__cause__
-    return Phase.FAILED
+    cancelled = any(isinstance(cause, CancelledError) for cause in causes(err))
+    return Phase.CANCELLED if cancelled else Phase.FAILED

@@ -131,7 +131,7 @@ class CheckpointedBertTrainingWorkflow:
             self._latest, self._checkpoints_seen = carry.latest, carry.checkpoints_seen
             self._retry = carry.retry
         fine_tune = BertFineTuneRequest(config=config, snapshot=snapshot)
-        result = await self._train(fine_tune, request)
+        result = await self._train(fine_tune)
         if result is None:  # history is long: the next run carries on from here
             await self._status.flush()
             workflow.continue_as_new(
@@ -165,9 +165,7 @@ class CheckpointedBertTrainingWorkflow:
         await self._status.flush()
         return result
 
-    async def _train(
-        self, fine_tune: BertFineTuneRequest, request: BertTrainingInput
-    ) -> BertFineTuneResult | None:
+    async def _train(self, fine_tune: BertFineTuneRequest) -> BertFineTuneResult | None:
         """Attempts until one finishes; None when the run should continue as new first."""
         max_failures = fine_tune.config.max_failures_without_progress
         while True:
@@ -186,8 +184,7 @@ class CheckpointedBertTrainingWorkflow:
                 return await self._attempt(
                     fine_tune.model_copy(
                         update={"resume_from": self._latest, "attempt": self._retry.attempts}
-                    ),
-                    fine_tune.config.heartbeat_timeout_seconds,
+                    )
                 )
             except _RollOver:
                 return None
@@ -231,15 +228,13 @@ class CheckpointedBertTrainingWorkflow:
                 if pause:
                     await workflow.sleep(pause)
 
-    async def _attempt(
-        self, fine_tune: BertFineTuneRequest, heartbeat_timeout_seconds: int
-    ) -> BertFineTuneResult:
+    async def _attempt(self, fine_tune: BertFineTuneRequest) -> BertFineTuneResult:
         activity = workflow.start_activity(
             "fine_tune_bert",
             fine_tune,
             result_type=BertFineTuneResult,
             start_to_close_timeout=timedelta(days=7),
-            heartbeat_timeout=timedelta(seconds=heartbeat_timeout_seconds),
+            heartbeat_timeout=timedelta(seconds=fine_tune.config.heartbeat_timeout_seconds),
             retry_policy=ONE_ATTEMPT,
             # On cancellation wait for the trainer's final checkpoint before going away.
             cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
