@@ -13,7 +13,7 @@ DEV := PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m tempotrain_dev --state-dir $
 PYTEST_ARGS ?=
 DEMO ?= bert
 
-.PHONY: help venv tools images up down status demo test lint crds
+.PHONY: help doctor venv tools images up down status demo test lint crds clean clean-cache
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -27,10 +27,14 @@ $(VENV)/.installed: pyproject.toml
 	  $(PY) -m pip install --quiet --no-index --find-links "$$wheels" -e '.[$(EXTRAS)]'
 	@touch $@
 
+doctor: ## one line per prerequisite (Go, Python 3.11, disk, root and kernel for the real node)
+	@PYTHONPATH=dev $(PYTHON) -m tempotrain_dev.doctor
+
 venv: $(VENV)/.installed ## create .venv and install tempotrain with its extras
 
 tools: ## build (or find cached) etcd, Kubernetes, kwok, helm, KubeRay under ~/.cache/tempotrain
-	bash dev/build-tools.sh >/dev/null
+	@# What is built, and how long it took, is news; a cache hit is not (as in tempotrain_dev).
+	@bash dev/build-tools.sh 2>&1 >/dev/null | { grep -v 'cache hit' || true; } >&2
 
 images: venv tools ## build (or find) the operator and workers images for the real node
 	$(DEV) images
@@ -41,10 +45,10 @@ up: venv tools ## start the local control plane, a real node and Temporal (no-op
 down: ## stop everything `up` started
 	@if [ -x $(PY) ]; then $(DEV) down; fi
 
-status: venv ## which platform processes run
-	$(DEV) status
+status: venv ## which platform processes run (and the demo's operator and worker)
+	@$(DEV) status || test $$? -eq 3  # 3: not up, which is an answer, not an error
 
-demo: images up ## bring the platform up and run a real experiment on it (DEMO=bert|cifar10|inference)
+demo: doctor images up ## bring the platform up and run a real experiment on it (DEMO=bert|cifar10|inference)
 	@source $(STATE_DIR)/env.sh && \
 	  echo "== kubectl version" && kubectl version && \
 	  echo "== kubectl get nodes" && kubectl get nodes \
@@ -59,6 +63,18 @@ test: venv tools images ## run the whole test suite against a platform of its ow
 
 crds: venv ## regenerate crds/ from the pydantic models
 	$(PY) -m tempotrain_workers.api.crdgen
+
+CACHE ?= $(HOME)/.cache/tempotrain
+
+clean: down ## stop the platform, then free what this checkout rebuilds: .venv, .tempotrain, caches
+	@du -sh $(VENV) .tempotrain 2>/dev/null || true
+	rm -rf $(VENV) .tempotrain tempotrain.egg-info .mypy_cache .ruff_cache bench/.mypy_cache
+	@find . -name __pycache__ -type d -prune -exec rm -rf {} +
+	@echo "freed; ~/.cache/tempotrain (tools, wheels, images: $$(du -sh $(CACHE) 2>/dev/null | cut -f1)) is kept: make clean-cache"
+
+clean-cache: ## free ~/.cache/tempotrain too (the next make rebuilds tools and images: ~25 min)
+	@du -sh $(CACHE) 2>/dev/null || true
+	rm -rf $(CACHE)
 
 lint: venv ## ruff and mypy --strict on the packages
 	$(VENV)/bin/ruff check .

@@ -1,5 +1,5 @@
-"""`python -m tempotrain_dev up|down|status|env|tools|images|leftovers|demo`: the local
-platform from the shell."""
+"""`python -m tempotrain_dev up|down|status|env|tools|images|leftovers|demo|workspace|doctor`:
+the local platform from the shell."""
 
 from __future__ import annotations
 
@@ -51,6 +51,19 @@ def main(argv: list[str] | None = None) -> int:
         help="bert: BertExperiment with MiniLM; cifar10: Cifar10Scaling on Ray (1 and 2 "
         "workers); inference: BatchInference over the bert demo's model (runs it first)",
     )
+    workspace = commands.add_parser(
+        "workspace",
+        help="a namespace for an operator and a worker of your own on the running platform: "
+        "CRDs, the example's model and data, and the commands to start them",
+    )
+    workspace.add_argument("--namespace", default="mine", help="default: mine")
+    workspace.add_argument(
+        "--runs",
+        type=Path,
+        default=None,
+        help="the worker's runs root (default: .tempotrain/NS/runs)",
+    )
+    commands.add_parser("doctor", help="one line per prerequisite, with what to do")
     commands.add_parser("env", help="print export lines for KUBECONFIG and TEMPORAL_ADDRESS")
     commands.add_parser("tools", help="build or find the Go-built binaries, print their dirs")
     commands.add_parser(
@@ -90,6 +103,19 @@ def main(argv: list[str] | None = None) -> int:
         from tempotrain_dev.demo import run_demo  # needs the operator and workers installed
 
         return run_demo(platform, args.experiment)
+    elif args.command == "workspace":
+        from tempotrain_dev.workspace import PlatformDown, prepare_workspace  # needs the venv
+
+        runs = args.runs or Path(".tempotrain") / args.namespace / "runs"
+        try:
+            print("\n".join(prepare_workspace(platform, args.namespace, runs)))
+        except PlatformDown as err:
+            print(f"workspace: {err}", file=sys.stderr)
+            return 1
+    elif args.command == "doctor":
+        from tempotrain_dev import doctor
+
+        return doctor.main()
     elif args.command == "env":
         for key, value in platform.env().items():
             print(f"export {key}={value}")
@@ -142,16 +168,21 @@ def _cmdline(pid: int) -> str:
 
 
 def _status(platform: Platform) -> int:
+    """What runs; exit status 3 (as `systemctl status`) when part of the platform does not."""
     running = True
     for name, process in platform.processes().items():
         pid = process.pid()
         running &= pid is not None
         print(f"{name:24} {'pid ' + str(pid) if pid else 'stopped'}")
+    for name, process in platform.demo_processes().items():
+        print(f"{'demo ' + name:24} pid {process.pid()}  log {process.log_file}")
     reason = platform.no_node_reason
     if reason:
         print(f"real node: none ({reason})")
     for key, value in platform.env().items():
         print(f"{key}={value}")
+    if not running:
+        print("the platform is not (all) up: `make up` starts it, `make down` stops what is left")
     return 0 if running else 3
 
 

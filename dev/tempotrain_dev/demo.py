@@ -17,6 +17,7 @@ platform processes, the pods on kwok nodes (namespace `demo-host`), Ray started 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -117,6 +118,21 @@ def prepare_volume(snapshots: Path) -> None:
         write_sentiment_jsonl(data, 2000)
 
 
+def data_claim(cluster: LocalCluster, namespace: str) -> Path:
+    """The claim the examples read their model and data from (bound, on this machine)."""
+    claim = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": DATA_CLAIM, "namespace": namespace},
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": "1Gi"}},
+        },
+    }
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(claim))
+    return claim_directory(cluster.kubectl, namespace, DATA_CLAIM)
+
+
 def run_demo(platform: Platform, experiment: str = "bert") -> int:
     demo = DEMOS[experiment]
     platform.up()
@@ -138,6 +154,48 @@ def run_demo(platform: Platform, experiment: str = "bert") -> int:
     status = runner.show_until_finished(demo)
     print(f"Temporal UI: {platform.temporal.ui_url}   (stop everything with: make down)")
     return 0 if status.get("phase") == "Succeeded" else 1
+
+
+class LiveTable:
+    """`kubectl get` printed again and again as one table: each call sizes its columns to
+    what it shows, so its rows are re-aligned to the first header, whose columns are wide
+    enough for any phase (`Snapshotting`) or number; a row equal to the last one but for its
+    AGE is not printed again."""
+
+    MIN_WIDTH = 12 + 3
+
+    def __init__(self) -> None:
+        self.widths: list[int] = []
+        self.last: list[str] | None = None
+        self.age: int | None = None
+
+    def lines(self, output: str) -> list[str]:
+        header, *rows = output.strip().splitlines()
+        out = []
+        if not self.widths:
+            names = _cells(header)
+            first = _cells(rows[0]) if rows else names
+            self.widths = [
+                max(len(n), len(v)) + 3 if i == 0 else max(len(n) + 3, self.MIN_WIDTH)
+                for i, (n, v) in enumerate(zip(names, first, strict=False))
+            ]
+            self.age = names.index("AGE") if "AGE" in names else None
+            out.append(self._format(names))
+        for row in rows:
+            cells = _cells(row)
+            compared = [c for i, c in enumerate(cells) if i != self.age]
+            if compared != self.last:
+                out.append(self._format(cells))
+                self.last = compared
+        return out
+
+    def _format(self, cells: list[str]) -> str:
+        return "".join(c.ljust(w) for c, w in zip(cells, self.widths, strict=False)).rstrip()
+
+
+def _cells(line: str) -> list[str]:
+    """kubectl's columns are 3 spaces apart at least; a header may have one inside a name."""
+    return re.split(r"\s{2,}", line.strip())
 
 
 class DemoRunner:
@@ -162,18 +220,7 @@ class DemoRunner:
         raise NotImplementedError
 
     def data_claim(self) -> Path:
-        """The claim the examples read their model and data from (bound, on this machine)."""
-        claim = {
-            "apiVersion": "v1",
-            "kind": "PersistentVolumeClaim",
-            "metadata": {"name": DATA_CLAIM, "namespace": self.namespace},
-            "spec": {
-                "accessModes": ["ReadWriteOnce"],
-                "resources": {"requests": {"storage": "1Gi"}},
-            },
-        }
-        self.cluster.kubectl("apply", "-f", "-", input=json.dumps(claim))
-        return claim_directory(self.cluster.kubectl, self.namespace, DATA_CLAIM)
+        return data_claim(self.cluster, self.namespace)
 
     def show_until_finished(self, demo: DemoExperiment) -> dict[str, Any]:
         """Apply the example afresh and print `kubectl get` at each change until it finishes."""
@@ -186,15 +233,16 @@ class DemoRunner:
             shutil.rmtree(runs / demo.output_dir(name), ignore_errors=True)
         print(cluster.kubectl("apply", "-n", ns, "-f", str(demo.example)).strip())
         shown: tuple[object, ...] = ()
+        table = LiveTable()
 
         def finished() -> bool:
             nonlocal shown
             status = _status(cluster, ns, demo)
             key = demo.change_key(status)
             if key != shown:  # like `kubectl get -w`: a line per change (Age alone is no change)
-                table = cluster.kubectl("get", resource, name, "-n", ns, "-o", "wide")
-                lines = table.strip().splitlines()
-                print("\n".join(lines if not shown else lines[1:]))
+                got = cluster.kubectl("get", resource, name, "-n", ns, "-o", "wide")
+                for line in table.lines(got):
+                    print(line)
                 shown = key
             return status.get("phase") in ("Succeeded", "Failed")
 

@@ -19,6 +19,10 @@ from tempotrain_dev.real_node import RealNode, node_processes
 from tempotrain_dev.temporal_server import LocalTemporal
 from tempotrain_dev.tools import REPO_ROOT, ensure_tools
 
+# What `make demo` runs beside the platform (dev/tempotrain_dev/demo.py): the operator (pods on
+# the real node do the work), or an operator and a worker on the host (no real node).
+DEMO_PROCESSES = ("operator", "operator-host", "worker-host")
+
 
 def default_state_dir() -> Path:
     return Path(os.environ.get("TEMPOTRAIN_STATE_DIR", REPO_ROOT / ".tempotrain" / "platform"))
@@ -86,6 +90,9 @@ class Platform:
     def down(self, *, purge: bool = False, log: Callable[[str], None] = print) -> None:
         """Stop every process by its PID file, remove the node's containers, mounts and
         network, then anything that still carries our marker."""
+        for name, process in self.demo_processes().items():
+            log(f"stopping the demo's {name} (pid {process.pid()})")
+            process.stop()
         self.temporal.down(log)
         if self.network is not None:  # whatever state it is in: a crashed node too
             RealNode(self.node_dir, self.network).down(log)
@@ -168,6 +175,13 @@ class Platform:
             if self.no_node_reason is None:  # a node that failed to start runs nothing
                 processes |= node_processes(self.node_dir)
         return processes
+
+    def demo_processes(self) -> dict[str, ManagedProcess]:
+        """The operator and host worker `make demo` started (and left running, so that the
+        user can go on applying experiments), those that run."""
+        state = self.state_dir / "demo"
+        found = {name: ManagedProcess(name, state) for name in DEMO_PROCESSES}
+        return {name: process for name, process in found.items() if process.is_running()}
 
     def leftovers(self) -> list[str]:
         """What a stopped platform must not have left: processes, mounts, network."""

@@ -52,6 +52,7 @@ def ensure(cache: Path | None = None, log: Callable[[str], None] = print) -> Pat
     log(f"wheelhouse: downloading every wheel the project installs into {directory} (once)")
     staging = directory.with_name(f"{digest}.tmp")
     staging.mkdir(parents=True, exist_ok=True)  # kept across a killed download: pip resumes
+    _seed(staging, directory.parent)
     log_file = directory.with_name(f"{digest}.log")
     with log_file.open("wb") as out:
         result = subprocess.run(
@@ -81,6 +82,23 @@ def ensure(cache: Path | None = None, log: Callable[[str], None] = print) -> Pat
             else:
                 older.unlink(missing_ok=True)
     return directory
+
+
+def _seed(staging: Path, wheelhouses: Path) -> None:
+    """Start from the previous complete wheelhouse: pip download skips a file already in its
+    destination, so one added dependency downloads that one, not torch again."""
+    previous = [d for d in wheelhouses.iterdir() if d.is_dir() and (d / "pip.conf").exists()]
+    if not previous:
+        return
+    newest = max(previous, key=lambda d: d.stat().st_mtime)
+    for wheel in newest.iterdir():
+        target = staging / wheel.name
+        if wheel.name == "pip.conf" or target.exists():
+            continue
+        try:
+            os.link(wheel, target)  # same filesystem: no copy of gigabytes
+        except OSError:
+            shutil.copy2(wheel, target)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ class QuietTimers(logging.Filter):
 
 
 logging.getLogger("kopf.objects").addFilter(QuietTimers())
+# kr8s's HTTP client logs every apiserver request at INFO: most of the log, none of the story.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 @kopf.on.startup()

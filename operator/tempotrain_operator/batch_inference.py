@@ -4,6 +4,7 @@ chunked workflow once. Waiting for an experiment is a condition, not an error.""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -27,9 +28,11 @@ from tempotrain_workers.workflows.batch_inference import BatchInferenceWorkflow
 from tempotrain_operator import kube, lifecycle
 from tempotrain_operator.children import (
     Experiment,
+    WorkerConfig,
     build_inference_deployment,
     claim_name,
     worker_config,
+    worker_deployment_names,
 )
 from tempotrain_operator.lifecycle import (
     image_errors,
@@ -125,14 +128,17 @@ async def batchinference_reconcile(
     patch: kopf.Patch,
     logger: kopf.Logger,
     memo: kopf.Memo,
+    rerun: bool = False,
     **_: Any,
 ) -> None:
+    """`rerun`: a Failed job the user asked to run again (`lifecycle.register_retry`): its
+    pods come back and its workflow starts again under its id; finished chunks are kept."""
     runtime: Runtime = memo.runtime
     namespace = namespaced(namespace, KIND)
-    if status.get("phase") in TERMINAL_PHASES:
+    if status.get("phase") in TERMINAL_PHASES and not rerun:
         await lifecycle.release_if_closed(KIND, name, namespace, spec, status, patch, meta, runtime)
         return  # terminal stays terminal
-    if status.get("workflowId"):
+    if status.get("workflowId") and not rerun:
         # Started before this operator (re)start: the workflow owns the job, with the model
         # resolved then; the experiment may even be gone since, which must not fail the job.
         return
@@ -172,12 +178,12 @@ async def batchinference_reconcile(
 
     experiment = Experiment(name=name, namespace=namespace, uid=uid, spec=model)
     workers = worker_config(runtime.settings, uid)
-    children = volume_children(body, experiment)
-    deployment = build_inference_deployment(experiment, workers)
-    kopf.append_owner_reference(deployment, owner=body)
-    await kube.create_children(body, [*children, deployment])
+    children = [*volume_children(body, experiment), _deployment(body, experiment, workers)]
+    await kube.create_children(body, children)
 
-    if not status.get("phase"):
+    if rerun:
+        await kube.scale(namespace, worker_deployment_names(name, KIND), model.workers)
+    elif not status.get("phase"):
         # Written now: the workflow's own updates may land before this handler returns.
         obj = await kube.BatchInferenceResource(dict(body))
         await kube.patch_status(obj, {"phase": Phase.PENDING.value, "startTime": now()})
@@ -201,6 +207,7 @@ async def batchinference_reconcile(
         status=status,
         meta=meta,
         logger=logger,
+        rerun_failed=rerun,
     )
 
 
@@ -208,6 +215,36 @@ async def batchinference_reconcile(
 # hands to the resync timer to start a lost workflow again.
 kopf.on.resume(GROUP, VERSION, PLURAL)(batchinference_reconcile)
 kopf.on.create(GROUP, VERSION, PLURAL)(batchinference_reconcile)
+lifecycle.register_retry(PLURAL, batchinference_reconcile)
+
+
+def _deployment(
+    body: kopf.Body, experiment: Experiment[BatchInferenceSpec], workers: WorkerConfig
+) -> dict[str, Any]:
+    deployment = build_inference_deployment(experiment, workers)
+    kopf.append_owner_reference(deployment, owner=body)
+    return deployment
+
+
+async def _edited_deployments(
+    body: kopf.Body, experiment: Experiment[BatchInferenceSpec], workers: WorkerConfig
+) -> list[dict[str, Any]]:
+    """workers, gpusPerWorker, resources or image edited: chunks in flight are retried
+    elsewhere, finished ones stay done. The pods mount the claims the job resolved."""
+    job = experiment.spec
+    if job.model.from_experiment:
+        try:
+            resolved = await _experiment_model(job, experiment.namespace)
+        except ModelUnavailable:
+            return []  # the source is gone: the running job keeps the pods it has
+        if resolved is None:
+            return []  # not started yet: its pods will be built from this spec
+        job = job.model_copy(update={"storage": resolved[1]})
+        experiment = dataclasses.replace(experiment, spec=job)
+    return [_deployment(body, experiment, workers)]
+
+
+lifecycle.register_edit(PLURAL, KIND, _validated, _edited_deployments)
 
 
 def _wait_for_experiment(

@@ -45,6 +45,7 @@ from tempotrain_operator.mapping import (
     checkpoint_patch,
     coordinator_input,
     latest_step,
+    metrics_display,
     progress_patch,
     run_id_of,
 )
@@ -106,7 +107,6 @@ async def bertexperiment_reconcile(
     await _ensure_children(body, experiment, workers)
 
     if rerun:
-        await lifecycle.reset_for_retry(body, status, patch)
         await kube.scale(namespace, worker_deployment_names(name), 1)
     elif not status.get("phase"):
         # Written now, not with the handler's patch: the workflow's own updates (Snapshotting,
@@ -150,13 +150,29 @@ lifecycle.register_retry(PLURAL, bertexperiment_reconcile)
 async def _ensure_children(
     body: kopf.Body, experiment: Experiment[BertExperimentSpec], workers: WorkerConfig
 ) -> None:
-    children: list[dict[str, Any]] = []
-    children.extend(volume_children(body, experiment))
+    children = volume_children(body, experiment) + _deployments(body, experiment, workers)
+    await kube.create_children(body, children)
+
+
+def _deployments(
+    body: kopf.Body, experiment: Experiment[BertExperimentSpec], workers: WorkerConfig
+) -> list[dict[str, Any]]:
+    deployments = []
     for role in ("training", "eval"):
         deployment = build_worker_deployment(experiment, workers, role)
         kopf.append_owner_reference(deployment, owner=body)
-        children.append(deployment)
-    await kube.create_children(body, children)
+        deployments.append(deployment)
+    return deployments
+
+
+async def _edited_deployments(
+    body: kopf.Body, experiment: Experiment[BertExperimentSpec], workers: WorkerConfig
+) -> list[dict[str, Any]]:
+    """resources and workers edited: the trainer saves and resumes in its new pod."""
+    return _deployments(body, experiment, workers)
+
+
+lifecycle.register_edit(PLURAL, KIND, _validated, _edited_deployments)
 
 
 # Cancel the workflow (the trainer saves a checkpoint on its way out), then let go.
@@ -248,15 +264,17 @@ async def derive_status(client: Client, workflow_id: str, known_step: int) -> di
     state = (await handle.describe()).status
     if state == WorkflowExecutionStatus.COMPLETED:
         run = (await handle.result()).runs[0]
+        metrics = {
+            "trainLoss": run.training.train_loss,
+            "evalLoss": run.evaluation.loss,
+            "evalAccuracy": run.evaluation.accuracy,
+            "numEvalExamples": run.evaluation.num_examples,
+        }
         return {
             "phase": Phase.SUCCEEDED.value,
             "completionTime": now(),
-            "metrics": {
-                "trainLoss": run.training.train_loss,
-                "evalLoss": run.evaluation.loss,
-                "evalAccuracy": run.evaluation.accuracy,
-                "numEvalExamples": run.evaluation.num_examples,
-            },
+            "metrics": metrics,
+            **metrics_display(metrics),
         }
     if state != WorkflowExecutionStatus.RUNNING:
         return {

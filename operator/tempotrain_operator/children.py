@@ -8,6 +8,8 @@ is Retain: those are deliberately left unowned so garbage collection never delet
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -407,6 +409,7 @@ def _deployment(
         pod_spec["tolerations"] = tolerations
     if shape.pod_affinity:
         pod_spec["affinity"] = {"podAffinity": shape.pod_affinity}
+    template = {"metadata": {"labels": pod_labels}, "spec": pod_spec}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -414,6 +417,7 @@ def _deployment(
             "name": f"{experiment.name}-{role}",
             "namespace": experiment.namespace,
             "labels": pod_labels,
+            "annotations": {TEMPLATE_HASH: template_hash(template)},
         },
         "spec": {
             "replicas": shape.replicas,
@@ -424,6 +428,17 @@ def _deployment(
                     for k in ("app.kubernetes.io/instance", "app.kubernetes.io/component")
                 }
             },
-            "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec},
+            "template": template,
         },
     }
+
+
+# On each worker Deployment: the hash of the pod template as built, so that a spec edit is
+# rolled out only when it changes what the pods get (the apiserver's defaulting makes the
+# stored template unlike the built one).
+TEMPLATE_HASH = f"{LABEL_PREFIX}template-hash"
+
+
+def template_hash(template: dict[str, Any]) -> str:
+    canonical = json.dumps(template, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]

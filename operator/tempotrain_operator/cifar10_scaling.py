@@ -27,6 +27,7 @@ from tempotrain_operator.children import (
     WorkerConfig,
     build_worker_deployment,
     worker_config,
+    worker_deployment_names,
 )
 from tempotrain_operator.lifecycle import (
     image_errors,
@@ -86,11 +87,14 @@ async def cifar10scaling_reconcile(
     logger: kopf.Logger,
     memo: kopf.Memo,
     started: datetime,
+    rerun: bool = False,
     **_: Any,
 ) -> None:
+    """`rerun`: a Failed run the user asked to run again (`lifecycle.register_retry`): its
+    driver and Ray cluster come back and its workflow starts again under its id."""
     runtime: Runtime = memo.runtime
     namespace = namespaced(namespace, KIND)
-    if status.get("phase") in TERMINAL_PHASES:
+    if status.get("phase") in TERMINAL_PHASES and not rerun:
         await lifecycle.release_if_closed(KIND, name, namespace, spec, status, patch, meta, runtime)
         return  # terminal stays terminal
     model, problem = _validated(spec, runtime.settings.allowed_images)
@@ -110,7 +114,9 @@ async def cifar10scaling_reconcile(
         kopf.warn(body, reason="KubeRayMissing", message=message)
         return
 
-    if not status.get("phase"):
+    if rerun:
+        await kube.scale(namespace, worker_deployment_names(name, KIND), 1)
+    elif not status.get("phase"):
         # Written now: the workflow's own updates may land before this handler returns.
         obj = await kube.Cifar10ScalingResource(dict(body))
         pending = {
@@ -122,7 +128,7 @@ async def cifar10scaling_reconcile(
             pending["rayCluster"] = ray_cluster_name(name)
         await kube.patch_status(obj, pending)
 
-    if status.get("workflowId") and status.get("rayAddress"):
+    if status.get("workflowId") and status.get("rayAddress") and not rerun:
         # Started before (operator restart): the workflow owns the run now. A RayCluster that
         # is briefly not ready (head pod restarting) must not fail it; Ray Train retries.
         address: str | None = status["rayAddress"]
@@ -143,6 +149,7 @@ async def cifar10scaling_reconcile(
         status=status,
         meta=meta,
         logger=logger,
+        rerun_failed=rerun,
     )
     patch.status["runId"] = name
 
@@ -151,6 +158,7 @@ async def cifar10scaling_reconcile(
 # hands to the resync timer to start a lost workflow again.
 kopf.on.resume(GROUP, VERSION, PLURAL)(cifar10scaling_reconcile)
 kopf.on.create(GROUP, VERSION, PLURAL)(cifar10scaling_reconcile)
+lifecycle.register_retry(PLURAL, cifar10scaling_reconcile)
 
 
 async def _ray_address(
@@ -202,11 +210,7 @@ async def _ensure_children(
     body: kopf.Body, experiment: Experiment[Cifar10ScalingSpec], workers: WorkerConfig
 ) -> bool:
     """Create what is missing; False when the cluster has no RayCluster API (no KubeRay)."""
-    children: list[dict[str, Any]] = []
-    children.extend(volume_children(body, experiment))
-    driver = build_worker_deployment(experiment, workers, "ray-driver")
-    kopf.append_owner_reference(driver, owner=body)
-    children.append(driver)
+    children = [*volume_children(body, experiment), _driver(body, experiment, workers)]
     await kube.create_children(body, children)
     if experiment.spec.ray.address:
         return True
@@ -219,6 +223,25 @@ async def _ensure_children(
             return False
         raise
     return True
+
+
+def _driver(
+    body: kopf.Body, experiment: Experiment[Cifar10ScalingSpec], workers: WorkerConfig
+) -> dict[str, Any]:
+    driver = build_worker_deployment(experiment, workers, "ray-driver")
+    kopf.append_owner_reference(driver, owner=body)
+    return driver
+
+
+async def _edited_deployments(
+    body: kopf.Body, experiment: Experiment[Cifar10ScalingSpec], workers: WorkerConfig
+) -> list[dict[str, Any]]:
+    """workers edited (the driver pod's image, env, pull secrets); the Ray cluster's shape is
+    part of what the run is (immutable)."""
+    return [_driver(body, experiment, workers)]
+
+
+lifecycle.register_edit(PLURAL, KIND, _validated, _edited_deployments)
 
 
 # Cancel the workflow (the driver stops Ray Train); the RayCluster goes by ownership.

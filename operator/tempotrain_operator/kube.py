@@ -18,6 +18,7 @@ from kr8s.asyncio.objects import (
 from tempotrain_workers.api import API_VERSION, LABEL_PREFIX
 
 from tempotrain_operator import conditions
+from tempotrain_operator.children import TEMPLATE_HASH
 
 BertExperimentResource = new_class(
     f"BertExperiment.{API_VERSION}", namespaced=True, plural="bertexperiments"
@@ -57,7 +58,9 @@ async def create_if_absent(manifest: dict[str, Any]) -> bool:
 async def create_children(owner: kopf.Body, children: list[dict[str, Any]]) -> None:
     """Create each child that does not exist yet; an API error retries the handler. One that
     exists must be this experiment's: another kind's of the same name (a BertExperiment and
-    a Cifar10Scaling both called `x`) is never shared."""
+    a Cifar10Scaling both called `x`) is never shared. A Deployment of ours is brought to
+    the spec as it is now (an edit made while the experiment was being created, or while
+    the operator was away)."""
     owner_kind, owner_uid = str(owner.get("kind")), str(owner.get("metadata", {}).get("uid"))
     for child in children:
         what = f"{child['kind']} {child['metadata']['name']}"
@@ -73,6 +76,8 @@ async def create_children(owner: kopf.Body, children: list[dict[str, Any]]) -> N
             continue
         other = foreign_owner(existing or {}, owner_kind, owner_uid)
         if other is None:
+            if child["kind"] == "Deployment":
+                await roll_out([child])
             continue
         message = f"{what} already exists and belongs to {other}; rename this experiment"
         kopf.warn(owner, reason="NameConflict", message=message)
@@ -175,6 +180,44 @@ async def scale(namespace: str, names: list[str], replicas: int) -> None:
             continue
         if deployment.raw["spec"].get("replicas", 1) != replicas:
             await deployment.scale(replicas)
+
+
+async def roll_out(deployments: list[dict[str, Any]]) -> list[str]:
+    """Bring existing worker Deployments to what the spec now builds: a pod template whose
+    hash changed is replaced (the Deployment's strategy rolls the pods; a training pod saves
+    a checkpoint on its way out and the run resumes from it), a changed replica count is
+    set, unless the Deployment was scaled to 0 (released). Missing ones are left to the
+    reconcile. The names of those changed."""
+    changed = []
+    for manifest in deployments:
+        meta = manifest["metadata"]
+        try:
+            current = await Deployment.get(meta["name"], namespace=meta["namespace"])
+        except kr8s.NotFoundError:
+            continue
+        wanted_hash = meta["annotations"][TEMPLATE_HASH]
+        operations: list[dict[str, Any]] = []
+        if (current.raw["metadata"].get("annotations") or {}).get(TEMPLATE_HASH) != wanted_hash:
+            operations += [
+                {"op": "replace", "path": "/spec/template", "value": manifest["spec"]["template"]},
+                {"op": "add", "path": _annotation_path(TEMPLATE_HASH), "value": wanted_hash},
+            ]
+        replicas = current.raw["spec"].get("replicas", 1)
+        if replicas not in (0, manifest["spec"]["replicas"]):
+            operations.append(
+                {"op": "replace", "path": "/spec/replicas", "value": manifest["spec"]["replicas"]}
+            )
+        if operations:
+            if not current.raw["metadata"].get("annotations"):
+                operations.insert(0, {"op": "add", "path": "/metadata/annotations", "value": {}})
+            await current.patch(operations, type="json")
+            changed.append(str(meta["name"]))
+    return changed
+
+
+def _annotation_path(key: str) -> str:
+    """A JSON Pointer to an annotation (RFC 6901: "/" in a key is written "~1")."""
+    return "/metadata/annotations/" + key.replace("~", "~0").replace("/", "~1")
 
 
 async def get_experiment(

@@ -28,7 +28,15 @@ from tempotrain_workers.api import (
 )
 
 from tempotrain_operator import claims, compute, conditions, kube, worker_pods
-from tempotrain_operator.children import Experiment, build_pvc, claim_name_of, pvc_is_owned
+from tempotrain_operator.children import (
+    Experiment,
+    SpecT,
+    WorkerConfig,
+    build_pvc,
+    claim_name_of,
+    pvc_is_owned,
+    worker_config,
+)
 from tempotrain_operator.runtime import Runtime
 
 CANCEL_WAIT_SECONDS = 20.0  # per try of the delete handler
@@ -340,6 +348,74 @@ async def start_workflow_once(
     kopf.info(body, reason="WorkflowStarted", message=f"workflow {workflow_id}")
 
 
+async def apply_edit(
+    body: kopf.Body,
+    status: kopf.Status,
+    patch: kopf.Patch,
+    meta: kopf.Meta,
+    problem: str,
+    deployments: Callable[[], Awaitable[list[dict[str, Any]]]],
+) -> None:
+    """A spec edit the CRD let through: what the run does cannot change (CEL transition
+    rules), where and how it runs can (resources, image, env, worker count). Rolled out to
+    the worker Deployments of a run that is not over; `observedGeneration` says it was seen.
+    An edit the operator refuses (`problem`, e.g. an image not allowed) changes nothing and
+    says so in SpecValid: the run goes on as it was."""
+    generation = meta.get("generation")
+    if problem:
+        message = f"edit not applied (generation {generation}): {problem}"
+        set_condition(patch, status, meta, "SpecValid", False, "InvalidEdit", message)
+        kopf.warn(body, reason="InvalidEdit", message=message)
+        return
+    if status.get("phase") in TERMINAL_PHASES:
+        kopf.info(body, reason="EditIgnored", message="the run is over: nothing to roll out")
+    else:
+        changed = await kube.roll_out(await deployments())
+        if changed:
+            kopf.info(
+                body, reason="RolledOut", message=f"spec edit applied to {', '.join(changed)}"
+            )
+        set_condition(patch, status, meta, "SpecValid", True, "Valid", "spec accepted")
+    patch.status["observedGeneration"] = generation
+
+
+def register_edit(
+    plural: str,
+    kind: str,
+    validated: Callable[[kopf.Spec, Sequence[str]], tuple[SpecT | None, str]],
+    deployments: Callable[
+        [kopf.Body, Experiment[SpecT], WorkerConfig], Awaitable[list[dict[str, Any]]]
+    ],
+) -> None:
+    """On changes of the spec (kopf leaves status out): the kind's `validated` spec and its
+    worker `deployments` as they are built now, through `apply_edit`."""
+
+    async def edit(
+        body: kopf.Body,
+        spec: kopf.Spec,
+        meta: kopf.Meta,
+        status: kopf.Status,
+        name: str,
+        namespace: str | None,
+        uid: str,
+        patch: kopf.Patch,
+        memo: kopf.Memo,
+        **_: Any,
+    ) -> None:
+        runtime: Runtime = memo.runtime
+        model, problem = validated(spec, runtime.settings.allowed_images)
+
+        async def built() -> list[dict[str, Any]]:
+            assert model is not None  # built only for an edit without a problem
+            where = namespaced(namespace, kind)
+            experiment = Experiment(name=name, namespace=where, uid=uid, spec=model)
+            return await deployments(body, experiment, worker_config(runtime.settings, uid))
+
+        await apply_edit(body, status, patch, meta, problem, built)
+
+    kopf.on.update(GROUP, VERSION, plural, id="edit", field="spec")(edit)
+
+
 # What a retried experiment's last run said that no longer holds.
 RETRY_CLEARS = frozenset({"Completed", compute.RELEASED, "Degraded"})
 
@@ -357,15 +433,21 @@ def register_retry(plural: str, reconcile: Callable[..., Awaitable[None]]) -> No
         phase = status.get("phase")
         if not new or (old is not None and new <= old) or not phase:
             return  # its default at creation, or lowered: nothing to retry
-        if phase != Phase.FAILED:
+        # kopf's `retry`: how often this handler was tried already. A retry under way (its
+        # Ray cluster not ready yet, Temporal unreachable) was reset to Pending by its first try.
+        resuming = kwargs.get("retry", 0) > 0 and phase == Phase.PENDING
+        if phase != Phase.FAILED and not resuming:
             message = f"only a Failed experiment is retried; this one is {phase}"
             kopf.info(body, reason="RetryIgnored", message=message)
             return
-        kopf.info(
-            body,
-            reason="Retrying",
-            message=f"retry {new}: the run starts again from its last verified checkpoint",
-        )
+        if not resuming:
+            kopf.info(
+                body,
+                reason="Retrying",
+                message=f"retry {new}: the run starts again from where it got (its last "
+                "verified checkpoint, its finished scales or chunks)",
+            )
+            await reset_for_retry(body, status, kwargs["patch"])
         await reconcile(body=body, status=status, rerun=True, **kwargs)
 
     kopf.on.field(GROUP, VERSION, plural, id="retry", field="spec.retryGeneration")(retry)
@@ -373,7 +455,8 @@ def register_retry(plural: str, reconcile: Callable[..., Awaitable[None]]) -> No
 
 async def reset_for_retry(body: kopf.Body, status: kopf.Status, patch: kopf.Patch) -> None:
     """Back to Pending before the new run starts (its pushes must not meet a terminal
-    phase); the last run's outcome goes, its checkpoints and attempts' history stay."""
+    phase); the last run's outcome goes, its checkpoints and attempts' history stay. The
+    kind's reconcile then brings its compute back (`rerun`)."""
     cleared = {"phase": Phase.PENDING.value, "message": None, "completionTime": None}
     await kube.patch_status(await kube.experiment_of(body), cleared)
     patch.status["conditions"] = [

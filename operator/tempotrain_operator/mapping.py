@@ -224,6 +224,7 @@ def status_patch(update: StatusUpdate, current: dict[str, Any]) -> dict[str, Any
         patch["metrics"] = dict(update.metrics)
         if "numEvalExamples" in patch["metrics"]:
             patch["metrics"]["numEvalExamples"] = int(patch["metrics"]["numEvalExamples"])
+        patch |= metrics_display(patch["metrics"])
     if update.current_scale is not None:
         patch["currentScale"] = update.current_scale
     if update.total_scales is not None:
@@ -252,7 +253,7 @@ def checkpoint_patch(checkpoint: CheckpointInfo, known_step: int) -> dict[str, A
     """`latestCheckpoint`, only ever moving forward (past `known_step`)."""
     if checkpoint.step <= known_step:
         return {}
-    return {
+    patch: dict[str, Any] = {
         "latestCheckpoint": {
             "step": checkpoint.step,
             "epoch": checkpoint.epoch,
@@ -261,6 +262,20 @@ def checkpoint_patch(checkpoint: CheckpointInfo, known_step: int) -> dict[str, A
             "savedAt": _timestamp(checkpoint.saved_at),
         }
     }
+    if checkpoint.loss is not None:
+        patch["displayLoss"] = shown(checkpoint.loss)
+    return patch
+
+
+def shown(value: float) -> str:
+    """A float as `kubectl get` shows it: 4 significant digits (the status keeps them all)."""
+    return f"{value:.4g}"
+
+
+def metrics_display(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The printer column's copy of the eval accuracy, rounded."""
+    accuracy = metrics.get("evalAccuracy")
+    return {} if accuracy is None else {"displayAccuracy": shown(float(accuracy))}
 
 
 def progress_patch(update: Progress, current: dict[str, Any]) -> dict[str, Any]:

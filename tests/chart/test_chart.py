@@ -155,6 +155,7 @@ def test_default_values_render_the_operator_rbac_crds_and_dev_server(
             ("Deployment", f"{FULLNAME}-temporal"),
             ("Service", f"{FULLNAME}-temporal"),
             ("PersistentVolumeClaim", f"{FULLNAME}-temporal-data"),
+            ("NetworkPolicy", f"{FULLNAME}-temporal"),
             ("CustomResourceDefinition", "bertexperiments.tempotrain.dev"),
             ("CustomResourceDefinition", "cifar10scalings.tempotrain.dev"),
             ("CustomResourceDefinition", "batchinferences.tempotrain.dev"),

@@ -62,6 +62,15 @@ class Stack:
     def runs(self) -> Path:
         return self.root / "runs"
 
+    def model(self, source: Path) -> str:
+        """The model folder as a spec names it: relative to the snapshots volume (a spec
+        cannot point at the worker's own disk), linked there from where the test has it."""
+        link = self.snapshots / "models" / source.name
+        if not link.exists():
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(source, target_is_directory=True)
+        return f"models/{source.name}"
+
     def _env(self) -> dict[str, str]:
         return {**os.environ, "KUBECONFIG": str(self.kubeconfig), "HF_HUB_OFFLINE": "1"}
 
@@ -136,9 +145,28 @@ def stack(
     result.stop_all()
 
 
-def experiment(name: str, model: Path, **spec_overrides: Any) -> dict[str, Any]:
+@pytest.fixture
+def operator_only(
+    crds: None, cluster: ClusterHandle, temporal_address: str, namespace: str, tmp_path: Path
+) -> Iterator[Stack]:
+    """An operator and no worker: experiments are reconciled, created and started, and stay
+    Pending. Images it allows: registry.example/ml/*."""
+    result = Stack.fresh(
+        namespace,
+        cluster,
+        temporal_address,
+        tmp_path,
+        operator_args=("--allowed-image", "registry.example/ml/*"),
+    )
+    result.start_operator()
+    yield result
+    result.stop_all()
+
+
+def experiment(name: str, model: str, **spec_overrides: Any) -> dict[str, Any]:
+    """A BertExperiment; `model` as the spec names it (see `Stack.model`)."""
     spec: dict[str, Any] = {
-        "model": {"name": str(model)},
+        "model": {"name": model},
         "dataset": {"file": "datasets/sentiment.jsonl"},
         "training": {
             "epochs": 2,

@@ -62,7 +62,7 @@ async def test_inference_waits_for_its_experiment_then_scores_and_a_second_job_s
     cluster: ClusterHandle, stack: Stack, tiny_bert: Path
 ) -> None:
     ns = stack.namespace
-    trained = experiment("trained", tiny_bert)
+    trained = experiment("trained", stack.model(tiny_bert))
     trained["spec"]["training"]["epochs"] = 1
     apply(cluster, ns, trained)
     apply(
@@ -141,7 +141,7 @@ async def test_worker_killed_mid_job_and_an_interrupted_job_resumed_by_another(
     ns = stack.namespace
     write_sentiment_jsonl(stack.snapshots / "datasets" / "many.jsonl", 1200)
     spec = {
-        "model": {"name": str(minilm_classifier)},
+        "model": {"name": stack.model(minilm_classifier)},
         "dataset": {"file": "datasets/many.jsonl", "textField": "sentence"},
         "chunkSize": 40,
         "workers": 2,
@@ -185,3 +185,32 @@ async def test_unknown_experiment_is_an_invalid_spec(cluster: ClusterHandle, sta
     assert condition["reason"] == "InvalidSpec"
     assert "no BertExperiment 'no-such-experiment'" in condition["message"]
     assert not kube_json(cluster, ns, "deployments")["items"]  # nothing was started
+
+
+async def test_a_failed_job_once_fixed_is_retried_in_place(
+    cluster: ClusterHandle, stack: Stack, minilm_classifier: Path
+) -> None:
+    ns = stack.namespace
+    spec = {
+        "model": {"name": stack.model(minilm_classifier)},
+        "dataset": {"file": "datasets/later.jsonl", "textField": "sentence"},
+        "gpusPerWorker": 0,
+    }
+    apply(cluster, ns, batch_inference("later", **spec))
+    status = await _finished(cluster, ns, "later", within=120)
+    assert status["phase"] == "Failed" and "later.jsonl" in status["message"], status
+    await until_released(cluster, ns, RESOURCE, "later")
+    assert kube_json(cluster, ns, "deploy", "later-inference")["spec"]["replicas"] == 0
+
+    # The data put where the spec says, then the same object run again.
+    write_sentiment_jsonl(stack.snapshots / "datasets" / "later.jsonl", 120)
+    retry = '{"spec":{"retryGeneration":1}}'
+    cluster.kubectl("patch", RESOURCE, "later", "-n", ns, "--type=merge", "-p", retry)
+
+    async def running_again() -> bool:
+        return _status(cluster, ns, "later").get("phase") != "Failed"
+
+    await eventually(running_again, within=60, what="the retry to take the job out of Failed")
+    status = await _finished(cluster, ns, "later", within=180)
+    assert status["phase"] == "Succeeded", (status, stack.log("operator"))
+    assert status["output"]["rows"] == 120

@@ -81,7 +81,7 @@ async def test_experiment_trains_evaluates_and_reports_in_status(
 ) -> None:
     ns = stack.namespace
     async with watching(cluster, ns, "sentiment") as log:
-        apply(cluster, ns, experiment("sentiment", minilm_path))
+        apply(cluster, ns, experiment("sentiment", stack.model(minilm_path)))
 
         async def running_pods() -> list[dict[str, Any]] | None:
             pods = kube_json(cluster, ns, "pods")["items"]
@@ -130,6 +130,10 @@ async def test_experiment_trains_evaluates_and_reports_in_status(
     table = cluster.kubectl("get", "bexp", "-n", ns)
     for column in ("PHASE", "PROGRESS", "STEP", "LOSS", "ACCURACY", "AGE"):
         assert column in table.splitlines()[0]
+    # Rounded for the eye; the status keeps every digit.
+    loss, accuracy = table.splitlines()[1].split()[4:6]
+    assert loss == f"{status['latestCheckpoint']['loss']:.4g}", table
+    assert accuracy == f"{status['metrics']['evalAccuracy']:.4g}", table
     assert "CHECKPOINT" in cluster.kubectl("get", "tempotrain", "-n", ns, "-o", "wide")
 
     await until_released(cluster, ns, RESOURCE, "sentiment")
@@ -150,7 +154,7 @@ async def test_operator_killed_mid_training_restarts_without_duplicates(
     cluster: ClusterHandle, stack: Stack, temporal: TemporalHandle, minilm_path: Path
 ) -> None:
     ns = stack.namespace
-    spec = experiment("restart", minilm_path)
+    spec = experiment("restart", stack.model(minilm_path))
     spec["spec"]["training"]["epochs"] = 4
     apply(cluster, ns, spec)
 
@@ -185,7 +189,7 @@ async def test_delete_mid_training_cancels_and_honours_reclaim_policy(
     ns = stack.namespace
     spec = experiment(
         "doomed",
-        minilm_path,
+        stack.model(minilm_path),
         storage={
             "snapshots": {"reclaimPolicy": "Retain"},
             "runs": {"reclaimPolicy": "Delete"},

@@ -128,7 +128,7 @@ async def test_chart_installs_its_rbac_suffices_and_uninstall_keeps_only_the_crd
     stack.start_operator()
     stack.start_worker()
     try:
-        apply(cluster, namespace, experiment("bert", minilm_path))
+        apply(cluster, namespace, experiment("bert", stack.model(minilm_path)))
         one_scale = [{"workers": 1, "epochs": 1, "batchSize": 64}]
         apply(cluster, namespace, scaling("ray", scales=one_scale))
 

@@ -53,7 +53,9 @@ async def test_a_workflow_temporal_lost_is_started_again_and_resumes(
         stack.start_operator()
         stack.start_worker()
         training = {"epochs": 3, "batchSize": 8, "maxSeqLength": 32, "saveSteps": SAVE_STEPS}
-        apply(cluster, namespace, experiment("forgotten", minilm_path, training=training))
+        apply(
+            cluster, namespace, experiment("forgotten", stack.model(minilm_path), training=training)
+        )
 
         async def checkpointed() -> int | None:
             status = experiment_status(cluster, namespace, "forgotten")

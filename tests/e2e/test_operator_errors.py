@@ -30,7 +30,7 @@ async def test_semantically_invalid_spec_fails_with_invalid_spec_and_starts_noth
     ns = stack.namespace
     bad = experiment(
         "not-ours",
-        minilm_path,
+        stack.model(minilm_path),
         storage={"runs": {"existingClaim": "shared-runs", "reclaimPolicy": "Delete"}},
     )
     apply(cluster, ns, bad)
@@ -54,7 +54,7 @@ async def test_semantically_invalid_spec_fails_with_invalid_spec_and_starts_noth
     assert workflows == []
 
     # Still healthy: the next, valid experiment is reconciled as usual.
-    apply(cluster, ns, experiment("fine", minilm_path))
+    apply(cluster, ns, experiment("fine", stack.model(minilm_path)))
 
     async def started() -> bool:
         started = conditions_by_type(experiment_status(cluster, ns, "fine")).get(
@@ -72,7 +72,7 @@ async def test_unreachable_temporal_is_a_condition_and_a_retry_not_a_crash(
     ns = stack.namespace
     stack.kill("operator")
     stack.start_operator(temporal_address="127.0.0.1:1")
-    apply(cluster, ns, experiment("waiting", minilm_path))
+    apply(cluster, ns, experiment("waiting", stack.model(minilm_path)))
 
     async def unavailable() -> dict[str, Any] | None:
         condition = conditions_by_type(experiment_status(cluster, ns, "waiting")).get(
@@ -101,7 +101,7 @@ async def test_a_failed_run_says_why_and_once_fixed_is_retried_in_place(
     cluster: ClusterHandle, stack: Stack, minilm_path: Path
 ) -> None:
     ns = stack.namespace
-    apply(cluster, ns, experiment("no-model", stack.snapshots / "models" / "not-there"))
+    apply(cluster, ns, experiment("no-model", "models/not-there"))
 
     async def failed() -> dict[str, Any] | None:
         status = experiment_status(cluster, ns, "no-model")
@@ -145,7 +145,7 @@ async def test_two_kinds_with_one_name_never_share_children(
     cluster: ClusterHandle, stack: Stack, minilm_path: Path
 ) -> None:
     ns = stack.namespace
-    apply(cluster, ns, experiment("twin", minilm_path))
+    apply(cluster, ns, experiment("twin", stack.model(minilm_path)))
 
     async def started() -> bool:
         status = experiment_status(cluster, ns, "twin")

@@ -56,7 +56,7 @@ def pod_experiment(name: str, epochs: int, **overrides: Any) -> dict[str, Any]:
         "resources": {"gpus": 0, "cpu": "500m", "memory": "2Gi"},
         "storage": {"snapshots": {"existingClaim": DATA_CLAIM}},
     }
-    manifest = experiment(name, Path(MODEL_DIR), **(spec | overrides))
+    manifest = experiment(name, MODEL_DIR, **(spec | overrides))
     manifest["spec"]["training"] |= {"epochs": epochs, "saveSteps": SAVE_STEPS}
     return manifest
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from tempotrain_operator.children import (
+    TEMPLATE_HASH,
     Experiment,
     WorkerConfig,
     build_pvc,
@@ -12,7 +13,7 @@ from tempotrain_operator.children import (
     pvc_is_owned,
     worker_config,
 )
-from tempotrain_operator.mapping import coordinator_input, status_patch
+from tempotrain_operator.mapping import checkpoint_patch, coordinator_input, status_patch
 from tempotrain_operator.settings import parse_settings
 from tempotrain_workers.api import (
     BertExperimentSpec,
@@ -210,3 +211,24 @@ def test_one_claim_of_its_own_still_keeps_eval_beside_the_trainer() -> None:
     experiment = _experiment(storage={"snapshots": RWX, "runs": {"existingClaim": "mine"}})
     pod = build_worker_deployment(experiment, WORKERS, "eval")["spec"]["template"]["spec"]
     assert "requiredDuringSchedulingIgnoredDuringExecution" in pod["affinity"]["podAffinity"]
+
+
+def test_the_template_hash_changes_with_what_the_pods_get_and_only_then() -> None:
+    def hash_of(**spec: object) -> str:
+        deployment = build_worker_deployment(_experiment(**spec), WORKERS, "training")
+        return str(deployment["metadata"]["annotations"][TEMPLATE_HASH])
+
+    assert hash_of() == hash_of()  # rebuilt alike: nothing to roll out
+    assert hash_of(resources={"cpu": "8"}) != hash_of()
+    assert hash_of(workers={"image": "registry.example/ml/workers:2"}) != hash_of()
+    # What is not in the pod template (the run's own settings) rolls nothing out.
+    assert hash_of(retryGeneration=3) == hash_of()
+
+
+def test_printer_columns_get_rounded_copies_and_the_status_keeps_every_digit() -> None:
+    checkpoint = _checkpoint(9).model_copy(update={"loss": 0.0046806085854768755})
+    patch = checkpoint_patch(checkpoint, known_step=-1)
+    assert patch["latestCheckpoint"]["loss"] == 0.0046806085854768755
+    assert patch["displayLoss"] == "0.004681"
+    done = status_patch(_update(metrics={"evalAccuracy": 0.91234567}), {})
+    assert done["metrics"]["evalAccuracy"] == 0.91234567 and done["displayAccuracy"] == "0.9123"

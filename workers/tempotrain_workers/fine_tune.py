@@ -32,6 +32,7 @@ from tempotrain_workers.checkpoints import latest_verified
 from tempotrain_workers.errors import non_retryable
 from tempotrain_workers.heartbeats import HEARTBEAT_SECONDS
 from tempotrain_workers.ml_imports import ml_stack_ready
+from tempotrain_workers.model_names import resolve_model
 from tempotrain_workers.subprocesses import die_with_parent
 from tempotrain_workers.trainer_main import EVENT_PREFIX, EXIT_STOPPED, TrainerJob
 
@@ -144,12 +145,8 @@ class TrainerSupervisor:
         return self._result(returncode, log_file)
 
     def _with_local_model(self, snapshots_root: Path) -> BertFineTuneConfig:
-        """A model name that is a folder on the snapshots volume (`models/minilm`) means that
-        folder; anything else goes to from_pretrained as given (Hub id or absolute path)."""
-        candidate = snapshots_root / self.config.model_name
-        if not Path(self.config.model_name).is_absolute() and candidate.is_dir():
-            return self.config.model_copy(update={"model_name": str(candidate)})
-        return self.config
+        model_name = resolve_model(self.config.model_name, snapshots_root)
+        return self.config.model_copy(update={"model_name": model_name})
 
     async def _relay_events(self, process: asyncio.subprocess.Process) -> None:
         assert process.stdout is not None

@@ -30,6 +30,7 @@ from tempotrain_workers.api import (
 )
 from tempotrain_workers.checkpoints import write_marker
 from tempotrain_workers.files import write_json_atomically
+from tempotrain_workers.model_names import model_not_found
 
 EVENT_PREFIX = "@tempotrain "
 EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped on request after saving; not a failure
@@ -180,7 +181,9 @@ def accuracy(eval_prediction: Any) -> dict[str, float]:
     return {"accuracy": float((np.argmax(logits, axis=-1) == labels).mean())}
 
 
-def load_model(config: BertFineTuneConfig, schema: DatasetSchema) -> tuple[Any, Any]:
+def load_model(
+    config: BertFineTuneConfig, schema: DatasetSchema, snapshots_root: Path
+) -> tuple[Any, Any]:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     names = schema.label_names or [str(i) for i in range(schema.num_labels)]
@@ -196,7 +199,7 @@ def load_model(config: BertFineTuneConfig, schema: DatasetSchema) -> tuple[Any, 
         emit(
             "error",
             type=str(ErrorType.MODEL_NOT_FOUND),
-            message=f"cannot load model {config.model_name!r}: {err}",
+            message=model_not_found(config.model_name, snapshots_root, err),
         )
         sys.exit(EXIT_BAD_INPUT)
     return tokenizer, model
@@ -212,7 +215,7 @@ def run(job: TrainerJob) -> int:
     callback = build_callback(job)
     signal.signal(signal.SIGTERM, lambda *_: setattr(callback, "stop_requested", True))
 
-    tokenizer, model = load_model(config, job.schema_)
+    tokenizer, model = load_model(config, job.schema_, Path(job.snapshot_dir).parent)
     snapshot_dir = Path(job.snapshot_dir)
     train = tokenized(read_split(snapshot_dir, "train"), tokenizer, config.max_seq_length)
     evaluation = tokenized(read_split(snapshot_dir, "eval"), tokenizer, config.max_seq_length)

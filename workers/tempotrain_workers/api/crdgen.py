@@ -120,7 +120,9 @@ def crd(kind: Kind) -> dict[str, Any]:
         "properties": {
             "apiVersion": {"type": "string"},
             "kind": {"type": "string"},
-            "metadata": {"type": "object"},
+            # Declared so that the name rules can point at it (fieldPath): the apiserver then
+            # reports `metadata.name: ...`, not `<nil>: Invalid value: "object"`.
+            "metadata": {"type": "object", "properties": {"name": {"type": "string"}}},
             "spec": spec_schema,
             "status": status_schema,
         },
@@ -162,10 +164,14 @@ NAME_RULES = [
     {
         "rule": "self.metadata.name.size() <= 40",
         "message": "metadata.name must be at most 40 characters (children append suffixes)",
+        "fieldPath": ".metadata.name",
+        "reason": "FieldValueInvalid",
     },
     {
         "rule": f"self.metadata.name.matches('{DNS_LABEL_PATTERN}')",
         "message": "metadata.name must be a DNS label (a-z, 0-9, '-'): it names the run",
+        "fieldPath": ".metadata.name",
+        "reason": "FieldValueInvalid",
     },
 ]
 
@@ -187,8 +193,9 @@ BERT_EXPERIMENT = Kind(
         _column("Phase", "string", ".status.phase"),
         _column("Progress", "integer", ".status.progress.percent", description="percent done"),
         _column("Step", "integer", ".status.progress.step"),
-        _column("Loss", "number", ".status.latestCheckpoint.loss"),
-        _column("Accuracy", "number", ".status.metrics.evalAccuracy"),
+        # Rounded copies: the full-precision values stay in latestCheckpoint and metrics.
+        _column("Loss", "string", ".status.displayLoss"),
+        _column("Accuracy", "string", ".status.displayAccuracy"),
         _column("Age", "date", ".metadata.creationTimestamp"),
         _column("Checkpoint", "string", ".status.latestCheckpoint.path", priority=1),
     ],

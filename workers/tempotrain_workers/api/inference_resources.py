@@ -13,6 +13,9 @@ from tempotrain_workers.api.resources import (
     StorageSpec,
     Toleration,
     WorkersSpec,
+    hub_dataset_field,
+    immutable,
+    model_name_field,
 )
 
 
@@ -33,12 +36,7 @@ class InferenceModelSpec(WireModel):
         max_length=40,
         description="a BertExperiment in this namespace: its trained model (once Succeeded)",
     )
-    name: str | None = Field(
-        default=None,
-        min_length=1,
-        max_length=512,
-        description="a Hub id, or a model folder on the snapshots volume",
-    )
+    name: str | None = model_name_field(default=None)
 
 
 class InferenceDatasetSpec(WireModel):
@@ -52,7 +50,7 @@ class InferenceDatasetSpec(WireModel):
             ]
         }
     )
-    name: str | None = Field(default=None, min_length=1, max_length=256, description="Hub id")
+    name: str | None = hub_dataset_field()
     config: str | None = Field(default=None, max_length=128)
     file: str | None = Field(
         default=None,
@@ -105,22 +103,35 @@ class InferenceResourcesSpec(WireModel):
 
 
 class BatchInferenceSpec(WireModel):
-    model: InferenceModelSpec
-    dataset: InferenceDatasetSpec
-    range: RangeSpec = Field(default_factory=RangeSpec)
-    chunk_size: int = Field(default=50, ge=1, le=1_000_000)
+    model: InferenceModelSpec = Field(json_schema_extra=immutable("model"))
+    dataset: InferenceDatasetSpec = Field(json_schema_extra=immutable("dataset"))
+    range: RangeSpec = Field(default_factory=RangeSpec, json_schema_extra=immutable("range"))
+    chunk_size: int = Field(
+        default=50, ge=1, le=1_000_000, json_schema_extra=immutable("chunkSize")
+    )
     workers: int = Field(default=1, ge=1, le=256, description="parallel inference workers")
     gpus_per_worker: int = Field(default=1, ge=0, le=16, description="nvidia.com/gpu per pod")
     resources: InferenceResourcesSpec = Field(default_factory=InferenceResourcesSpec)
-    outputs: OutputsSpec = Field(default_factory=OutputsSpec)
-    retain_chunks: bool = False
-    batch_size: int = Field(default=64, ge=1, le=4096)
-    max_seq_length: int = Field(default=128, ge=8, le=512)
+    outputs: OutputsSpec = Field(
+        default_factory=OutputsSpec, json_schema_extra=immutable("outputs")
+    )
+    retain_chunks: bool = Field(default=False, json_schema_extra=immutable("retainChunks"))
+    batch_size: int = Field(default=64, ge=1, le=4096, json_schema_extra=immutable("batchSize"))
+    max_seq_length: int = Field(
+        default=128, ge=8, le=512, json_schema_extra=immutable("maxSeqLength")
+    )
     storage: StorageSpec = Field(
         default_factory=StorageSpec,
         description="with model.fromExperiment, unset claims default to the experiment's",
+        json_schema_extra=immutable("storage"),
     )
     image: WorkersSpec = Field(default_factory=WorkersSpec)
+    retry_generation: int = Field(
+        default=0,
+        ge=0,
+        description="raise it to run a Failed job again without delete and re-apply: "
+        "finished chunks are kept",
+    )
 
     def output_path(self, name: str) -> str:
         return self.outputs.path or f"inference/{name}"

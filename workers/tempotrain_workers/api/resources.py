@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, StringConstraints
 from pydantic.config import JsonDict
@@ -35,12 +35,41 @@ LABEL_PREFIX = f"{GROUP}/"
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$"
 # A path inside the snapshots volume: relative, no "..", no leading "/".
 RELATIVE_PATH_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*(/[A-Za-z0-9_][A-Za-z0-9_.\-]*)*$"
+# A Hub repository id: a name, or an owner and a name (never a path of the worker's disk).
+HUB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*(/[A-Za-z0-9][A-Za-z0-9_.\-]*)?$"
+# Hub ids are at most 96 characters per part; a folder on the volume gets some room more.
+MODEL_NAME_MAX = 256
+HUB_ID_MAX = 193
 Quantity = Annotated[str, StringConstraints(pattern=QUANTITY_PATTERN, max_length=32)]
 
 
 # -- BertExperiment spec ------------------------------------------------------------------------
+def model_name_field(**kwargs: Any) -> Any:
+    """A model: a Hub id, or a folder relative to the snapshots volume. Confined to that
+    volume: no absolute path, no `..`, so a spec cannot read the worker's own files."""
+    return Field(
+        min_length=1,
+        max_length=MODEL_NAME_MAX,
+        pattern=RELATIVE_PATH_PATTERN,
+        description="a Hub id (bert-base-uncased, org/name) or a model folder relative to "
+        "the snapshots volume (models/minilm); no absolute paths or '..'",
+        **kwargs,
+    )
+
+
+def hub_dataset_field() -> Any:
+    return Field(
+        default=None,
+        min_length=1,
+        max_length=HUB_ID_MAX,
+        pattern=HUB_ID_PATTERN,
+        description=f"a Hub dataset id, e.g. {DEFAULT_DATASET} or owner/name (a file on the "
+        "snapshots volume is dataset.file)",
+    )
+
+
 class ModelSpec(WireModel):
-    name: str = Field(min_length=1, max_length=512, description="Hub model id or local folder")
+    name: str = model_name_field()
 
 
 class DatasetSpec(WireModel):
@@ -54,12 +83,7 @@ class DatasetSpec(WireModel):
             ]
         }
     )
-    name: str | None = Field(
-        default=None,
-        min_length=1,
-        max_length=256,
-        description=f"Hub dataset id, e.g. {DEFAULT_DATASET}",
-    )
+    name: str | None = hub_dataset_field()
     config: str | None = Field(
         default=None,
         max_length=128,
@@ -170,7 +194,8 @@ class WorkersSpec(PodSettings):
 
 def immutable(field: str) -> JsonDict:
     """A transition rule: what defines a run cannot change under it (its workflow has its
-    input already); the apiserver refuses the edit with this message."""
+    input already); the apiserver refuses the edit with this message. What is not marked
+    (resources, images, worker counts) may change and is rolled out to the pods."""
     return {
         CEL: [
             cel(
@@ -282,6 +307,12 @@ class BertExperimentStatus(ExperimentStatus):
     progress: ProgressStatus | None = None
     metrics: MetricsStatus | None = None
     attempts: int | None = Field(default=None, description="training attempts started")
+    display_loss: str | None = Field(
+        default=None, description="latestCheckpoint.loss to 4 significant digits (kubectl get)"
+    )
+    display_accuracy: str | None = Field(
+        default=None, description="metrics.evalAccuracy to 4 significant digits (kubectl get)"
+    )
     last_failure: FailureStatus | None = None
 
 

@@ -13,6 +13,7 @@ from tempotrain_workers.api.resources import (
     StorageSpec,
     Toleration,
     WorkersSpec,
+    immutable,
 )
 from tempotrain_workers.api.scaling import (
     DEFAULT_SYNTHETIC_SIZE,
@@ -111,23 +112,46 @@ class Cifar10ScalingSpec(WireModel):
         }
     )
     experiment_name: str | None = Field(
-        default=None, min_length=1, max_length=253, description="default: metadata.name"
+        default=None,
+        min_length=1,
+        max_length=253,
+        description="default: metadata.name",
+        json_schema_extra=immutable("experimentName"),
     )
-    scales: list[ScaleSpec] = Field(min_length=1, max_length=32)
-    dataset: CifarDatasetSpec = Field(default_factory=CifarDatasetSpec)
-    model: CifarModel = CifarModel.SIMPLE_CNN
-    use_gpu: bool = False
-    random_seed: int = Field(default=42, ge=0)
+    scales: list[ScaleSpec] = Field(
+        min_length=1, max_length=32, json_schema_extra=immutable("scales")
+    )
+    dataset: CifarDatasetSpec = Field(
+        default_factory=CifarDatasetSpec, json_schema_extra=immutable("dataset")
+    )
+    model: CifarModel = Field(default=CifarModel.SIMPLE_CNN, json_schema_extra=immutable("model"))
+    use_gpu: bool = Field(default=False, json_schema_extra=immutable("useGpu"))
+    random_seed: int = Field(default=42, ge=0, json_schema_extra=immutable("randomSeed"))
     learning_rate: float = Field(
         default=0.02,
         gt=0,
         lt=10,
         description="for one worker; scaled linearly with the worker count",
+        json_schema_extra=immutable("learningRate"),
     )
-    max_failures: int = Field(default=2, ge=0, le=100, description="Ray Train restarts per scale")
-    ray: RaySpec = Field(default_factory=RaySpec)
-    storage: StorageSpec = Field(default_factory=StorageSpec)
+    max_failures: int = Field(
+        default=2,
+        ge=0,
+        le=100,
+        description="Ray Train restarts per scale",
+        json_schema_extra=immutable("maxFailures"),
+    )
+    # The Ray cluster the scales were sized for: part of the run, as the scales are.
+    ray: RaySpec = Field(default_factory=RaySpec, json_schema_extra=immutable("ray"))
+    storage: StorageSpec = Field(
+        default_factory=StorageSpec, json_schema_extra=immutable("storage")
+    )
     workers: WorkersSpec = Field(default_factory=WorkersSpec)
+    retry_generation: int = Field(
+        default=0,
+        ge=0,
+        description="raise it to run a Failed experiment again without delete and re-apply",
+    )
 
 
 class Cifar10ScalingStatus(ExperimentStatus):

@@ -38,6 +38,7 @@ from tempotrain_workers.api import (
 from tempotrain_workers.checkpoints import file_digest
 from tempotrain_workers.errors import non_retryable
 from tempotrain_workers.files import staging_path, write_json_atomically
+from tempotrain_workers.model_names import model_not_found, resolve_model
 
 if TYPE_CHECKING:
     # Where a worker finds the job's relative paths.
@@ -167,9 +168,7 @@ def process_chunk(request: ChunkRequest, volumes: Volumes) -> ChunkOutcome:
     with _DEVICES.device() as device:
         with _LOADING:
             texts = _texts(*_dataset_key(job, volumes))
-            tokenizer, model = _model(
-                resolve_model(job, volumes), job.activations is not None, device
-            )
+            tokenizer, model = _model_of(job, volumes, device)
         if rows.end > len(texts):
             raise non_retryable(
                 ErrorType.INVALID_INPUT, f"{rows.name}: the split has only {len(texts)} rows"
@@ -320,17 +319,20 @@ def _texts(name: str, config: str | None, split: str, field: str) -> list[str]:
     return [str(text) for text in dataset[field]]
 
 
-def resolve_model(job: InferenceJob, volumes: Volumes) -> str:
-    """A run's trained model, a model folder on the snapshots volume, or a Hub id."""
+def _model_of(job: InferenceJob, volumes: Volumes, device: str) -> tuple[Any, Any]:
+    """The job's model: a run's trained model, a model folder on the snapshots volume, or a
+    Hub id; what was looked for where when none of them loads."""
     if job.model_run is not None:
         from tempotrain_workers.evaluation import trained_model_dir
 
-        return str(trained_model_dir(volumes.runs / job.model_run))
-    name = str(job.model_name)
-    for candidate in (volumes.snapshots / name, Path(name).expanduser()):
-        if candidate.is_dir():
-            return str(candidate)
-    return name
+        name = str(trained_model_dir(volumes.runs / job.model_run))
+    else:
+        name = resolve_model(str(job.model_name), volumes.snapshots)
+    try:
+        return _model(name, job.activations is not None, device)
+    except OSError as err:  # not a folder, not on the Hub (or offline without it cached)
+        message = model_not_found(str(job.model_name or name), volumes.snapshots, err)
+        raise non_retryable(ErrorType.MODEL_NOT_FOUND, message) from err
 
 
 @lru_cache(maxsize=16)
@@ -338,13 +340,10 @@ def _model(model_path: str, hidden_states: bool, device: str) -> tuple[Any, Any]
     """(tokenizer, model on `device`), loaded once per worker process and device."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_path)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            model_path, output_hidden_states=hidden_states
-        )
-    except OSError as err:  # not a folder, not on the Hub (or offline without it cached)
-        raise non_retryable(ErrorType.MODEL_NOT_FOUND, f"{model_path}: {err}") from err
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_path, output_hidden_states=hidden_states
+    )
     return tokenizer, model.to(device).eval()
 
 
