@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Literal
 
-from tempotrain_dev import mounts, wheelhouse
+from tempotrain_dev import disk, mounts, wheelhouse
 from tempotrain_dev.processes import log_tail
 from tempotrain_dev.tools import REPO_ROOT
 
@@ -139,6 +139,7 @@ class ImageStore:
         if self.exists(ref):
             return BuiltImage(ref, self)
         self.log(f"images: building {ref} from {dockerfile.relative_to(context)}")
+        self._make_room(name, keep=ref)
         pip_conf = wheels / "pip.conf"
         log = self.logs / f"{name}.log"
         _run(
@@ -202,6 +203,22 @@ class ImageStore:
         finally:
             self.buildah("rm", container, check=False)
 
+    def _make_room(self, name: ProjectImage, keep: str) -> None:
+        """A build whose dependencies changed writes the workers' ~7 GB layer twice (the
+        working container, then the committed layer) while the older image still holds its
+        own: on a disk short of that, the older image goes first (its layers could only have
+        saved a rebuild that is, then, not possible anyway), and a disk still short says so."""
+        room, minimum = BUILD_ROOM[name]
+        repository = f"{REPOSITORY}/{name}"
+        free = shutil.disk_usage(self.storage if self.storage.exists() else self.cache).free
+        if free < room:
+            self.log(
+                f"images: {free / disk.GB:.0f} GB free, under {room / disk.GB:.0f}: "
+                f"the older {repository} images are removed before the build"
+            )
+            self._forget_older(repository, keep)
+        disk.require_free(self.storage, minimum, f"building {keep}")
+
     def _forget_older(self, repository: str, keep: str) -> None:
         """Older builds of the same image: their tags go, layers still used stay."""
         listed = self.buildah("images", "--format", "{{.Name}}:{{.Tag}}", check=False)
@@ -227,6 +244,14 @@ class ImageStore:
 
 # Bump when the base recipe changes in a way its inputs above do not show.
 _BASE_RECIPE_VERSION = "1"
+
+
+# Free disk under which a project build first drops the older image of its name, and under
+# which it does not start (the workers' dependency layer is ~7 GB, written twice).
+BUILD_ROOM: dict[str, tuple[int, int]] = {
+    "workers": (20 * disk.GB, 15 * disk.GB),
+    "operator": (3 * disk.GB, 2 * disk.GB),
+}
 
 
 def project_key(context: Path, dockerfile: Path, base_ref: str, wheelhouse_key: str) -> str:
