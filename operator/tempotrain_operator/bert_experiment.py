@@ -9,6 +9,7 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.service import RPCError, RPCStatusCode
 from tempotrain_workers.api import (
     GROUP,
     TERMINAL_PHASES,
@@ -20,7 +21,6 @@ from tempotrain_workers.api import (
     training_workflow_id,
     workflow_id_for,
 )
-from tempotrain_workers.workflows.training import CheckpointedBertTrainingWorkflow
 
 from tempotrain_operator import kube, lifecycle
 from tempotrain_operator.children import (
@@ -282,8 +282,16 @@ async def derive_status(client: Client, workflow_id: str, known_step: int) -> di
             "completionTime": now(),
             "message": f"workflow {workflow_id} ended {state.name if state else 'unknown'}",
         }
-    child = client.get_workflow_handle(training_workflow_id(workflow_id))
-    latest = await child.query(
-        CheckpointedBertTrainingWorkflow.get_latest_checkpoint,
-    )
-    return {} if latest is None else checkpoint_patch(latest, known_step)
+    # The newest checkpoint from the running attempt's heartbeat (describe), never a query:
+    # a query reaching a workflow whose worker just died is answered by replaying it on
+    # another worker, and the chaos bench saw that worker's next task then fail with a
+    # nondeterminism error for good.
+    try:
+        heartbeat = await training_heartbeat(client, workflow_id)
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            return {}  # its training child has not started yet: not a lost workflow
+        raise
+    if heartbeat is None or heartbeat.checkpoint is None:
+        return {}
+    return checkpoint_patch(heartbeat.checkpoint, known_step)

@@ -333,8 +333,6 @@ async def start_workflow_once(
             f"cannot start {workflow_id}: {err}",
         )
         raise kopf.TemporaryError(f"Temporal unavailable: {err}", delay=10) from err
-    patch.status["workflowId"] = workflow_id
-    patch.status["observedGeneration"] = meta.get("generation")
     set_condition(patch, status, meta, "SpecValid", True, "Valid", "spec accepted")
     set_condition(
         patch,
@@ -345,6 +343,15 @@ async def start_workflow_once(
         "WorkflowStarted",
         f"workflow {workflow_id} on {queue}",
     )
+    # Written now, not with the handler's patch: kopf records the handler as done (an
+    # annotation) before it patches the status, and an operator killed in between would
+    # leave the experiment started with no workflowId, which nothing heals (chaos bench).
+    started = {
+        "workflowId": workflow_id,
+        "observedGeneration": meta.get("generation"),
+        "conditions": patch.status["conditions"],
+    }
+    await kube.patch_status(await kube.experiment_of(body), started)
     kopf.info(body, reason="WorkflowStarted", message=f"workflow {workflow_id}")
 
 
