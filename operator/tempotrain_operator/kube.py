@@ -67,17 +67,17 @@ async def create_children(owner: kopf.Body, children: list[dict[str, Any]]) -> N
         child["metadata"].setdefault("annotations", {})[OWNER_KIND] = owner_kind
         try:
             created = await create_if_absent(child)
-            existing = None if created else await _raw(child)
+            found = None if created else await _existing(child)
         except Exception as err:
             kopf.warn(owner, reason="ChildCreateFailed", message=f"{what}: {err}")
             raise kopf.TemporaryError(f"cannot create {what}: {err}", delay=15) from err
         if created:
             kopf.info(owner, reason="Created", message=what)
             continue
-        other = foreign_owner(existing or {}, owner_kind, owner_uid)
+        other = foreign_owner(dict(found.raw) if found else {}, owner_kind, owner_uid)
         if other is None:
-            if child["kind"] == "Deployment":
-                await roll_out([child])
+            if found is not None and child["kind"] == "Deployment":
+                await _bring_to(found, child)
             continue
         message = f"{what} already exists and belongs to {other}; rename this experiment"
         kopf.warn(owner, reason="NameConflict", message=message)
@@ -120,10 +120,9 @@ def foreign_owner(existing: dict[str, Any], owner_kind: str, owner_uid: str) -> 
     return f"a {kind} of the same name" if kind and kind != owner_kind else None
 
 
-async def _raw(manifest: dict[str, Any]) -> dict[str, Any] | None:
+async def _existing(manifest: dict[str, Any]) -> APIObject | None:
     meta = manifest["metadata"]
-    found = await get_object(manifest["kind"], meta["namespace"], meta["name"])
-    return dict(found.raw) if found is not None else None
+    return await get_object(manifest["kind"], meta["namespace"], meta["name"])
 
 
 async def list_pods(namespace: str, labels: dict[str, str]) -> list[dict[str, Any]]:
@@ -190,29 +189,31 @@ async def roll_out(deployments: list[dict[str, Any]]) -> list[str]:
     reconcile. The names of those changed."""
     changed = []
     for manifest in deployments:
-        meta = manifest["metadata"]
-        try:
-            current = await Deployment.get(meta["name"], namespace=meta["namespace"])
-        except kr8s.NotFoundError:
-            continue
-        wanted_hash = meta["annotations"][TEMPLATE_HASH]
-        operations: list[dict[str, Any]] = []
-        if (current.raw["metadata"].get("annotations") or {}).get(TEMPLATE_HASH) != wanted_hash:
-            operations += [
-                {"op": "replace", "path": "/spec/template", "value": manifest["spec"]["template"]},
-                {"op": "add", "path": _annotation_path(TEMPLATE_HASH), "value": wanted_hash},
-            ]
-        replicas = current.raw["spec"].get("replicas", 1)
-        if replicas not in (0, manifest["spec"]["replicas"]):
-            operations.append(
-                {"op": "replace", "path": "/spec/replicas", "value": manifest["spec"]["replicas"]}
-            )
-        if operations:
-            if not current.raw["metadata"].get("annotations"):
-                operations.insert(0, {"op": "add", "path": "/metadata/annotations", "value": {}})
-            await current.patch(operations, type="json")
-            changed.append(str(meta["name"]))
+        current = await _existing(manifest)
+        if current is not None and await _bring_to(current, manifest):
+            changed.append(str(manifest["metadata"]["name"]))
     return changed
+
+
+async def _bring_to(current: APIObject, manifest: dict[str, Any]) -> bool:
+    """One Deployment to its manifest's pod template and replicas; True when it changed."""
+    wanted_hash = manifest["metadata"]["annotations"][TEMPLATE_HASH]
+    operations: list[dict[str, Any]] = []
+    if (current.raw["metadata"].get("annotations") or {}).get(TEMPLATE_HASH) != wanted_hash:
+        operations += [
+            {"op": "replace", "path": "/spec/template", "value": manifest["spec"]["template"]},
+            {"op": "add", "path": _annotation_path(TEMPLATE_HASH), "value": wanted_hash},
+        ]
+    replicas = current.raw["spec"].get("replicas", 1)
+    if replicas not in (0, manifest["spec"]["replicas"]):
+        operations.append(
+            {"op": "replace", "path": "/spec/replicas", "value": manifest["spec"]["replicas"]}
+        )
+    if operations:
+        if not current.raw["metadata"].get("annotations"):
+            operations.insert(0, {"op": "add", "path": "/metadata/annotations", "value": {}})
+        await current.patch(operations, type="json")
+    return bool(operations)
 
 
 def _annotation_path(key: str) -> str:
