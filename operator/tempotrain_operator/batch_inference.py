@@ -24,7 +24,7 @@ from tempotrain_workers.api import (
     workflow_id_for,
 )
 
-from tempotrain_operator import kube, lifecycle
+from tempotrain_operator import kube, lifecycle, suspension
 from tempotrain_operator.children import (
     Experiment,
     WorkerConfig,
@@ -128,18 +128,30 @@ async def batchinference_reconcile(
     logger: kopf.Logger,
     memo: kopf.Memo,
     rerun: bool = False,
+    waiting: bool = True,
     **_: Any,
 ) -> None:
     """`rerun`: a Failed job the user asked to run again (`lifecycle.register_retry`): its
-    pods come back and its workflow starts again under its id; finished chunks are kept."""
+    pods come back and its workflow starts again under its id; finished chunks are kept.
+    `spec.suspend` holds it (`suspension`); `waiting` as for a BertExperiment."""
     runtime: Runtime = memo.runtime
     namespace = namespaced(namespace, KIND)
     if status.get("phase") in TERMINAL_PHASES and not rerun:
         await lifecycle.release_if_closed(KIND, name, namespace, spec, status, patch, meta, runtime)
         return  # terminal stays terminal
+    if suspension.wanted(spec):
+        await suspension.suspend(
+            KIND, body, spec, status, patch, meta, name, namespace, runtime, waiting=waiting
+        )
+        return
+    resuming = suspension.in_effect(status)
     if status.get("workflowId") and not rerun:
         # Started before this operator (re)start: the workflow owns the job, with the model
         # resolved then; the experiment may even be gone since, which must not fail the job.
+        if resuming:  # its pods (built then) come back, and it carries on
+            pods = BatchInferenceSpec.model_validate(dict(spec)).workers
+            await kube.scale(namespace, worker_deployment_names(name, KIND), pods)
+            await suspension.resume(body, status, patch, meta, runtime, status["workflowId"])
         return
     model, problem = _validated(spec, runtime.settings.allowed_images)
     if model is None:
@@ -180,9 +192,9 @@ async def batchinference_reconcile(
     children = [*volume_children(body, experiment), _deployment(body, experiment, workers)]
     await kube.create_children(body, children)
 
-    if rerun:
+    if rerun or resuming:
         await kube.scale(namespace, worker_deployment_names(name, KIND), model.workers)
-    elif not status.get("phase"):
+    if not status.get("startTime"):
         # Written now: the workflow's own updates may land before this handler returns.
         obj = await kube.BatchInferenceResource(dict(body))
         await kube.patch_status(obj, {"phase": Phase.PENDING.value, "startTime": now()})
@@ -208,6 +220,9 @@ async def batchinference_reconcile(
         logger=logger,
         rerun_failed=rerun,
     )
+    if resuming:  # suspended before it started: started just now
+        workflow_id = workflow_id_for(KIND, namespace, name, uid)
+        await suspension.resume(body, status, patch, meta, runtime, workflow_id)
 
 
 # Registered as plain calls: the name stays the typed function, which register_resync
@@ -215,6 +230,7 @@ async def batchinference_reconcile(
 kopf.on.resume(GROUP, VERSION, PLURAL)(batchinference_reconcile)
 kopf.on.create(GROUP, VERSION, PLURAL)(batchinference_reconcile)
 lifecycle.register_retry(PLURAL, batchinference_reconcile)
+lifecycle.register_suspend(PLURAL, batchinference_reconcile)
 
 
 def _deployment(
@@ -251,8 +267,9 @@ def _wait_for_experiment(
 ) -> None:
     """Pending with a ModelReady=False condition; kopf retries this handler until it can go."""
     message = f"waiting for BertExperiment {source!r} to succeed: its trained model is the input"
-    if not status.get("phase"):
+    if status.get("phase") in (None, Phase.SUSPENDED):  # new, or resumed before it started
         patch.status["phase"] = Phase.PENDING.value
+    if not status.get("startTime"):
         patch.status["startTime"] = now()
     patch.status["message"] = message
     set_condition(patch, status, meta, "ModelReady", False, "WaitingForExperiment", message)

@@ -4,6 +4,7 @@ cancel on delete. Long work lives in Temporal; nothing here sleeps or trains."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import kopf
@@ -22,7 +23,7 @@ from tempotrain_workers.api import (
     workflow_id_for,
 )
 
-from tempotrain_operator import kube, lifecycle
+from tempotrain_operator import kube, lifecycle, suspension
 from tempotrain_operator.children import (
     Experiment,
     WorkerConfig,
@@ -52,6 +53,7 @@ from tempotrain_operator.mapping import (
 from tempotrain_operator.runtime import Runtime
 
 PLURAL = "bertexperiments"
+DESCRIBE_TIMEOUT = timedelta(seconds=10)
 KIND = "BertExperiment"
 
 
@@ -87,11 +89,13 @@ async def bertexperiment_reconcile(
     logger: kopf.Logger,
     memo: kopf.Memo,
     rerun: bool = False,
+    waiting: bool = True,
     **_: Any,
 ) -> None:
     """`rerun`: a Failed experiment the user asked to run again (`lifecycle.register_retry`):
     its workers come back and its workflow starts again under its id, resuming from the last
-    verified checkpoint."""
+    verified checkpoint. `spec.suspend` holds it (`suspension`); `waiting`: whether to wait
+    for the workflow to stop (kopf retries) or to look again later (the resync timer)."""
     runtime: Runtime = memo.runtime
     namespace = namespaced(namespace, KIND)
     if status.get("phase") in TERMINAL_PHASES and not rerun:
@@ -101,14 +105,20 @@ async def bertexperiment_reconcile(
     if model is None:
         reject_spec(body, patch, status, meta, problem)
         return
+    if suspension.wanted(spec):
+        await suspension.suspend(
+            KIND, body, spec, status, patch, meta, name, namespace, runtime, waiting=waiting
+        )
+        return
+    resuming = suspension.in_effect(status)
 
     experiment = Experiment(name=name, namespace=namespace, uid=uid, spec=model)
     workers = worker_config(runtime.settings, uid)
     await _ensure_children(body, experiment, workers)
 
-    if rerun:
+    if rerun or resuming:
         await kube.scale(namespace, worker_deployment_names(name), 1)
-    elif not status.get("phase"):
+    if not status.get("startTime"):
         # Written now, not with the handler's patch: the workflow's own updates (Snapshotting,
         # Training) may land before the handler returns, and phase must not go back.
         obj = await kube.BertExperimentResource(dict(body))  # the body kopf handed us: no GET
@@ -138,6 +148,8 @@ async def bertexperiment_reconcile(
         rerun_failed=rerun,
     )
     patch.status["runId"] = run_id_of(name, model)
+    if resuming:
+        await suspension.resume(body, status, patch, meta, runtime, workflow_id)
 
 
 # Registered as plain calls: the name stays the typed function, which register_resync
@@ -145,6 +157,7 @@ async def bertexperiment_reconcile(
 kopf.on.resume(GROUP, VERSION, PLURAL)(bertexperiment_reconcile)
 kopf.on.create(GROUP, VERSION, PLURAL)(bertexperiment_reconcile)
 lifecycle.register_retry(PLURAL, bertexperiment_reconcile)
+lifecycle.register_suspend(PLURAL, bertexperiment_reconcile)
 
 
 async def _ensure_children(
@@ -234,7 +247,7 @@ async def bertexperiment_progress(
     if heartbeat is None:
         return
     if heartbeat.progress is not None:
-        patch.status.update(progress_patch(heartbeat.progress, dict(status)))
+        patch.status.update(progress_patch(heartbeat.progress, dict(status), datetime.now(UTC)))
     if heartbeat.checkpoint is not None:
         patch.status.update(checkpoint_patch(heartbeat.checkpoint, latest_step(status)))
 
@@ -248,7 +261,9 @@ def register_progress(interval: float) -> None:
 async def training_heartbeat(client: Client, workflow_id: str) -> TrainingHeartbeat | None:
     """The last heartbeat of the coordinator's running training attempt; None between
     attempts or before the first heartbeat."""
-    description = await client.get_workflow_handle(training_workflow_id(workflow_id)).describe()
+    handle = client.get_workflow_handle(training_workflow_id(workflow_id))
+    # Bounded: a call that never answers would hold this experiment's progress timer forever.
+    description = await handle.describe(rpc_timeout=DESCRIBE_TIMEOUT)
     for pending in description.raw_description.pending_activities:
         payloads = pending.heartbeat_details.payloads
         if pending.activity_type.name == "fine_tune_bert" and payloads:

@@ -21,7 +21,7 @@ from tempotrain_workers.api import (
     workflow_id_for,
 )
 
-from tempotrain_operator import compute, kube, lifecycle
+from tempotrain_operator import compute, kube, lifecycle, suspension
 from tempotrain_operator.children import (
     Experiment,
     WorkerConfig,
@@ -88,10 +88,13 @@ async def cifar10scaling_reconcile(
     memo: kopf.Memo,
     started: datetime,
     rerun: bool = False,
+    waiting: bool = True,
     **_: Any,
 ) -> None:
     """`rerun`: a Failed run the user asked to run again (`lifecycle.register_retry`): its
-    driver and Ray cluster come back and its workflow starts again under its id."""
+    driver and Ray cluster come back and its workflow starts again under its id. `spec.suspend`
+    holds it (`suspension`): its RayCluster goes, and comes back on resume before the
+    workflow is told to go on; `waiting` as for a BertExperiment."""
     runtime: Runtime = memo.runtime
     namespace = namespaced(namespace, KIND)
     if status.get("phase") in TERMINAL_PHASES and not rerun:
@@ -101,6 +104,12 @@ async def cifar10scaling_reconcile(
     if model is None:
         reject_spec(body, patch, status, meta, problem)
         return
+    if suspension.wanted(spec):
+        await suspension.suspend(
+            KIND, body, spec, status, patch, meta, name, namespace, runtime, waiting=waiting
+        )
+        return
+    resuming = suspension.in_effect(status)
     experiment = Experiment(name=name, namespace=namespace, uid=uid, spec=model)
     workers = worker_config(runtime.settings, uid)
     if not await _ensure_children(body, experiment, workers):
@@ -114,9 +123,9 @@ async def cifar10scaling_reconcile(
         kopf.warn(body, reason="KubeRayMissing", message=message)
         return
 
-    if rerun:
+    if rerun or resuming:
         await kube.scale(namespace, worker_deployment_names(name, KIND), 1)
-    elif not status.get("phase"):
+    if not status.get("startTime"):
         # Written now: the workflow's own updates may land before this handler returns.
         obj = await kube.Cifar10ScalingResource(dict(body))
         pending = {
@@ -128,7 +137,7 @@ async def cifar10scaling_reconcile(
             pending["rayCluster"] = ray_cluster_name(name)
         await kube.patch_status(obj, pending)
 
-    if status.get("workflowId") and status.get("rayAddress") and not rerun:
+    if status.get("workflowId") and status.get("rayAddress") and not (rerun or resuming):
         # Started before (operator restart): the workflow owns the run now. A RayCluster that
         # is briefly not ready (head pod restarting) must not fail it; Ray Train retries.
         address: str | None = status["rayAddress"]
@@ -152,6 +161,9 @@ async def cifar10scaling_reconcile(
         rerun_failed=rerun,
     )
     patch.status["runId"] = name
+    if resuming:
+        workflow_id = workflow_id_for(KIND, namespace, name, uid)
+        await suspension.resume(body, status, patch, meta, runtime, workflow_id)
 
 
 # Registered as plain calls: the name stays the typed function, which register_resync
@@ -159,6 +171,7 @@ async def cifar10scaling_reconcile(
 kopf.on.resume(GROUP, VERSION, PLURAL)(cifar10scaling_reconcile)
 kopf.on.create(GROUP, VERSION, PLURAL)(cifar10scaling_reconcile)
 lifecycle.register_retry(PLURAL, cifar10scaling_reconcile)
+lifecycle.register_suspend(PLURAL, cifar10scaling_reconcile)
 
 
 async def _ray_address(

@@ -23,14 +23,25 @@ RELEASED = "ComputeReleased"
 
 async def release(kind: str, namespace: str, name: str, spec: dict[str, Any]) -> None:
     """Worker Deployments scaled to 0; a Cifar10Scaling's RayCluster deleted unless kept."""
+    keep = (spec.get("ray") or {}).get("onCompletion") == CompletionPolicy.KEEP.value
+    await _free(kind, namespace, name, spec, keep_ray_cluster=keep)
+
+
+async def hold(kind: str, namespace: str, name: str, spec: dict[str, Any]) -> None:
+    """Suspended: worker Deployments scaled to 0 and our RayCluster deleted, whatever
+    onCompletion says (that is about the end; a resume builds a new one)."""
+    await _free(kind, namespace, name, spec, keep_ray_cluster=False)
+
+
+async def _free(
+    kind: str, namespace: str, name: str, spec: dict[str, Any], *, keep_ray_cluster: bool
+) -> None:
     await kube.scale(namespace, worker_deployment_names(name, kind), 0)
-    if kind != "Cifar10Scaling":
+    if kind != "Cifar10Scaling" or keep_ray_cluster:
         return
-    ray = spec.get("ray") or {}
-    if ray.get("address"):
+    if (spec.get("ray") or {}).get("address"):
         return  # not our cluster: we created none
-    if ray.get("onCompletion", CompletionPolicy.DELETE.value) == CompletionPolicy.DELETE.value:
-        await kube.delete_if_present("RayCluster", namespace, ray_cluster_name(name))
+    await kube.delete_if_present("RayCluster", namespace, ray_cluster_name(name))
 
 
 def released(status: Mapping[str, Any]) -> bool:

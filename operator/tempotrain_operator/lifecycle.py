@@ -27,7 +27,7 @@ from tempotrain_workers.api import (
     workflow_id_for,
 )
 
-from tempotrain_operator import claims, compute, conditions, kube, worker_pods
+from tempotrain_operator import claims, compute, conditions, kube, suspension, worker_pods
 from tempotrain_operator.children import (
     Experiment,
     SpecT,
@@ -267,6 +267,7 @@ def register_resync(
 
     async def resync(**kwargs: Any) -> None:
         arguments = {"started": datetime.now(UTC), **kwargs}
+        await heal_suspension(kwargs["spec"], kwargs["status"], reconcile, arguments)
         await handler(**kwargs, restart=functools.partial(reconcile, **arguments))
 
     kopf.timer(
@@ -278,6 +279,46 @@ def register_resync(
         initial_delay=interval / 2,
         idle=min(10.0, interval),
     )(resync)
+
+
+async def heal_suspension(
+    spec: kopf.Spec,
+    status: kopf.Status,
+    reconcile: Callable[..., Awaitable[None]],
+    arguments: dict[str, Any],
+) -> None:
+    """spec.suspend and what the experiment does disagree (a change kopf's field handler
+    never saw through, such as suspend and resume in quick succession, or a workflow still
+    saving): the kind's reconcile once more, without waiting in this timer."""
+    phase = status.get("phase")
+    if phase in TERMINAL_PHASES or phase == Phase.TERMINATING:
+        return
+    wanted = suspension.wanted(spec)
+    settled = suspension.held(status) if wanted else not suspension.in_effect(status)
+    if not settled:
+        with contextlib.suppress(kopf.TemporaryError):  # the next tick tries again
+            await reconcile(**arguments, waiting=False)
+
+
+def register_suspend(plural: str, reconcile: Callable[..., Awaitable[None]]) -> None:
+    """`spec.suspend` changed (`kubectl patch ... --type=merge -p '{"spec":{"suspend":true}}'`):
+    the kind's reconcile holds or resumes the experiment (`suspension`). At creation the
+    create handler does it; a finished experiment stays as it is, and says so."""
+
+    async def suspend_changed(
+        body: kopf.Body, status: kopf.Status, old: Any, new: Any, **kwargs: Any
+    ) -> None:
+        if old is None:
+            return  # created so: the create handler holds it
+        phase = status.get("phase")
+        if phase in TERMINAL_PHASES:
+            verb = "suspend" if new else "resume"
+            message = f"the run is over ({phase}): there is nothing to {verb}"
+            kopf.info(body, reason="SuspendIgnored", message=message)
+            return
+        await reconcile(body=body, status=status, **kwargs)
+
+    kopf.on.field(GROUP, VERSION, plural, id="suspend", field="spec.suspend")(suspend_changed)
 
 
 def reject_spec(

@@ -4,7 +4,7 @@ workflow's StatusUpdate → a `/status` merge patch."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tempotrain_workers.api import (
@@ -181,7 +181,21 @@ def _rank(phase: str | None) -> int:
         return -1
 
 
-def status_patch(update: StatusUpdate, current: dict[str, Any]) -> dict[str, Any]:
+def phase_moves(update: Phase, current: str | None, suspend_wanted: bool) -> bool:
+    """Whether a pushed phase replaces the current one: only forward, never out of an end.
+    `Suspended` is the workflow saying its work has stopped: taken while a suspension is
+    wanted (from any phase the run has), never after a resume (a late push). A resume sets
+    `Pending` again, so the phase the workflow goes on with moves forward from there."""
+    if current in TERMINAL_PHASES or current == Phase.TERMINATING:
+        return update in TERMINAL_PHASES and PHASE_RANK[update] > _rank(current)
+    if update == Phase.SUSPENDED:
+        return suspend_wanted and current != Phase.SUSPENDED
+    return PHASE_RANK[update] > _rank(current)
+
+
+def status_patch(
+    update: StatusUpdate, current: dict[str, Any], suspend_wanted: bool = False
+) -> dict[str, Any]:
     """The `/status` fields an update sets, never moving phase, checkpoint or progress back."""
     patch: dict[str, Any] = {}
     current_phase = current.get("phase")
@@ -189,11 +203,13 @@ def status_patch(update: StatusUpdate, current: dict[str, Any]) -> dict[str, Any
     if (
         update.phase is not None
         and not terminal
-        and PHASE_RANK[update.phase] > _rank(current_phase)
+        and phase_moves(update.phase, current_phase, suspend_wanted)
     ):
         patch["phase"] = update.phase.value
         if update.phase in TERMINAL_PHASES:
             patch["completionTime"] = _timestamp(update.at)
+        if update.phase != Phase.TRAINING:
+            patch["eta"] = None  # time left is for a run that trains (null: removed)
     if update.run_id:
         patch["runId"] = update.run_id
     if update.workflow_id and update.phase == Phase.PENDING:
@@ -210,7 +226,7 @@ def status_patch(update: StatusUpdate, current: dict[str, Any]) -> dict[str, Any
     if update.checkpoints_saved is not None:
         patch["checkpointsSaved"] = update.checkpoints_saved
     if update.progress:
-        patch |= progress_patch(update.progress, current)
+        patch |= progress_patch(update.progress, current, update.at)
     if update.retry is not None:
         patch["attempts"] = update.retry.attempts
         if update.retry.last_failure is not None:
@@ -278,16 +294,45 @@ def metrics_display(metrics: Mapping[str, Any]) -> dict[str, Any]:
     return {} if accuracy is None else {"displayAccuracy": shown(float(accuracy))}
 
 
-def progress_patch(update: Progress, current: dict[str, Any]) -> dict[str, Any]:
-    """`progress` (step, total, percent), only ever moving forward; unchanged: nothing."""
+def progress_patch(update: Progress, current: dict[str, Any], at: datetime) -> dict[str, Any]:
+    """`progress` (step, total, percent, the trainer's recent steps/s); unchanged: nothing.
+    Two sources feed it: a checkpoint's push (its step, often no total or rate) and the
+    attempt's heartbeat (all of them, but up to a throttle interval late). The step only moves
+    forward, and what one source lacks the other's last word keeps. With a rate, the
+    estimated completion time (as of `at`) and the time left for the ETA column."""
     known = current.get("progress") or {}
-    if update.step < known.get("step", -1):
+    step = max(update.step, known.get("step", -1))
+    total = update.total_steps or known.get("totalSteps")
+    rate = update.steps_per_second or known.get("stepsPerSecond")
+    progress: dict[str, Any] = {"step": step}
+    if total:
+        progress["totalSteps"] = total
+        progress["percent"] = min(100, int(100 * step / total))
+    if rate:
+        progress["stepsPerSecond"] = round(rate, 3)
+    if progress == known:
         return {}
-    progress: dict[str, Any] = {"step": update.step}
-    if update.total_steps:
-        progress["totalSteps"] = update.total_steps
-        progress["percent"] = min(100, int(100 * update.step / update.total_steps))
-    return {} if progress == known else {"progress": progress}
+    patch: dict[str, Any] = {"progress": progress}
+    if rate and total:
+        left = max(0, total - step) / rate
+        patch["estimatedCompletionTime"] = _timestamp(at + timedelta(seconds=left))
+        patch["eta"] = duration(left)
+    return patch
+
+
+def duration(seconds: float) -> str:
+    """Time left as `kubectl get` shows ages: 45s, 3m20s, 2h05m, 3d4h."""
+    whole = round(seconds)
+    days, rest = divmod(whole, 86_400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
 
 
 def inference_patch(progress: InferenceProgress, current: dict[str, Any]) -> dict[str, Any]:

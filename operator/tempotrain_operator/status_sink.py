@@ -22,7 +22,7 @@ from tempotrain_workers.api import (
     StatusUpdate,
 )
 
-from tempotrain_operator import compute, conditions, kube
+from tempotrain_operator import compute, conditions, kube, suspension
 from tempotrain_operator.mapping import status_patch
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ async def publish_status(update: StatusUpdate) -> None:
         )
         return
     status: dict[str, Any] = dict(raw.get("status") or {})
-    patch = status_patch(update, status)
+    patch = status_patch(update, status, suspension.wanted(raw.get("spec")))
     finished = update.phase in TERMINAL_PHASES and "phase" in patch
     if finished:
         succeeded = update.phase == Phase.SUCCEEDED

@@ -114,7 +114,7 @@ async def test_inference_waits_for_its_experiment_then_scores_and_a_second_job_s
     assert claims_now == {"trained-snapshots", "trained-runs"}  # no volumes of its own
 
     header = cluster.kubectl("get", "binf", "-n", ns).splitlines()[0].split()
-    assert header == ["NAME", "PHASE", "CHUNKS", "SKIPPED", "ROWS/S", "AGE"]
+    assert header == ["NAME", "PHASE", "CHUNKS", "SKIPPED", "ROWS/S", "SUSPEND", "AGE"]
 
     # The same job under another name, over the same output path: nothing to compute.
     started = time.monotonic()

@@ -106,7 +106,7 @@ async def test_minimal_manifest_gets_defaults_and_the_columns_show(
     model = BatchInferenceSpec.model_validate(spec)
     assert model.wire() == spec  # what the apiserver stored is what the operator reads
     header = cluster.kubectl("get", "binf", "-n", namespace).splitlines()[0].split()
-    assert header == ["NAME", "PHASE", "CHUNKS", "SKIPPED", "ROWS/S", "AGE"]
+    assert header == ["NAME", "PHASE", "CHUNKS", "SKIPPED", "ROWS/S", "SUSPEND", "AGE"]
     assert "OUTPUT" in cluster.kubectl("get", "binf", "-n", namespace, "-o", "wide")
     names = cluster.kubectl("get", "tempotrain", "-n", namespace, "-o", "name").split()
     assert names == ["batchinference.tempotrain.dev/defaults"]

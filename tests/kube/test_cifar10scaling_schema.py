@@ -114,7 +114,17 @@ async def test_kubectl_get_shows_the_scaling_columns_and_the_tempotrain_category
 ) -> None:
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(_minimal("columns")))
     header, row = cluster.kubectl("get", "c10s", "-n", namespace).splitlines()
-    assert header.split() == ["NAME", "PHASE", "DONE", "BEST", "ACCURACY", "BEST", "SPEEDUP", "AGE"]
+    assert header.split() == [
+        "NAME",
+        "PHASE",
+        "DONE",
+        "BEST",
+        "ACCURACY",
+        "BEST",
+        "SPEEDUP",
+        "SUSPEND",
+        "AGE",
+    ]
     assert row.split()[0] == "columns"
     assert "RAY" not in header  # priority 1: only with -o wide
     assert "RAY" in cluster.kubectl("get", "c10s", "-n", namespace, "-o", "wide").splitlines()[0]

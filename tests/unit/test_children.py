@@ -13,7 +13,13 @@ from tempotrain_operator.children import (
     pvc_is_owned,
     worker_config,
 )
-from tempotrain_operator.mapping import checkpoint_patch, coordinator_input, status_patch
+from tempotrain_operator.mapping import (
+    checkpoint_patch,
+    coordinator_input,
+    duration,
+    progress_patch,
+    status_patch,
+)
 from tempotrain_operator.settings import parse_settings
 from tempotrain_workers.api import (
     BertExperimentSpec,
@@ -135,7 +141,8 @@ def test_status_never_moves_backwards() -> None:
         ),
         current,
     )
-    assert stale == {}
+    # Nothing moves back: phase, checkpoint and step stay; only the total it knew is taken.
+    assert stale == {"progress": {"step": 25, "totalSteps": 100, "percent": 25}}
     fresh = status_patch(
         _update(
             phase=Phase.EVALUATING,
@@ -149,6 +156,57 @@ def test_status_never_moves_backwards() -> None:
     assert status_patch(_update(phase=Phase.TRAINING), {"phase": "Succeeded"}) == {}
     done = status_patch(_update(phase=Phase.SUCCEEDED, metrics={"evalAccuracy": 0.9}), current)
     assert done["completionTime"] == "2026-01-01T00:00:00Z" and done["metrics"]["evalAccuracy"]
+
+
+def test_suspended_is_taken_only_while_a_suspension_is_wanted() -> None:
+    training = {"phase": "Training"}
+    ack = _update(phase=Phase.SUSPENDED)
+    # Suspended, and no time left shown while nothing trains.
+    assert status_patch(ack, training, suspend_wanted=True) == {"phase": "Suspended", "eta": None}
+    assert status_patch(ack, {"phase": "Evaluating"}, suspend_wanted=True)["phase"] == "Suspended"
+    # A late acknowledgement after the resume (Pending again) changes nothing.
+    assert status_patch(ack, {"phase": "Pending"}, suspend_wanted=False) == {}
+    # While held, the workflow's stale pushes stay out; its end does not.
+    held = {"phase": "Suspended"}
+    assert status_patch(_update(phase=Phase.TRAINING), held, suspend_wanted=True) == {}
+    assert status_patch(_update(phase=Phase.SUCCEEDED), held, True)["phase"] == "Succeeded"
+    # Resumed: Pending, and the phase it goes on with moves forward from there.
+    assert status_patch(_update(phase=Phase.TRAINING), {"phase": "Pending"}) == {
+        "phase": "Training"
+    }
+    # Deleted: only Cancelled replaces Terminating, whatever is wanted.
+    terminating = {"phase": "Terminating"}
+    assert status_patch(ack, terminating, suspend_wanted=True) == {}
+    assert status_patch(_update(phase=Phase.CANCELLED), terminating)["phase"] == "Cancelled"
+
+
+def test_the_eta_follows_the_trainers_recent_rate() -> None:
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    update = Progress(step=100, total_steps=1000, steps_per_second=2.0)
+    patch = progress_patch(update, {}, at)
+    assert patch["progress"] == {
+        "step": 100,
+        "totalSteps": 1000,
+        "percent": 10,
+        "stepsPerSecond": 2.0,
+    }
+    assert patch["estimatedCompletionTime"] == "2026-01-01T00:07:30Z"  # 900 steps at 2/s
+    assert patch["eta"] == "7m30s"
+    # A checkpoint's push without the total keeps the one the heartbeat gave.
+    known = {"progress": {"step": 100, "totalSteps": 1000, "percent": 10}}
+    assert progress_patch(Progress(step=200), known, at)["progress"] == {
+        "step": 200,
+        "totalSteps": 1000,
+        "percent": 20,
+    }
+    # No rate yet (the first seconds of an attempt): no estimate rather than a wrong one.
+    assert "eta" not in progress_patch(Progress(step=5, total_steps=1000), {}, at)
+    assert [duration(s) for s in (44.6, 200, 7500, 3 * 86_400 + 4 * 3600)] == [
+        "45s",
+        "3m20s",
+        "2h05m",
+        "3d4h",
+    ]
 
 
 def test_worker_config_gives_each_experiment_its_queues_when_asked() -> None:

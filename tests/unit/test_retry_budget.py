@@ -61,8 +61,8 @@ def test_attempts_and_the_last_failure_reach_the_status() -> None:
 
 def test_live_progress_moves_forward_only_and_an_unchanged_step_patches_nothing() -> None:
     current = {"progress": {"step": 40, "totalSteps": 100, "percent": 40}}
-    assert progress_patch(Progress(step=30, total_steps=100), current) == {}
-    assert progress_patch(Progress(step=40, total_steps=100), current) == {}
-    assert progress_patch(Progress(step=55, total_steps=100), current) == {
+    assert progress_patch(Progress(step=30, total_steps=100), current, AT) == {}
+    assert progress_patch(Progress(step=40, total_steps=100), current, AT) == {}
+    assert progress_patch(Progress(step=55, total_steps=100), current, AT) == {
         "progress": {"step": 55, "totalSteps": 100, "percent": 55}
     }

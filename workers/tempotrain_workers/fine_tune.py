@@ -33,6 +33,7 @@ from tempotrain_workers.errors import non_retryable
 from tempotrain_workers.heartbeats import HEARTBEAT_SECONDS
 from tempotrain_workers.ml_imports import ml_stack_ready
 from tempotrain_workers.model_names import resolve_model
+from tempotrain_workers.step_rate import StepRate
 from tempotrain_workers.subprocesses import die_with_parent
 from tempotrain_workers.trainer_main import EVENT_PREFIX, EXIT_STOPPED, TrainerJob
 
@@ -79,6 +80,7 @@ class TrainerSupervisor:
         self.latest: CheckpointInfo | None = None
         self.resumed_step: int | None = None
         self.progress: Progress | None = None
+        self.rate = StepRate()
         self.error: dict[str, Any] | None = None
         self.stopped = False  # the trainer said it stopped on request (after its save)
 
@@ -166,12 +168,15 @@ class TrainerSupervisor:
                     total_steps=event["total_steps"],
                     epoch=self.latest.epoch,
                     loss=self.latest.loss,
+                    steps_per_second=self.progress.steps_per_second if self.progress else None,
                 )
                 activity.heartbeat(self._heartbeat_details())
                 await self._signal("update_checkpoint", self.latest)
             elif kind == "progress":
                 # Heartbeat details only: the SDK sends the latest at most every few seconds.
-                self.progress = Progress.model_validate(event)
+                progress = Progress.model_validate(event)
+                rate = self.rate.add(progress.step)
+                self.progress = progress.model_copy(update={"steps_per_second": rate})
                 activity.heartbeat(self._heartbeat_details())
             elif kind == "error":
                 self.error = event

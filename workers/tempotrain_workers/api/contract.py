@@ -27,6 +27,8 @@ EVAL_QUEUE = "tempotrain-eval"  # CPU: coordinator, evaluation, snapshots, infer
 RAY_QUEUE = "tempotrain-ray"
 
 PUBLISH_STATUS_ACTIVITY = "publish_status"
+# The signal (a bool) that suspends (true) or resumes (false) every experiment's workflow.
+SUSPEND_SIGNAL = "set_suspended"
 
 
 DEFAULT_MODEL = "bert-base-uncased"
@@ -156,6 +158,8 @@ class Progress(Contract):
     total_steps: int | None = Field(default=None, ge=0)
     epoch: float | None = None
     loss: float | None = None
+    # Over the last minute of this attempt (saves included): what the ETA is computed from.
+    steps_per_second: float | None = Field(default=None, gt=0)
 
 
 class TrainingHeartbeat(Contract):
@@ -229,6 +233,7 @@ class BertTrainingInput(Contract):
     # run of any length stays far below Temporal's 10,240-event warning.
     history_limit: int = Field(default=4000, ge=200, le=10_000)
     carry: TrainingCarry | None = None  # set only by continue-as-new
+    suspended: bool = False  # the coordinator's spec.suspend when it started this run
 
 
 class BertFineTuneRequest(Contract):

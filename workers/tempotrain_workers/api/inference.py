@@ -192,6 +192,7 @@ class BatchInferenceInput(Contract):
     )
     status_target: StatusTarget | None = None
     tally: ChunkTally = ChunkTally()
+    suspended: bool = False  # carried over continue-as-new
 
 
 class InferenceProgress(Contract):

@@ -8,6 +8,7 @@ from tempotrain_workers.api.base import CEL, DNS_LABEL_PATTERN, WireModel, cel
 from tempotrain_workers.api.inference import Pooling
 from tempotrain_workers.api.resources import (
     RELATIVE_PATH_PATTERN,
+    SUSPEND_DESCRIPTION,
     ExperimentStatus,
     Quantity,
     StorageSpec,
@@ -132,6 +133,7 @@ class BatchInferenceSpec(WireModel):
         description="raise it to run a Failed job again without delete and re-apply: "
         "finished chunks are kept",
     )
+    suspend: bool = Field(default=False, description=SUSPEND_DESCRIPTION)
 
     def output_path(self, name: str) -> str:
         return self.outputs.path or f"inference/{name}"

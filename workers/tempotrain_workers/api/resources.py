@@ -207,6 +207,13 @@ def immutable(field: str) -> JsonDict:
     }
 
 
+SUSPEND_DESCRIPTION = (
+    "true: the run saves a verified checkpoint, its workers scale to 0 (a RayCluster is "
+    "deleted) and its workflow waits; false again: it resumes from that checkpoint. Set "
+    "before the run starts, nothing is created until it is false"
+)
+
+
 class BertExperimentSpec(WireModel):
     model: ModelSpec = Field(json_schema_extra=immutable("model"))
     dataset: DatasetSpec = Field(
@@ -237,6 +244,7 @@ class BertExperimentSpec(WireModel):
         description="raise it to run a Failed experiment again, from its last verified "
         "checkpoint, without delete and re-apply",
     )
+    suspend: bool = Field(default=False, description=SUSPEND_DESCRIPTION)
 
 
 # -- status -------------------------------------------------------------------------------------
@@ -269,6 +277,9 @@ class ProgressStatus(WireModel):
     step: int
     total_steps: int | None = None
     percent: int | None = Field(default=None, ge=0, le=100)
+    steps_per_second: float | None = Field(
+        default=None, description="the trainer's rate over its last minute"
+    )
 
 
 class FailureStatus(WireModel):
@@ -314,6 +325,12 @@ class BertExperimentStatus(ExperimentStatus):
         default=None, description="metrics.evalAccuracy to 4 significant digits (kubectl get)"
     )
     last_failure: FailureStatus | None = None
+    estimated_completion_time: datetime | None = Field(
+        default=None, description="when training should end at its recent rate"
+    )
+    eta: str | None = Field(
+        default=None, description="training time left at its recent rate (kubectl get)"
+    )
 
 
 TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED, Phase.CANCELLED})

@@ -8,6 +8,7 @@ from pydantic import ConfigDict, Field
 
 from tempotrain_workers.api.base import CEL, WireModel, cel
 from tempotrain_workers.api.resources import (
+    SUSPEND_DESCRIPTION,
     ExperimentStatus,
     Quantity,
     StorageSpec,
@@ -152,6 +153,7 @@ class Cifar10ScalingSpec(WireModel):
         ge=0,
         description="raise it to run a Failed experiment again without delete and re-apply",
     )
+    suspend: bool = Field(default=False, description=SUSPEND_DESCRIPTION)
 
 
 class Cifar10ScalingStatus(ExperimentStatus):

@@ -19,6 +19,7 @@ from temporalio.exceptions import ActivityError
 with workflow.unsafe.imports_passed_through():
     from tempotrain_workers.api import (
         NON_RETRYABLE_ERRORS,
+        SUSPEND_SIGNAL,
         BatchInferenceInput,
         BatchInferenceResult,
         ChunkOutcome,
@@ -39,6 +40,7 @@ with workflow.unsafe.imports_passed_through():
         ended_phase,
         root_message,
     )
+    from tempotrain_workers.workflows.suspension import Suspension
 
 CHUNK_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=2),
@@ -52,10 +54,13 @@ CHUNK_RETRY = RetryPolicy(
 class BatchInferenceWorkflow:
     def __init__(self) -> None:
         self._progress: InferenceProgress | None = None
+        self._suspension = Suspension()
 
     @workflow.run
     async def run(self, request: BatchInferenceInput) -> BatchInferenceResult:
         status = StatusReporter(request.status_target)
+        # A flag signalled already (before this run's first task) is newer than the input's.
+        self._suspension.suspended = self._suspension.suspended or request.suspended
         tally = request.tally
         if tally.started_at is None:  # the first run of the chain
             tally = tally.model_copy(update={"started_at": workflow.now()})
@@ -82,7 +87,13 @@ class BatchInferenceWorkflow:
                 await status.flush()  # the next run starts with an empty reporter
                 resolved = RowSelection(start=plan.range.start, end=plan.range.end)
                 workflow.continue_as_new(
-                    request.model_copy(update={"range": resolved, "tally": tally})
+                    request.model_copy(
+                        update={
+                            "range": resolved,
+                            "tally": tally,
+                            "suspended": self._suspension.suspended,
+                        }
+                    )
                 )
             merged: MergeResult = await workflow.execute_activity(
                 "merge_chunks",
@@ -138,14 +149,23 @@ class BatchInferenceWorkflow:
         every: list[RowRange],
     ) -> ChunkTally:
         """Every chunk, at most `workers` at a time. After a failed chunk nothing new starts;
-        the chunks in flight finish (their outputs count on a re-run), then the error rises."""
+        the chunks in flight finish (their outputs count on a re-run), then the error rises.
+        Suspended: nothing new starts either; once the chunks in flight have finished (each
+        one's output is on the volume) it holds, and carries on with the rest when resumed."""
         pending = list(reversed(ranges))
         # A list, not a set: results are counted (and the first failure chosen) in the order
         # the chunks started, which replays the same; a set of tasks iterates by address.
         in_flight: list[asyncio.Task[ChunkOutcome]] = []
         failure: ActivityError | None = None
         while in_flight or (pending and failure is None):
-            while pending and failure is None and len(in_flight) < request.workers:
+            if not in_flight and await self._suspension.hold(status, Phase.RUNNING):
+                continue
+            while (
+                pending
+                and failure is None
+                and not self._suspension.suspended
+                and len(in_flight) < request.workers
+            ):
                 in_flight.append(asyncio.ensure_future(self._chunk(request, pending.pop())))
             # workflow.wait, not asyncio.wait: deterministic on replay.
             done, _ = await workflow.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
@@ -189,6 +209,10 @@ class BatchInferenceWorkflow:
     @workflow.query
     def get_progress(self) -> InferenceProgress | None:
         return self._progress
+
+    @workflow.signal(name=SUSPEND_SIGNAL)
+    def set_suspended(self, suspended: bool) -> None:
+        self._suspension.set(suspended)
 
 
 def _count(tally: ChunkTally, outcome: ChunkOutcome) -> ChunkTally:

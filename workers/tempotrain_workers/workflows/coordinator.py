@@ -11,6 +11,7 @@ from temporalio.exceptions import ActivityError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
     from tempotrain_workers.api import (
+        SUSPEND_SIGNAL,
         BertEvalRequest,
         BertEvalResult,
         BertFineTuneResult,
@@ -28,6 +29,7 @@ with workflow.unsafe.imports_passed_through():
         ended_phase,
         root_message,
     )
+    from tempotrain_workers.workflows.suspension import Suspension
     from tempotrain_workers.workflows.training import CheckpointedBertTrainingWorkflow
 
 
@@ -35,6 +37,7 @@ with workflow.unsafe.imports_passed_through():
 class CoordinatorWorkflow:
     def __init__(self) -> None:
         self._status = StatusReporter(None)
+        self._suspension = Suspension()
 
     @workflow.run
     async def run(self, request: CoordinatorWorkflowInput) -> CoordinatorWorkflowResult:
@@ -60,16 +63,27 @@ class CoordinatorWorkflow:
         self, index: int, config: CoordinatorWorkflowConfig, request: CoordinatorWorkflowInput
     ) -> CoordinatorRunResult:
         parent = workflow.info().workflow_id
-        training: BertFineTuneResult = await workflow.execute_child_workflow(
+        suspended = self._suspension.suspended
+        child = await workflow.start_child_workflow(
             CheckpointedBertTrainingWorkflow.run,
             BertTrainingInput(
                 config=config.fine_tune,
                 status_target=request.status_target,
                 snapshot_queue=request.eval_queue,
+                suspended=suspended,
             ),
             id=training_workflow_id(parent, index),
             task_queue=request.training_queue,
         )
+        # The trainer is what a suspension stops: it holds there, with its checkpoint.
+        following = asyncio.ensure_future(self._suspension.follow(child, suspended))
+        try:
+            training: BertFineTuneResult = await child
+        finally:
+            following.cancel()
+        # Suspended after training ended: hold before evaluating (an evaluation already under
+        # way runs to its end, minutes, and the experiment completes).
+        await self._suspension.hold(self._status, Phase.EVALUATING)
         self._status.update(phase=Phase.EVALUATING, run_id=training.run_id)
         evaluation_request: BertEvalRequest = config.evaluation.model_copy(
             update={"run_id": training.run_id, "snapshot_id": training.snapshot_id}
@@ -81,6 +95,10 @@ class CoordinatorWorkflow:
             task_queue=request.eval_queue,
         )
         return CoordinatorRunResult(training=training, evaluation=evaluation)
+
+    @workflow.signal(name=SUSPEND_SIGNAL)
+    def set_suspended(self, suspended: bool) -> None:
+        self._suspension.set(suspended)
 
 
 def _metrics(training: BertFineTuneResult, evaluation: BertEvalResult) -> dict[str, float]:

@@ -8,19 +8,22 @@ resumes from its last epoch checkpoint.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 from pydantic import ValidationError
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError
+from temporalio.exceptions import ActivityError, CancelledError
 
 with workflow.unsafe.imports_passed_through():
     from tempotrain_workers.api import (
         NON_RETRYABLE_ERRORS,
+        SUSPEND_SIGNAL,
         Cifar10ScalingInput,
         Cifar10ScalingResult,
         Phase,
+        ScaleTrainRequest,
         ScaleTrainResult,
         compare_scales,
     )
@@ -29,6 +32,7 @@ with workflow.unsafe.imports_passed_through():
         ended_phase,
         root_message,
     )
+    from tempotrain_workers.workflows.suspension import Suspension
 
 SCALE_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=5),
@@ -43,10 +47,12 @@ class Cifar10ScalingWorkflow:
     def __init__(self) -> None:
         self._results: list[ScaleTrainResult] = []
         self._current: int | None = None
+        self._suspension = Suspension()
+        self._status = StatusReporter(None)
 
     @workflow.run
     async def run(self, request: Cifar10ScalingInput) -> Cifar10ScalingResult:
-        status = StatusReporter(request.status_target)
+        status = self._status = StatusReporter(request.status_target)
         total = len(request.scales)
         status.update(
             phase=Phase.PENDING,
@@ -57,17 +63,8 @@ class Cifar10ScalingWorkflow:
         for index in range(total):
             self._current = index + 1
             status.update(phase=Phase.TRAINING, current_scale=index + 1, total_scales=total)
-            scale_request = request.request_for(index)
             try:
-                result: ScaleTrainResult = await workflow.execute_activity(
-                    "train_cifar10_scale",
-                    scale_request,
-                    result_type=ScaleTrainResult,
-                    start_to_close_timeout=timedelta(days=3),
-                    heartbeat_timeout=timedelta(seconds=scale_request.heartbeat_timeout_seconds),
-                    retry_policy=SCALE_RETRY,
-                    cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-                )
+                result = await self._train_scale(request.request_for(index))
             except ActivityError as err:
                 status.update(phase=ended_phase(err), message=root_message(err))
                 await status.flush()
@@ -84,6 +81,35 @@ class Cifar10ScalingWorkflow:
             scales=outcomes,
             runs=list(self._results),
         )
+
+    async def _train_scale(self, scale_request: ScaleTrainRequest) -> ScaleTrainResult:
+        """One scale to its end; a suspension stops it (Ray Train keeps its last epoch's
+        checkpoint), holds, and starts it again, restoring from that checkpoint."""
+        while True:
+            await self._suspension.hold(self._status, Phase.TRAINING)
+            activity = workflow.start_activity(
+                "train_cifar10_scale",
+                scale_request,
+                result_type=ScaleTrainResult,
+                start_to_close_timeout=timedelta(days=3),
+                heartbeat_timeout=timedelta(seconds=scale_request.heartbeat_timeout_seconds),
+                retry_policy=SCALE_RETRY,
+                cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+            )
+            watcher = asyncio.ensure_future(self._suspension.cancel_when_suspended(activity))
+            try:
+                # Awaited directly: cancelling the workflow cancels the scale (and Ray Train).
+                result: ScaleTrainResult = await activity
+                return result
+            except ActivityError as err:
+                if not (self._suspension.suspended and isinstance(err.cause, CancelledError)):
+                    raise
+            finally:
+                watcher.cancel()
+
+    @workflow.signal(name=SUSPEND_SIGNAL)
+    def set_suspended(self, suspended: bool) -> None:
+        self._suspension.set(suspended)
 
     @workflow.query
     def get_results(self) -> list[ScaleTrainResult]:

@@ -29,6 +29,7 @@ from temporalio.exceptions import (
 with workflow.unsafe.imports_passed_through():
     from tempotrain_workers.api import (
         NON_RETRYABLE_ERRORS,
+        SUSPEND_SIGNAL,
         WORK_HEARTBEAT_TIMEOUT,
         AttemptFailure,
         BertFineTuneRequest,
@@ -43,6 +44,7 @@ with workflow.unsafe.imports_passed_through():
         TrainingHeartbeat,
     )
     from tempotrain_workers.workflows.status import StatusReporter, root_message
+    from tempotrain_workers.workflows.suspension import Suspension
 
 SNAPSHOT_RETRY = RetryPolicy(maximum_attempts=3, non_retryable_error_types=NON_RETRYABLE_ERRORS)
 # One activity execution per attempt: the workflow retries, so it can tell progress apart.
@@ -100,11 +102,14 @@ class CheckpointedBertTrainingWorkflow:
         self._retry: RetryState | None = None
         self._status = StatusReporter(None)
         self._history_limit = 0
+        self._suspension = Suspension()
 
     @workflow.run
     async def run(self, request: BertTrainingInput) -> BertFineTuneResult:
         self._status = StatusReporter(request.status_target)
         self._history_limit = request.history_limit
+        # A flag signalled already (before this run's first task) is newer than the input's.
+        self._suspension.suspended = self._suspension.suspended or request.suspended
         config = request.config
         if config.run_id is None:
             # Canonical run id, written back so every activity and the result agree on it.
@@ -144,6 +149,7 @@ class CheckpointedBertTrainingWorkflow:
                             checkpoints_seen=self._checkpoints_seen,
                             retry=self._retry,
                         ),
+                        "suspended": self._suspension.suspended,
                     }
                 )
             )
@@ -171,6 +177,8 @@ class CheckpointedBertTrainingWorkflow:
         while True:
             if self._history_full():
                 return None
+            # Suspended: the last attempt saved and stopped; wait here, then go on from there.
+            await self._suspension.hold(self._status, Phase.TRAINING)
             retry = self._retry
             self._retry = RetryState(
                 attempts=(retry.attempts if retry else 0) + 1,
@@ -186,8 +194,8 @@ class CheckpointedBertTrainingWorkflow:
                         update={"resume_from": self._latest, "attempt": self._retry.attempts}
                     )
                 )
-            except _RollOver:
-                return None
+            except _Stopped:
+                continue  # to continue as new, or to hold while suspended
             except ActivityError as err:
                 if is_final(err):
                     raise
@@ -239,24 +247,26 @@ class CheckpointedBertTrainingWorkflow:
             # On cancellation wait for the trainer's final checkpoint before going away.
             cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
         )
-        rolling_over = False
+        stopping = False
 
-        async def stop_when_history_is_full() -> None:
-            # Checkpoint signals filled the history: stop the trainer (it saves on SIGTERM),
-            # then the next run resumes from that checkpoint.
-            nonlocal rolling_over
-            await workflow.wait_condition(self._history_full)
-            rolling_over = True
+        async def stop_when_asked() -> None:
+            # Checkpoint signals filled the history, or the experiment is suspended: stop the
+            # trainer (it saves on SIGTERM); the next attempt resumes from that checkpoint.
+            nonlocal stopping
+            await workflow.wait_condition(
+                lambda: self._history_full() or self._suspension.suspended
+            )
+            stopping = True
             activity.cancel()
 
-        watcher = asyncio.ensure_future(stop_when_history_is_full())
+        watcher = asyncio.ensure_future(stop_when_asked())
         try:
             # Awaited directly: cancelling the workflow cancels the attempt (and its trainer).
             result: BertFineTuneResult = await activity
             return result
         except ActivityError as err:
-            if rolling_over and isinstance(err.cause, CancelledError):
-                raise _RollOver() from err
+            if stopping and isinstance(err.cause, CancelledError):
+                raise _Stopped() from err
             raise
         finally:
             watcher.cancel()
@@ -267,6 +277,10 @@ class CheckpointedBertTrainingWorkflow:
             info.is_continue_as_new_suggested()
             or info.get_current_history_length() >= self._history_limit
         )
+
+    @workflow.signal(name=SUSPEND_SIGNAL)
+    def set_suspended(self, suspended: bool) -> None:
+        self._suspension.set(suspended)
 
     @workflow.signal
     def update_checkpoint(self, checkpoint: CheckpointInfo) -> None:
@@ -314,5 +328,5 @@ class CheckpointedBertTrainingWorkflow:
         )
 
 
-class _RollOver(Exception):
-    """The running attempt was stopped so that the workflow can continue as new."""
+class _Stopped(Exception):
+    """The running attempt was stopped (it saved first) to continue as new or to suspend."""
