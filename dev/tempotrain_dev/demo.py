@@ -17,7 +17,6 @@ platform processes, the pods on kwok nodes (namespace `demo-host`), Ray started 
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -170,11 +169,12 @@ class LiveTable:
         self.age: int | None = None
 
     def lines(self, output: str) -> list[str]:
-        header, *rows = output.strip().splitlines()
+        header, *rows = output.rstrip().splitlines()
+        starts = _column_starts(header)
+        names = _cells(header, starts)
         out = []
         if not self.widths:
-            names = _cells(header)
-            first = _cells(rows[0]) if rows else names
+            first = _cells(rows[0], starts) if rows else names
             self.widths = [
                 max(len(n), len(v)) + 3 if i == 0 else max(len(n) + 3, self.MIN_WIDTH)
                 for i, (n, v) in enumerate(zip(names, first, strict=False))
@@ -182,7 +182,7 @@ class LiveTable:
             self.age = names.index("AGE") if "AGE" in names else None
             out.append(self._format(names))
         for row in rows:
-            cells = _cells(row)
+            cells = _cells(row, starts)
             compared = [c for i, c in enumerate(cells) if i != self.age]
             if compared != self.last:
                 out.append(self._format(cells))
@@ -193,9 +193,21 @@ class LiveTable:
         return "".join(c.ljust(w) for c, w in zip(cells, self.widths, strict=False)).rstrip()
 
 
-def _cells(line: str) -> list[str]:
-    """kubectl's columns are 3 spaces apart at least; a header may have one inside a name."""
-    return re.split(r"\s{2,}", line.strip())
+def _column_starts(header: str) -> list[int]:
+    """Where each column begins: kubectl puts 3 spaces between columns, and a header may have
+    one inside a name (`BEST ACCURACY`)."""
+    return [
+        i
+        for i, c in enumerate(header)
+        if c != " " and (i == 0 or header[max(0, i - 2) : i] == "  ")
+    ]
+
+
+def _cells(line: str, starts: list[int]) -> list[str]:
+    """A row cut where its header's columns begin: an empty cell stays an empty cell (split
+    on spaces, the cells after it would move left)."""
+    ends = [*starts[1:], None]
+    return [line[start:end].strip() for start, end in zip(starts, ends, strict=True)]
 
 
 class DemoRunner:
