@@ -170,11 +170,11 @@ class LiveTable:
 
     def lines(self, output: str) -> list[str]:
         header, *rows = output.rstrip().splitlines()
-        starts = _column_starts(header)
-        names = _cells(header, starts)
+        starts = column_starts(header)
+        names = row_cells(header, starts)
         out = []
         if not self.widths:
-            first = _cells(rows[0], starts) if rows else names
+            first = row_cells(rows[0], starts) if rows else names
             self.widths = [
                 max(len(n), len(v)) + 3 if i == 0 else max(len(n) + 3, self.MIN_WIDTH)
                 for i, (n, v) in enumerate(zip(names, first, strict=False))
@@ -182,7 +182,7 @@ class LiveTable:
             self.age = names.index("AGE") if "AGE" in names else None
             out.append(self._format(names))
         for row in rows:
-            cells = _cells(row, starts)
+            cells = row_cells(row, starts)
             compared = [c for i, c in enumerate(cells) if i != self.age]
             if compared != self.last:
                 out.append(self._format(cells))
@@ -193,7 +193,7 @@ class LiveTable:
         return "".join(c.ljust(w) for c, w in zip(cells, self.widths, strict=False)).rstrip()
 
 
-def _column_starts(header: str) -> list[int]:
+def column_starts(header: str) -> list[int]:
     """Where each column begins: kubectl puts 3 spaces between columns, and a header may have
     one inside a name (`BEST ACCURACY`)."""
     return [
@@ -203,7 +203,7 @@ def _column_starts(header: str) -> list[int]:
     ]
 
 
-def _cells(line: str, starts: list[int]) -> list[str]:
+def row_cells(line: str, starts: list[int]) -> list[str]:
     """A row cut where its header's columns begin: an empty cell stays an empty cell (split
     on spaces, the cells after it would move left)."""
     ends = [*starts[1:], None]

@@ -186,8 +186,10 @@ def phase_moves(update: Phase, current: str | None, suspend_wanted: bool) -> boo
     `Suspended` is the workflow saying its work has stopped: taken while a suspension is
     wanted (from any phase the run has), never after a resume (a late push). A resume sets
     `Pending` again, so the phase the workflow goes on with moves forward from there."""
-    if current in TERMINAL_PHASES or current == Phase.TERMINATING:
-        return update in TERMINAL_PHASES and PHASE_RANK[update] > _rank(current)
+    if current in TERMINAL_PHASES:
+        return False
+    if current == Phase.TERMINATING:  # deleted: only its end replaces it
+        return update == Phase.CANCELLED
     if update == Phase.SUSPENDED:
         return suspend_wanted and current != Phase.SUSPENDED
     return PHASE_RANK[update] > _rank(current)
@@ -198,13 +200,7 @@ def status_patch(
 ) -> dict[str, Any]:
     """The `/status` fields an update sets, never moving phase, checkpoint or progress back."""
     patch: dict[str, Any] = {}
-    current_phase = current.get("phase")
-    terminal = current_phase in TERMINAL_PHASES
-    if (
-        update.phase is not None
-        and not terminal
-        and phase_moves(update.phase, current_phase, suspend_wanted)
-    ):
+    if update.phase is not None and phase_moves(update.phase, current.get("phase"), suspend_wanted):
         patch["phase"] = update.phase.value
         if update.phase in TERMINAL_PHASES:
             patch["completionTime"] = _timestamp(update.at)

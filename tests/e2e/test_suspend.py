@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from temporalio.client import WorkflowExecutionStatus
+from tempotrain_dev.demo import column_starts, row_cells
 from tempotrain_dev.provisioner import claim_directory
 from tempotrain_operator.bert_experiment import training_heartbeat
 from tempotrain_workers.api import workflow_id_for
@@ -48,12 +49,8 @@ def columns(cluster: ClusterHandle, ns: str, kind: str, name: str) -> dict[str, 
     """`kubectl get` as a user reads it: each printer column's cell, by its header (empty
     cells leave no word behind, so splitting a row would shift the rest)."""
     header, row = cluster.kubectl("get", kind, name, "-n", ns).splitlines()[:2]
-    starts = [i for i, c in enumerate(header) if c != " " and (i == 0 or header[i - 1] == " ")]
-    ends = [*starts[1:], None]
-    return {
-        header[start:end].strip(): row[start:end].strip()
-        for start, end in zip(starts, ends, strict=True)
-    }
+    starts = column_starts(header)
+    return dict(zip(row_cells(header, starts), row_cells(row, starts), strict=True))
 
 
 def events(cluster: ClusterHandle, ns: str, name: str, reason: str) -> list[dict[str, Any]]:

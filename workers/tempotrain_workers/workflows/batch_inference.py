@@ -59,8 +59,7 @@ class BatchInferenceWorkflow:
     @workflow.run
     async def run(self, request: BatchInferenceInput) -> BatchInferenceResult:
         status = StatusReporter(request.status_target)
-        # A flag signalled already (before this run's first task) is newer than the input's.
-        self._suspension.suspended = self._suspension.suspended or request.suspended
+        self._suspension.begin(request.suspended)
         tally = request.tally
         if tally.started_at is None:  # the first run of the chain
             tally = tally.model_copy(update={"started_at": workflow.now()})

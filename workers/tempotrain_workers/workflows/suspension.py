@@ -19,12 +19,20 @@ with workflow.unsafe.imports_passed_through():
 
 
 class Suspension:
-    def __init__(self, suspended: bool = False) -> None:
-        self.suspended = suspended
+    def __init__(self) -> None:
+        self.suspended = False
+        self._signalled = False
+
+    def begin(self, suspended: bool) -> None:
+        """The flag a run was started (or continued as new) with, unless a signal that
+        arrived before the run's first task already said otherwise: that one is newer."""
+        if not self._signalled:
+            self.suspended = suspended
 
     def set(self, suspended: bool) -> None:
         if suspended != self.suspended:
             workflow.logger.info("%s requested", "suspension" if suspended else "resumption")
+        self._signalled = True
         self.suspended = suspended
 
     async def hold(self, status: StatusReporter, resumed: Phase) -> bool:

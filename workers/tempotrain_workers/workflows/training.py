@@ -108,8 +108,7 @@ class CheckpointedBertTrainingWorkflow:
     async def run(self, request: BertTrainingInput) -> BertFineTuneResult:
         self._status = StatusReporter(request.status_target)
         self._history_limit = request.history_limit
-        # A flag signalled already (before this run's first task) is newer than the input's.
-        self._suspension.suspended = self._suspension.suspended or request.suspended
+        self._suspension.begin(request.suspended)
         config = request.config
         if config.run_id is None:
             # Canonical run id, written back so every activity and the result agree on it.
