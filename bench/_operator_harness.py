@@ -42,10 +42,10 @@ class Bench:
     def env(self) -> dict[str, str]:
         return {**os.environ, "KUBECONFIG": str(self.kubeconfig), "HF_HUB_OFFLINE": "1"}
 
-    def start_operator(self) -> subprocess.Popen[bytes]:
+    def start_operator(self, *extra: str) -> subprocess.Popen[bytes]:
         log = self.root / "operator.log"
         process = subprocess.Popen(
-            operator_command(self.namespace, self.temporal_address, self.queues),
+            operator_command(self.namespace, self.temporal_address, self.queues, *extra),
             stdout=log.open("ab"),
             stderr=subprocess.STDOUT,
             env=self.env(),

@@ -44,12 +44,14 @@ go_install() { # go_install <out> <package@version>
   GOBIN="$1" go install -trimpath -ldflags "-s -w" "$2"
 }
 
-# kuberay_module <empty dir>: prints the KubeRay operator module's folder in GOMODCACHE,
+# module_dir <module@version> <empty dir>: prints the module's folder in GOMODCACHE,
 # downloading it first. Run from an empty dir, outside any module, so no go.mod of ours changes.
-kuberay_module() {
-  (cd "$1" && GOFLAGS=-mod=mod go mod download -json "github.com/ray-project/kuberay/ray-operator@v$KUBERAY_VERSION") \
+module_dir() {
+  (cd "$2" && GOFLAGS=-mod=mod go mod download -json "$1") \
     | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])'
 }
+
+kuberay_module() { module_dir "github.com/ray-project/kuberay/ray-operator@v$KUBERAY_VERSION" "$1"; }
 
 kuberay_crds() {
   local dir
@@ -75,8 +77,7 @@ build_helm() { go_install "$1" "helm.sh/helm/v3/cmd/helm@v$HELM_VERSION"; }
 # CoreDNS: the real node's cluster DNS. Built in its own module like KubeRay (same reason).
 build_coredns() {
   local dir
-  dir="$(cd "$1" && GOFLAGS=-mod=mod go mod download -json "github.com/coredns/coredns@v$COREDNS_VERSION" \
-    | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')"
+  dir="$(module_dir "github.com/coredns/coredns@v$COREDNS_VERSION" "$1")"
   (cd "$dir" && go build -trimpath -ldflags "-s -w" -o "$1/coredns" .)
 }
 
@@ -85,9 +86,29 @@ build_pause() {
   (cd "$here/gomod/pause" && go build -trimpath -ldflags "-s -w" -o "$1/pause" .)
 }
 
+# Kueue: built inside its downloaded module like KubeRay (same reason). Only v0.17.0 and
+# v0.17.1 are served by the module proxy here; see docs/queueing.md for the pin.
+kueue_module() { module_dir "sigs.k8s.io/kueue@v$KUEUE_VERSION" "$1"; }
+
+build_kueue() {
+  local dir
+  dir="$(kueue_module "$1")"
+  (cd "$dir" && go build -trimpath -ldflags "-s -w" -o "$1/kueue" ./cmd/kueue)
+}
+
+# The raw CRD bases: served versions v1beta1 and v1beta2 with no conversion webhook (the
+# kustomize patches add one); every client here speaks v1beta2 only.
+kueue_crds() {
+  local dir
+  dir="$(kueue_module "$1")"
+  cp "$dir"/config/components/crd/bases/kueue.x-k8s.io_*.yaml "$1/"
+}
+
 build_once kwok "$cache/bin/kwok-$KWOK_VERSION" "kwok v$KWOK_VERSION" build_kwok
 build_once helm "$cache/bin/helm-$HELM_VERSION" "helm v$HELM_VERSION" build_helm
 build_once kuberay "$cache/bin/kuberay-$KUBERAY_VERSION" "KubeRay operator v$KUBERAY_VERSION" build_kuberay
 build_once kuberay_crds "$cache/crds/kuberay-$KUBERAY_VERSION" "KubeRay CRDs v$KUBERAY_VERSION" kuberay_crds
+build_once kueue "$cache/bin/kueue-$KUEUE_VERSION" "Kueue v$KUEUE_VERSION" build_kueue
+build_once kueue_crds "$cache/crds/kueue-$KUEUE_VERSION" "Kueue CRDs v$KUEUE_VERSION" kueue_crds
 build_once coredns "$cache/bin/coredns-$COREDNS_VERSION" "CoreDNS v$COREDNS_VERSION" build_coredns
 build_once pause "$cache/bin/pause-$(cat "$here"/gomod/pause/* | sha256sum | cut -c1-12)" "pause" build_pause

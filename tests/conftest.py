@@ -221,24 +221,9 @@ def minilm_path() -> Path:
 @pytest.fixture(scope="session")
 def tiny_bert(minilm_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer, 32-wide BERT (MiniLM's tokenizer): trains in seconds on CPU."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+    from tempotrain_workers.sample_data import write_tiny_bert
 
-    target = tmp_path_factory.mktemp("tiny-bert")
-    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        num_labels=2,
-    )
-    torch.manual_seed(0)
-    BertForSequenceClassification(config).save_pretrained(target)
-    tokenizer.save_pretrained(target)
-    return target
+    return write_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), minilm_path)
 
 
 @pytest.fixture(scope="session")

@@ -46,10 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     demo.add_argument(
         "--experiment",
-        choices=["bert", "cifar10", "inference"],
+        choices=["bert", "cifar10", "inference", "queueing"],
         default="bert",
         help="bert: BertExperiment with MiniLM; cifar10: Cifar10Scaling on Ray (1 and 2 "
-        "workers); inference: BatchInference over the bert demo's model (runs it first)",
+        "workers); inference: BatchInference over the bert demo's model (runs it first); "
+        "queueing: two BertExperiments through the platform's Kueue, one preempting the other",
     )
     workspace = commands.add_parser(
         "workspace",
@@ -100,8 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "status":
         return _status(platform)
     elif args.command == "demo":
-        from tempotrain_dev.demo import run_demo  # needs the operator and workers installed
+        # Needs the operator and workers installed.
+        from tempotrain_dev.demo import run_demo, run_queueing_demo
 
+        if args.experiment == "queueing":
+            return run_queueing_demo(platform)
         return run_demo(platform, args.experiment)
     elif args.command == "workspace":
         from tempotrain_dev.workspace import PlatformDown, prepare_workspace  # needs the venv

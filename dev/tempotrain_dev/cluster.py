@@ -1,6 +1,6 @@
 """A real Kubernetes control plane: etcd, kube-apiserver, kube-controller-manager,
-kube-scheduler, kwok (fake Nodes) and the KubeRay operator, each a process of its own with a
-PID file.
+kube-scheduler, kwok (fake Nodes), the KubeRay operator and Kueue, each a process of its own
+with a PID file.
 
 Without a real node everything listens on loopback. With one (`real_node.py`) the apiserver
 listens on the host side of the node's network instead, so kubelets and pods reach it.
@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from tempotrain_dev import kueue
 from tempotrain_dev.net import free_ports, http_ok, port_open
 from tempotrain_dev.node_network import NodeNetwork
 from tempotrain_dev.pki import Pki
@@ -36,6 +37,7 @@ COMPONENTS = (
     "kwok",
     "provisioner",
     "kuberay-operator",  # its CRDs are applied before the controller-manager (see `up`)
+    "kueue",  # likewise
 )
 PORT_NAMES = (
     "etcd_client",
@@ -45,6 +47,8 @@ PORT_NAMES = (
     "scheduler",
     "kwok",
     "kuberay_probe",
+    "kueue_probe",
+    "kueue_webhook",
 )
 SERVICE_CIDR = "10.96.0.0/16"
 # Fixed, not port-derived, so service-account tokens survive a restart on new ports.
@@ -150,7 +154,7 @@ class LocalCluster:
                 # Before the controller-manager: its garbage collector discovers resources at
                 # start and only every 30 s after, and it must know RayClusters to delete
                 # their pods with them. The KubeRay operator's watches need them too.
-                self._apply_kuberay_crds()
+                self._apply_crds()
             already = self.processes[name].is_running()
             self.processes[name].start(self._argv(name, ports), env=self._env(name))
             self._wait_healthy(name, ports)
@@ -280,6 +284,19 @@ class LocalCluster:
                 "--watch-namespace=",  # every namespace: tests make their own
                 "--log-stdout-encoder=console",
             ]
+        if name == "kueue":
+            cert_dir = state / "kueue" / "certs"
+            kueue.write_certificates(pki.serving_cert, pki.serving_key, cert_dir)
+            config = state / "kueue" / "config.yaml"
+            config.write_text(
+                kueue.configuration(ports["kueue_probe"], ports["kueue_webhook"], cert_dir)
+            )
+            return [
+                str(self.tools.binary("kueue")),
+                f"--config={config}",
+                f"--kubeconfig={kubeconfig}",
+                "--zap-log-level=info",
+            ]
         raise ValueError(name)
 
     def _apiserver_argv(self, ports: dict[str, int]) -> list[str]:
@@ -329,6 +346,7 @@ class LocalCluster:
             "kuberay-operator": lambda: http_ok(
                 f"http://127.0.0.1:{ports['kuberay_probe']}/readyz"
             ),
+            "kueue": lambda: http_ok(f"http://127.0.0.1:{ports['kueue_probe']}/readyz"),
         }
 
         def healthy() -> bool:
@@ -361,22 +379,26 @@ class LocalCluster:
         )
         return result.returncode == 0 and result.stdout.strip() == "ok"
 
-    def _apply_kuberay_crds(self) -> None:
-        """Idempotent (server-side apply); waits until the API server serves them."""
-        self.kubectl(
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "--field-manager=tempotrain-dev",
-            "-f",
-            str(self.tools.kuberay_crds),
-        )
-        wait_for(self._kuberay_crds_established, timeout=60, what="the KubeRay CRDs")
+    def _apply_crds(self) -> None:
+        """KubeRay's and Kueue's CRDs; idempotent (server-side apply: Kueue's Workload CRD
+        is too big for client-side apply's annotation). Waits until the API server serves
+        them."""
+        for directory in (self.tools.kuberay_crds, self.tools.kueue_crds):
+            self.kubectl(
+                "apply",
+                "--server-side",
+                "--force-conflicts",
+                "--field-manager=tempotrain-dev",
+                "-f",
+                str(directory),
+            )
+        wait_for(self._crds_established, timeout=60, what="the KubeRay and Kueue CRDs")
 
-    def _kuberay_crds_established(self) -> bool:
+    def _crds_established(self) -> bool:
         wanted = {
-            path.name.removeprefix("ray.io_").removesuffix(".yaml") + ".ray.io"
-            for path in self.tools.kuberay_crds.glob("ray.io_*.yaml")
+            f"{path.stem.split('_', 1)[1]}.{path.stem.split('_', 1)[0]}"
+            for directory in (self.tools.kuberay_crds, self.tools.kueue_crds)
+            for path in directory.glob("*_*.yaml")
         }
         crds = json.loads(self.kubectl("get", "crd", "-o", "json"))["items"]
         established = {

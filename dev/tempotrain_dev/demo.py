@@ -1,11 +1,13 @@
-"""`python -m tempotrain_dev demo [--experiment bert|cifar10|inference]`: a real experiment
-on the local platform.
+"""`python -m tempotrain_dev demo [--experiment bert|cifar10|inference|queueing]`: a real
+experiment on the local platform.
 
 `bert` applies examples/bert-experiment-local.yaml (MiniLM and a generated dataset, put on
 the claim `demo-data` first). `cifar10` applies examples/cifar10-scaling-local.yaml
 (synthetic images, 1 and 2 Ray Train workers); `inference` runs the BERT demo first (or reuses
 it, once Succeeded) and then examples/batch-inference-local.yaml over its trained model. Each
-time `kubectl get` is shown as it changes until it finishes.
+time `kubectl get` is shown as it changes until it finishes. `queueing` (real node only) is
+docs/queueing.md's walkthrough: the platform's Kueue admits a low-priority experiment, a
+high-priority one preempts it, and it resumes from its checkpoint once the other is done.
 
 Where the platform has a real node they run in real pods: the operator (a platform process)
 creates the worker pods, and KubeRay the Ray pods, from the workers image built here; no host
@@ -287,6 +289,8 @@ class PodDemo(DemoRunner):
                 # Each experiment's pods poll queues of their own: no pod picks up work whose
                 # claims it has not mounted.
                 "--per-experiment-queues",
+                # The platform runs Kueue: experiments labelled with a queue wait for it.
+                "--kueue",
             ),
             env=self.env,
         )
@@ -346,3 +350,77 @@ def _status(cluster: LocalCluster, namespace: str, demo: DemoExperiment) -> dict
 def _phase(cluster: LocalCluster, namespace: str, demo: DemoExperiment) -> str | None:
     phase: str | None = _status(cluster, namespace, demo).get("phase")
     return phase
+
+
+QUEUE_OBJECTS = REPO_ROOT / "examples" / "kueue-local.yaml"
+QUEUED_EXPERIMENTS = REPO_ROOT / "examples" / "bert-experiment-queued-local.yaml"
+WALKTHROUGH = "tempotrain.dev/walkthrough"
+
+
+def run_queueing_demo(platform: Platform) -> int:
+    """docs/queueing.md's walkthrough, in real pods: `long` (low priority) trains; `urgent`
+    (high) preempts it; `long` saves, waits Queued, and resumes from that checkpoint once
+    `urgent` is done. `kubectl get` of both and of their Workloads at each step."""
+    platform.up()
+    cluster = platform.cluster
+    if platform.node is None:
+        print(f"real node: none ({platform.no_node_reason}); the queueing demo needs one")
+        return 1
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO_ROOT / "crds"))
+    runner = PodDemo(platform)
+    runner.start()
+    ns = runner.namespace
+    prepare_volume(runner.data_claim())
+    for name in ("long", "urgent"):
+        # Afresh, as the other demos: a re-created experiment resumes from its (Retain) volume.
+        cluster.kubectl("delete", "bexp", name, "-n", ns, "--ignore-not-found", "--wait=true")
+        claim = f"{name}-runs"
+        if cluster.kubectl("get", "pvc", claim, "-n", ns, "--ignore-not-found").strip():
+            shutil.rmtree(claim_directory(cluster.kubectl, ns, claim) / name, ignore_errors=True)
+    print(cluster.kubectl("apply", "-f", str(QUEUE_OBJECTS)).strip())
+
+    def show(title: str) -> None:
+        print(f"\n$ kubectl get bexp,workloads   # {title}")
+        print(cluster.kubectl("get", "bexp,workloads", "-n", ns).rstrip())
+
+    def apply(which: str) -> None:
+        example = QUEUED_EXPERIMENTS.relative_to(REPO_ROOT)
+        print(f"\n$ kubectl apply -f {example} -l {WALKTHROUGH}={which}")
+        print(
+            cluster.kubectl(
+                "apply", "-n", ns, "-f", str(QUEUED_EXPERIMENTS), "-l", f"{WALKTHROUGH}={which}"
+            ).strip()
+        )
+
+    def until(name: str, check: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
+        def reached() -> bool:
+            return check(_bexp_status(cluster, ns, name))
+
+        wait_for(reached, timeout=TIMEOUT_SECONDS, what=what, interval=1.0)
+        return _bexp_status(cluster, ns, name)
+
+    apply("long")
+    until(
+        "long",
+        lambda s: s.get("phase") == "Training" and bool(s.get("latestCheckpoint")),
+        "long training",
+    )
+    show("long admitted and training")
+    apply("urgent")
+    held = until("long", lambda s: s.get("phase") == "Queued", "long preempted")
+    show("urgent preempted long")
+    print(f"\n$ kubectl get bexp long -o jsonpath='{{.status.message}}'\n{held.get('message')}")
+    until("urgent", lambda s: s.get("phase") in ("Succeeded", "Failed"), "urgent to finish")
+    until("long", lambda s: s.get("phase") == "Training", "long to resume")
+    show("urgent done: long admitted again, resumed from its checkpoint")
+    done = until("long", lambda s: s.get("phase") in ("Succeeded", "Failed"), "long to finish")
+    show("both finished: their Workloads too")
+    print(f"Temporal UI: {platform.temporal.ui_url}   (stop everything with: make down)")
+    return 0 if done.get("phase") == "Succeeded" else 1
+
+
+def _bexp_status(cluster: LocalCluster, namespace: str, name: str) -> dict[str, Any]:
+    found = cluster.kubectl(
+        "get", "bexp", name, "-n", namespace, "--ignore-not-found", "-o", "json"
+    )
+    return dict(json.loads(found).get("status") or {}) if found.strip() else {}

@@ -77,6 +77,13 @@ class ImageStore:
         self.log = log
         self.storage = self.cache / "buildah" / "storage"
         self.logs = self.cache / "buildah" / "logs"
+        # buildah's big temporary files (a layer being committed or exported, ~7 GB for the
+        # workers) go to TMPDIR, /var/tmp by default, and stay there when buildah is killed
+        # (a test timeout, Ctrl-C): three such leftovers once filled CI's disk. Here each
+        # process has a folder of its own, and the folders of processes that are gone are
+        # removed before the first buildah call of a new one.
+        self.scratch = self.cache / "buildah" / "tmp" / str(os.getpid())
+        self._scratch_ready = False
 
     # -- the images ---------------------------------------------------------------------------
 
@@ -160,6 +167,7 @@ class ImageStore:
                 str(context),
             ],
             log=log,
+            env=self._env(),
         )
         self._forget_older(f"{REPOSITORY}/{name}", keep=ref)
         return BuiltImage(ref, self)
@@ -178,6 +186,7 @@ class ImageStore:
             [*self._buildah_argv(), "push", "--quiet", ref, f"docker-archive:/dev/stdout:{ref}"],
             stdout=stream,
             stderr=subprocess.PIPE,
+            env=self._env(),
         )
         if result.returncode != 0:
             raise ImageBuildError(f"exporting {ref}: {result.stderr.decode().strip()}")
@@ -190,6 +199,7 @@ class ImageStore:
             _run(
                 ["sh", "-c", f'tar -C "{rootfs}" -cf - . | tar -C "{target}" -xpf -'],
                 log=self.logs / "base-import.log",
+                env=self._env(),
             )
             self.buildah("umount", container)
             self.buildah(
@@ -235,8 +245,17 @@ class ImageStore:
             "--storage-driver=overlay",
         ]
 
+    def _env(self) -> dict[str, str]:
+        if not self._scratch_ready:
+            remove_orphaned_scratch(self.scratch.parent)
+            self.scratch.mkdir(parents=True, exist_ok=True)
+            self._scratch_ready = True
+        return {**os.environ, "TMPDIR": str(self.scratch)}
+
     def buildah(self, *args: str, check: bool = True) -> str:
-        result = subprocess.run([*self._buildah_argv(), *args], capture_output=True, text=True)
+        result = subprocess.run(
+            [*self._buildah_argv(), *args], capture_output=True, text=True, env=self._env()
+        )
         if check and result.returncode != 0:
             raise ImageBuildError(f"buildah {' '.join(args)}: {result.stderr.strip()}")
         return result.stdout
@@ -283,12 +302,36 @@ def _digest(parts: Iterable[str | bytes]) -> str:
     return digest.hexdigest()[:12]
 
 
-def _run(argv: list[str], log: Path) -> None:
+def remove_orphaned_scratch(parent: Path) -> None:
+    """Remove the per-process scratch folders under ``parent`` whose process has ended (a
+    folder's name is its owner's pid); everything else there is a leftover too."""
+    if not parent.is_dir():
+        return
+    for entry in parent.iterdir():
+        if entry.name.isdigit() and _process_alive(int(entry.name)):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def _run(argv: list[str], log: Path, env: dict[str, str] | None = None) -> None:
     """Run a build step with its output in ``log``; on failure, raise with the step's own
     last lines (the error a user needs), not a summary of ours."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as out:
-        result = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT)
+        result = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
     if result.returncode != 0:
         step = " ".join([Path(argv[0]).name, *[a for a in argv[1:] if not a.startswith("-")][:1]])
         raise ImageBuildError(

@@ -50,18 +50,30 @@ class NodeImageSeed:
             return
         with self._locked(exclusive=True), self._containerd() as ctr:
             have = ctr.images()
-            for image in images:
-                if image.ref not in have:
-                    disk.require_free(
-                        self.root, image.largest_layer() + disk.GB, f"importing {image.ref}"
-                    )
-                    self.log(f"node images: importing {image.ref} into the seed store")
-                    ctr.load(image)
             stale = self._older(have, wanted)
+            for image in images:
+                if image.ref in have:
+                    continue
+                needed = image.largest_layer() + disk.GB
+                if stale and shutil.disk_usage(self.root).free < needed:
+                    # Short of disk: the older builds go first, not after. Otherwise they
+                    # stay until the new one is in, because a new build of the workers
+                    # shares its ~7 GB dependency layer with the old one, which containerd
+                    # then does not write again.
+                    self._remove(ctr, stale)
+                    have -= set(stale)
+                    stale = []
+                disk.require_free(self.root, needed, f"importing {image.ref}")
+                self.log(f"node images: importing {image.ref} into the seed store")
+                ctr.load(image)
             if stale:
-                # --sync: the garbage collector has removed what only they used on return.
-                ctr("images", "rm", "--sync", *stale)
+                self._remove(ctr, stale)
             self._record.write_text(json.dumps(sorted((have | wanted) - set(stale))))
+
+    def _remove(self, ctr: Ctr, stale: list[str]) -> None:
+        # --sync: the garbage collector has removed what only they used on return.
+        ctr("images", "rm", "--sync", *stale)
+        self._record.write_text(json.dumps(sorted(set(self.images()) - set(stale))))
 
     @staticmethod
     def _older(have: set[str], wanted: set[str]) -> list[str]:

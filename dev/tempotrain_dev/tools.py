@@ -21,6 +21,8 @@ class Tools:
     kuberay_crds: Path
     coredns: Path
     pause: Path  # the real node's sandbox program
+    kueue: Path
+    kueue_crds: Path
 
     @property
     def kubectl(self) -> Path:
@@ -35,6 +37,7 @@ class Tools:
             self.kuberay,
             self.coredns,
             self.pause,
+            self.kueue,
         ):
             if (directory / name).is_file():
                 return directory / name

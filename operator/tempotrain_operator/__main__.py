@@ -11,7 +11,7 @@ import kopf
 from tempotrain_workers.api import FINALIZER, GROUP
 
 # Importing the handler modules registers their handlers.
-from tempotrain_operator import batch_inference, bert_experiment, cifar10_scaling
+from tempotrain_operator import batch_inference, bert_experiment, cifar10_scaling, queueing
 from tempotrain_operator.runtime import Runtime
 from tempotrain_operator.settings import parse_settings
 from tempotrain_operator.status_sink import run_status_sink
@@ -62,6 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     bert_experiment.register_progress(settings.progress_seconds)
     cifar10_scaling.register_resync(settings.resync_seconds)
     batch_inference.register_resync(settings.resync_seconds)
+    if settings.kueue:
+        for plural, reconcile in (
+            (bert_experiment.PLURAL, bert_experiment.bertexperiment_reconcile),
+            (cifar10_scaling.PLURAL, cifar10_scaling.cifar10scaling_reconcile),
+            (batch_inference.PLURAL, batch_inference.batchinference_reconcile),
+        ):
+            queueing.register_queue_timer(plural, reconcile, settings.queue_seconds)
     runtime = Runtime(settings)
     asyncio.run(
         kopf.operator(

@@ -24,7 +24,7 @@ from tempotrain_workers.api import (
     workflow_id_for,
 )
 
-from tempotrain_operator import kube, lifecycle, suspension
+from tempotrain_operator import kube, lifecycle, queueing, suspension
 from tempotrain_operator.children import (
     Experiment,
     WorkerConfig,
@@ -139,21 +139,36 @@ async def batchinference_reconcile(
     if status.get("phase") in TERMINAL_PHASES and not rerun:
         await lifecycle.release_if_closed(KIND, name, namespace, spec, status, patch, meta, runtime)
         return  # terminal stays terminal
-    if suspension.wanted(spec):
-        await suspension.suspend(
-            KIND, body, spec, status, patch, meta, name, namespace, runtime, waiting=waiting
-        )
+    model, problem = _validated(spec, runtime.settings.allowed_images)
+    if model is None and not status.get("workflowId"):
+        reject_spec(body, patch, status, meta, problem)
+        return
+    # What Kueue counts: the pods as the spec builds them (the model does not change them).
+    shape = BatchInferenceSpec.model_validate(dict(spec))
+    workers = worker_config(runtime.settings, uid)
+    counted = [
+        _deployment(body, Experiment(name=name, namespace=namespace, uid=uid, spec=shape), workers)
+    ]
+    go, queue = await queueing.hold_or_place(
+        KIND, body, spec, status, patch, meta, runtime, counted, waiting=waiting
+    )
+    if not go:
         return
     resuming = suspension.in_effect(status)
+    why = queueing.admitted_words(queue)
     if status.get("workflowId") and not rerun:
         # Started before this operator (re)start: the workflow owns the job, with the model
         # resolved then; the experiment may even be gone since, which must not fail the job.
-        if resuming:  # its pods (built then) come back, and it carries on
-            pods = BatchInferenceSpec.model_validate(dict(spec)).workers
-            await kube.scale(namespace, worker_deployment_names(name, KIND), pods)
-            await suspension.resume(body, status, patch, meta, runtime, status["workflowId"])
+        if resuming:  # its pods (built then, placed where Kueue says) come back
+            if queue is not None and model is not None:
+                placed = await _edited_deployments(
+                    body, Experiment(name=name, namespace=namespace, uid=uid, spec=model), workers
+                )
+                await kube.roll_out(placed)
+            await kube.scale(namespace, worker_deployment_names(name, KIND), shape.workers)
+            workflow_id = status["workflowId"]
+            await suspension.resume(body, status, patch, meta, runtime, workflow_id, why)
         return
-    model, problem = _validated(spec, runtime.settings.allowed_images)
     if model is None:
         reject_spec(body, patch, status, meta, problem)
         return
@@ -188,9 +203,10 @@ async def batchinference_reconcile(
             )
 
     experiment = Experiment(name=name, namespace=namespace, uid=uid, spec=model)
-    workers = worker_config(runtime.settings, uid)
-    children = [*volume_children(body, experiment), _deployment(body, experiment, workers)]
-    await kube.create_children(body, children)
+    deployments = [_deployment(body, experiment, workers)]
+    if queue is not None:
+        queueing.place(deployments, name, queue.placements)  # checked on `counted` above
+    await kube.create_children(body, [*volume_children(body, experiment), *deployments])
 
     if rerun or resuming:
         await kube.scale(namespace, worker_deployment_names(name, KIND), model.workers)
@@ -222,7 +238,7 @@ async def batchinference_reconcile(
     )
     if resuming:  # suspended before it started: started just now
         workflow_id = workflow_id_for(KIND, namespace, name, uid)
-        await suspension.resume(body, status, patch, meta, runtime, workflow_id)
+        await suspension.resume(body, status, patch, meta, runtime, workflow_id, why)
 
 
 # Registered as plain calls: the name stays the typed function, which register_resync
@@ -256,7 +272,9 @@ async def _edited_deployments(
             return []  # not started yet: its pods will be built from this spec
         job = job.model_copy(update={"storage": resolved[1]})
         experiment = dataclasses.replace(experiment, spec=job)
-    return [_deployment(body, experiment, workers)]
+    deployments = [_deployment(body, experiment, workers)]
+    await queueing.place_if_admitted(body, deployments, workers.kueue)
+    return deployments
 
 
 lifecycle.register_edit(PLURAL, KIND, _validated, _edited_deployments)
@@ -267,7 +285,8 @@ def _wait_for_experiment(
 ) -> None:
     """Pending with a ModelReady=False condition; kopf retries this handler until it can go."""
     message = f"waiting for BertExperiment {source!r} to succeed: its trained model is the input"
-    if status.get("phase") in (None, Phase.SUSPENDED):  # new, or resumed before it started
+    # New, or resumed (or admitted) before it started.
+    if status.get("phase") in (None, Phase.SUSPENDED, Phase.QUEUED):
         patch.status["phase"] = Phase.PENDING.value
     if not status.get("startTime"):
         patch.status["startTime"] = now()

@@ -23,7 +23,7 @@ from tempotrain_workers.api import (
     workflow_id_for,
 )
 
-from tempotrain_operator import kube, lifecycle, suspension
+from tempotrain_operator import kube, lifecycle, queueing, suspension
 from tempotrain_operator.children import (
     Experiment,
     WorkerConfig,
@@ -105,16 +105,16 @@ async def bertexperiment_reconcile(
     if model is None:
         reject_spec(body, patch, status, meta, problem)
         return
-    if suspension.wanted(spec):
-        await suspension.suspend(
-            KIND, body, spec, status, patch, meta, name, namespace, runtime, waiting=waiting
-        )
-        return
-    resuming = suspension.in_effect(status)
-
     experiment = Experiment(name=name, namespace=namespace, uid=uid, spec=model)
     workers = worker_config(runtime.settings, uid)
-    await _ensure_children(body, experiment, workers)
+    deployments = _deployments(body, experiment, workers)
+    go, queue = await queueing.hold_or_place(
+        KIND, body, spec, status, patch, meta, runtime, deployments, waiting=waiting
+    )
+    if not go:
+        return
+    resuming = suspension.in_effect(status)
+    await kube.create_children(body, volume_children(body, experiment) + deployments)
 
     if rerun or resuming:
         await kube.scale(namespace, worker_deployment_names(name), 1)
@@ -149,7 +149,8 @@ async def bertexperiment_reconcile(
     )
     patch.status["runId"] = run_id_of(name, model)
     if resuming:
-        await suspension.resume(body, status, patch, meta, runtime, workflow_id)
+        why = queueing.admitted_words(queue)
+        await suspension.resume(body, status, patch, meta, runtime, workflow_id, why)
 
 
 # Registered as plain calls: the name stays the typed function, which register_resync
@@ -158,13 +159,6 @@ kopf.on.resume(GROUP, VERSION, PLURAL)(bertexperiment_reconcile)
 kopf.on.create(GROUP, VERSION, PLURAL)(bertexperiment_reconcile)
 lifecycle.register_retry(PLURAL, bertexperiment_reconcile)
 lifecycle.register_suspend(PLURAL, bertexperiment_reconcile)
-
-
-async def _ensure_children(
-    body: kopf.Body, experiment: Experiment[BertExperimentSpec], workers: WorkerConfig
-) -> None:
-    children = volume_children(body, experiment) + _deployments(body, experiment, workers)
-    await kube.create_children(body, children)
 
 
 def _deployments(
@@ -181,8 +175,11 @@ def _deployments(
 async def _edited_deployments(
     body: kopf.Body, experiment: Experiment[BertExperimentSpec], workers: WorkerConfig
 ) -> list[dict[str, Any]]:
-    """resources and workers edited: the trainer saves and resumes in its new pod."""
-    return _deployments(body, experiment, workers)
+    """resources and workers edited: the trainer saves and resumes in its new pod (where
+    Kueue placed it, when it is queued)."""
+    deployments = _deployments(body, experiment, workers)
+    await queueing.place_if_admitted(body, deployments, workers.kueue)
+    return deployments
 
 
 lifecycle.register_edit(PLURAL, KIND, _validated, _edited_deployments)

@@ -65,6 +65,7 @@ class WorkerConfig:
     inference_queue: str = INFERENCE_QUEUE
     temporal_secret: str | None = None  # mounted for the TLS files / API key workers need
     pod_defaults: PodSettings = field(default_factory=PodSettings)
+    kueue: bool = False  # whether Kueue admits queued experiments and places their pods
 
 
 def worker_config(settings: OperatorSettings, uid: str) -> WorkerConfig:
@@ -79,6 +80,7 @@ def worker_config(settings: OperatorSettings, uid: str) -> WorkerConfig:
         ray_queue=settings.ray_queue_for(uid),
         inference_queue=settings.inference_queue_for(uid),
         pod_defaults=settings.worker_pod_defaults,
+        kueue=settings.kueue,
     )
 
 

@@ -21,7 +21,7 @@ from tempotrain_workers.api import (
     workflow_id_for,
 )
 
-from tempotrain_operator import compute, kube, lifecycle, suspension
+from tempotrain_operator import compute, kube, lifecycle, queueing, suspension
 from tempotrain_operator.children import (
     Experiment,
     WorkerConfig,
@@ -104,15 +104,16 @@ async def cifar10scaling_reconcile(
     if model is None:
         reject_spec(body, patch, status, meta, problem)
         return
-    if suspension.wanted(spec):
-        await suspension.suspend(
-            KIND, body, spec, status, patch, meta, name, namespace, runtime, waiting=waiting
-        )
-        return
-    resuming = suspension.in_effect(status)
     experiment = Experiment(name=name, namespace=namespace, uid=uid, spec=model)
     workers = worker_config(runtime.settings, uid)
-    if not await _ensure_children(body, experiment, workers):
+    compute_children = _compute(body, experiment, workers)
+    go, queue = await queueing.hold_or_place(
+        KIND, body, spec, status, patch, meta, runtime, compute_children, waiting=waiting
+    )
+    if not go:
+        return
+    resuming = suspension.in_effect(status)
+    if not await _ensure_children(body, experiment, compute_children):
         message = (
             "this cluster has no ray.io/v1 RayCluster API: install the KubeRay operator "
             "(its CRDs) or point spec.ray.address at an existing Ray cluster"
@@ -163,7 +164,8 @@ async def cifar10scaling_reconcile(
     patch.status["runId"] = name
     if resuming:
         workflow_id = workflow_id_for(KIND, namespace, name, uid)
-        await suspension.resume(body, status, patch, meta, runtime, workflow_id)
+        why = queueing.admitted_words(queue)
+        await suspension.resume(body, status, patch, meta, runtime, workflow_id, why)
 
 
 # Registered as plain calls: the name stays the typed function, which register_resync
@@ -219,18 +221,29 @@ async def _ray_address(
     return runtime.settings.ray_address or jobs_address(experiment.name, experiment.namespace)
 
 
-async def _ensure_children(
+def _compute(
     body: kopf.Body, experiment: Experiment[Cifar10ScalingSpec], workers: WorkerConfig
+) -> list[dict[str, Any]]:
+    """The driver Deployment, and the RayCluster unless spec.ray.address names one."""
+    children = [_driver(body, experiment, workers)]
+    if not experiment.spec.ray.address:
+        cluster = build_ray_cluster(experiment, workers.image, workers.pod_defaults)
+        kopf.append_owner_reference(cluster, owner=body)
+        children.append(cluster)
+    return children
+
+
+async def _ensure_children(
+    body: kopf.Body, experiment: Experiment[Cifar10ScalingSpec], compute: list[dict[str, Any]]
 ) -> bool:
     """Create what is missing; False when the cluster has no RayCluster API (no KubeRay)."""
-    children = [*volume_children(body, experiment), _driver(body, experiment, workers)]
-    await kube.create_children(body, children)
-    if experiment.spec.ray.address:
+    clusters = [c for c in compute if c["kind"] == "RayCluster"]
+    others = [c for c in compute if c["kind"] != "RayCluster"]
+    await kube.create_children(body, [*volume_children(body, experiment), *others])
+    if not clusters:
         return True
-    cluster = build_ray_cluster(experiment, workers.image, workers.pod_defaults)
-    kopf.append_owner_reference(cluster, owner=body)
     try:
-        await kube.create_children(body, [cluster])
+        await kube.create_children(body, clusters)
     except kopf.TemporaryError as err:
         if kube.is_not_found(err.__cause__):  # no ray.io/v1 API: retrying will not help
             return False
@@ -251,7 +264,9 @@ async def _edited_deployments(
 ) -> list[dict[str, Any]]:
     """workers edited (the driver pod's image, env, pull secrets); the Ray cluster's shape is
     part of what the run is (immutable)."""
-    return [_driver(body, experiment, workers)]
+    driver = [_driver(body, experiment, workers)]
+    await queueing.place_if_admitted(body, driver, workers.kueue)
+    return driver
 
 
 lifecycle.register_edit(PLURAL, KIND, _validated, _edited_deployments)

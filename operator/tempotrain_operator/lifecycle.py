@@ -465,7 +465,8 @@ def register_edit(
 
 
 # What a retried experiment's last run said that no longer holds.
-RETRY_CLEARS = frozenset({"Completed", compute.RELEASED, "Degraded"})
+# (WorkloadFinished: `queueing`'s; a retried run is queued anew, with a new Workload.)
+RETRY_CLEARS = frozenset({"Completed", compute.RELEASED, "Degraded", "WorkloadFinished"})
 
 
 def register_retry(plural: str, reconcile: Callable[..., Awaitable[None]]) -> None:

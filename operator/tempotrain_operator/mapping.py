@@ -166,6 +166,7 @@ PHASE_RANK = {
     Phase.RUNNING: 2,
     Phase.EVALUATING: 3,
     Phase.SUSPENDED: 3,
+    Phase.QUEUED: 3,
     Phase.SUCCEEDED: 4,
     Phase.FAILED: 4,
     # Deleting outranks what a cancelled workflow reports on its way out (it would say Failed).
@@ -191,7 +192,7 @@ def phase_moves(update: Phase, current: str | None, suspend_wanted: bool) -> boo
     if current == Phase.TERMINATING:  # deleted: only its end replaces it
         return update == Phase.CANCELLED
     if update == Phase.SUSPENDED:
-        return suspend_wanted and current != Phase.SUSPENDED
+        return suspend_wanted and current not in (Phase.SUSPENDED, Phase.QUEUED)
     return PHASE_RANK[update] > _rank(current)
 
 

@@ -51,6 +51,10 @@ class OperatorSettings:
     # Patterns (fnmatch) an experiment's own images must match; empty: any image. The images
     # run with the experiment's claims and Temporal credentials: an admin may pin them.
     allowed_images: tuple[str, ...] = ()
+    # Kueue admits experiments labelled kueue.x-k8s.io/queue-name (`queueing`); off: the
+    # label is ignored, and an event says so.
+    kueue: bool = False
+    queue_seconds: float = 2.0  # how often a queued experiment's Workload is looked at
 
     def queues_for(self, uid: str) -> tuple[str, str]:
         """(training, eval) queues of one experiment. Per-experiment queues keep a worker pod
@@ -148,6 +152,19 @@ def parse_settings(argv: list[str] | None = None) -> OperatorSettings:
         help="how often a training experiment's .status.progress is read from its running "
         "attempt's heartbeat",
     )
+    parser.add_argument(
+        "--kueue",
+        action="store_true",
+        default=_env("TEMPOTRAIN_KUEUE", "") == "true",
+        help="Kueue admits experiments labelled kueue.x-k8s.io/queue-name: each gets a "
+        "Workload and waits (phase Queued) until it is admitted (env TEMPOTRAIN_KUEUE=true)",
+    )
+    parser.add_argument(
+        "--queue-seconds",
+        type=float,
+        default=float(_env("TEMPOTRAIN_QUEUE_SECONDS", "2") or 2),
+        help="how often a queued experiment's Workload is looked at (admission, eviction)",
+    )
     args = parser.parse_args(argv)
     try:
         pod_defaults = PodSettings.model_validate_json(args.worker_pod_defaults)
@@ -171,4 +188,6 @@ def parse_settings(argv: list[str] | None = None) -> OperatorSettings:
         worker_temporal_secret=args.worker_temporal_secret,
         worker_pod_defaults=pod_defaults,
         allowed_images=tuple(args.allowed_images or _env_list("TEMPOTRAIN_ALLOWED_IMAGES")),
+        kueue=args.kueue,
+        queue_seconds=args.queue_seconds,
     )

@@ -55,7 +55,9 @@ async def publish_status(update: StatusUpdate) -> None:
         )
         return
     status: dict[str, Any] = dict(raw.get("status") or {})
-    patch = status_patch(update, status, suspension.wanted(raw.get("spec")))
+    # Held by the user, or being held by Kueue (evicted: `queueing`), which the condition says.
+    holding = suspension.wanted(raw.get("spec")) or suspension.in_effect(status)
+    patch = status_patch(update, status, holding)
     finished = update.phase in TERMINAL_PHASES and "phase" in patch
     if finished:
         succeeded = update.phase == Phase.SUCCEEDED

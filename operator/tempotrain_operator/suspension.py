@@ -12,6 +12,7 @@ first (the kind's reconcile, which waits for a RayCluster to be ready), then sig
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,6 +28,32 @@ SUSPENDING = "Suspending"  # the condition's reason while the workflow saves and
 GIVE_UP_SECONDS = 300.0
 POLL_SECONDS = 3.0
 REQUESTED_AT = "suspendRequestedAt"  # .status: when the workflow was asked to stop
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Who holds the experiment, in the words its status shows: the user (spec.suspend) or
+    Kueue (`queueing`: not admitted yet, or evicted)."""
+
+    phase: Phase
+    not_started: str  # the condition's reason when held before its workflow started
+    stopped: str  # ... and once its workflow has stopped
+    why: str  # what holds it and what lets it go, for the message
+
+    def message(self, what: str) -> str:
+        return f"{what}; {self.why}"
+
+
+BY_USER = Hold(Phase.SUSPENDED, "NotStarted", "Suspended", "set spec.suspend to false to resume")
+
+
+def held_message(hold: Hold, status: Mapping[str, Any]) -> str:
+    """What the message says of a held experiment: the same words whoever writes them (the
+    hold itself, or the queue timer when Kueue's reason changes)."""
+    if not status.get("workflowId"):
+        return hold.message("not started: nothing runs")
+    stopped = f"stopped with its {_checkpoint_words(status)}; its workers are released"
+    return hold.message(f"{hold.phase.value.lower()}: {stopped}")
 
 
 def wanted(spec: Mapping[str, Any] | None) -> bool:
@@ -114,36 +141,39 @@ async def suspend(
     runtime: Runtime,
     *,
     waiting: bool = True,
-) -> None:
+    hold: Hold = BY_USER,
+) -> bool:
     """Hold the experiment. Before its workflow started: nothing is created (what exists is
     released) and nothing starts. After: ask the workflow to stop, wait for its `Suspended`
-    (kopf retries; `waiting=False` returns instead, for the timer), then release its compute.
-    A finished or deleted one is left alone."""
+    (kopf retries; `waiting=False` returns instead, for the timers), then release its
+    compute. A finished or deleted one is left alone. True once it is held."""
     phase = status.get("phase")
-    if phase in TERMINAL_PHASES or phase == Phase.TERMINATING or held(status):
-        return
+    if phase in TERMINAL_PHASES or phase == Phase.TERMINATING:
+        return False
+    if held(status):
+        return True
     workflow_id = status.get("workflowId")
     if not workflow_id:
         await compute.hold(kind, namespace, name, dict(spec))
-        message = "suspended before it started: nothing runs until spec.suspend is false"
+        message = held_message(hold, status)
         await _write(
             body,
             patch,
             {
-                "phase": Phase.SUSPENDED.value,
+                "phase": hold.phase.value,
                 "message": message,
-                "conditions": _with_condition(patch, status, meta, True, "NotStarted", message),
+                "conditions": _with_condition(patch, status, meta, True, hold.not_started, message),
             },
         )
-        kopf.info(body, reason="Suspended", message=message)
-        return
+        kopf.info(body, reason=hold.not_started, message=message)
+        return True
     requested = status.get(REQUESTED_AT)
     acknowledged = phase == Phase.SUSPENDED
     # Signalled once per request, and again on each resync (which heals a lost signal): each
     # signal is history, and a handler polls every few seconds.
     resend = not acknowledged and (requested is None or not waiting)
     if resend and not await _signal(runtime, workflow_id, True):
-        return  # it has closed: the resync reports how
+        return False  # it has closed: the resync reports how
     if not acknowledged and requested is None:
         requested = _now()
         message = (
@@ -160,13 +190,13 @@ async def suspend(
         kopf.info(body, reason=SUSPENDING, message=message)
     if not acknowledged and _seconds_since(requested) < GIVE_UP_SECONDS:
         if not waiting:
-            return
+            return False
         raise kopf.TemporaryError(
             f"waiting for workflow {workflow_id} to save and stop", delay=POLL_SECONDS
         )
     await compute.hold(kind, namespace, name, dict(spec))
     if acknowledged:
-        reason = "Suspended"
+        reason = hold.stopped
         message = f"stopped with its {_checkpoint_words(status)}; its workers are released"
     else:
         reason = "SuspendedUnconfirmed"
@@ -178,8 +208,10 @@ async def suspend(
         body,
         patch,
         {
-            "phase": Phase.SUSPENDED.value,
-            "message": f"suspended: {message}; set spec.suspend to false to resume",
+            "phase": hold.phase.value,
+            "message": held_message(hold, status)
+            if acknowledged
+            else hold.message(f"{hold.phase.value.lower()}: {message}"),
             # Nothing trains until resumed: no time left to show.
             "eta": None,
             "estimatedCompletionTime": None,
@@ -187,6 +219,7 @@ async def suspend(
         },
     )
     kopf.info(body, reason=reason, message=message)
+    return True
 
 
 async def resume(
@@ -196,16 +229,23 @@ async def resume(
     meta: kopf.Meta,
     runtime: Runtime,
     workflow_id: str,
+    why: str | None = None,
 ) -> None:
     """After the kind's reconcile brought the compute back: phase Pending (the workflow's own
-    next push moves it on), then the signal."""
-    message = f"resumed: carries on from its {_checkpoint_words(status)}"
+    next push moves it on), then the signal. `why`: what let it go, when not the user
+    (Kueue admitting it)."""
+    if status.get("workflowId"):
+        message = f"resumed: carries on from its {_checkpoint_words(status)}"
+    else:
+        message = "started"  # held before it started: nothing to carry on from
+    if why:
+        message = f"{why}; {message}"
     fields: dict[str, Any] = {
         REQUESTED_AT: None,
         "message": message,
         "conditions": _with_condition(patch, status, meta, False, "Resumed", message),
     }
-    if status.get("phase") == Phase.SUSPENDED:
+    if status.get("phase") in (Phase.SUSPENDED, Phase.QUEUED):
         fields["phase"] = Phase.PENDING.value
     await _write(body, patch, fields)
     await _signal(runtime, workflow_id, False)

@@ -736,3 +736,26 @@ def test_notes_without_dev_server_point_at_the_watched_namespace(
     assert "port-forward" not in notes
     assert "kubectl apply -n ml-team-a -f examples/bert-experiment.yaml" in notes
     assert "temporal-frontend.temporal.svc:7233" in notes
+
+
+def test_kueue_integration_adds_its_env_and_exactly_its_rbac(helm: Helm) -> None:
+    objects = helm.objects("--set", "kueue.enabled=true", "--set", "kueue.pollSeconds=5")
+    env = env_of(operator_container(objects))
+    assert env["TEMPOTRAIN_KUEUE"] == "true" and env["TEMPOTRAIN_QUEUE_SECONDS"] == "5"
+    granted = permissions(one(objects, "ClusterRole", FULLNAME))
+    assert granted[("kueue.x-k8s.io", "workloads")] == {"list", "create", "patch"}
+    assert granted[("kueue.x-k8s.io", "workloads/status")] == {"patch"}
+    assert set(granted) - set(OPERATOR_PERMISSIONS) == {
+        ("kueue.x-k8s.io", "workloads"),
+        ("kueue.x-k8s.io", "workloads/status"),
+    }
+    reads = one(objects, "ClusterRole", f"{FULLNAME}-kueue")
+    assert permissions(reads) == {
+        ("kueue.x-k8s.io", "resourceflavors"): {"list"},
+        ("kueue.x-k8s.io", "workloadpriorityclasses"): {"list"},
+    }
+    assert one(objects, "ClusterRoleBinding", f"{FULLNAME}-kueue")["roleRef"]["name"] == (
+        f"{FULLNAME}-kueue"
+    )
+    # Off by default: no Kueue permission, no Kueue setting.
+    assert "TEMPOTRAIN_KUEUE" not in env_of(operator_container(helm.objects()))

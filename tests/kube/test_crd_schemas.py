@@ -94,3 +94,33 @@ async def test_what_defines_a_run_cannot_change_under_it(
 def test_example_spec_round_trips_through_the_model() -> None:
     spec = experiment("x", "models/minilm")["spec"]
     assert BertExperimentSpec.model_validate(spec).wire()["training"]["saveSteps"] == 8
+
+
+@pytest.mark.kube
+async def test_the_queueing_examples_are_accepted_by_kueues_and_our_crds(
+    crds: None, cluster: ClusterHandle
+) -> None:
+    """docs/queueing.md's objects: Kueue's v1beta2 (the platform's Kueue CRDs) and the two
+    labelled experiments; validated by the apiserver, nothing stored."""
+    root = Path(__file__).parents[2] / "examples"
+    for example in ("kueue-local.yaml", "bert-experiment-queued-local.yaml"):
+        result = cluster.kubectl.run(
+            "apply", "--dry-run=server", "-f", str(root / example), "-o", "json"
+        )
+        assert result.returncode == 0, f"{example}: {result.stderr}"
+        items = json.loads(result.stdout).get("items") or []
+        kinds = sorted(item["kind"] for item in items)
+        if example == "kueue-local.yaml":
+            assert kinds == [
+                "ClusterQueue",
+                "LocalQueue",
+                "ResourceFlavor",
+                "WorkloadPriorityClass",
+                "WorkloadPriorityClass",
+            ]
+        else:
+            assert kinds == ["BertExperiment", "BertExperiment"]
+            for item in items:
+                spec = BertExperimentSpec.model_validate(item["spec"])
+                assert spec.resources.gpus == 0
+                assert item["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team"

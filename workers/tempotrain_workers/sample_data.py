@@ -1,4 +1,5 @@
-"""A generated, learnable sentiment dataset: for tests, demos and benchmarks (no downloads)."""
+"""Generated inputs for tests, demos and benchmarks (no downloads): a learnable sentiment
+dataset, and a tiny BERT to train on it in seconds."""
 
 from __future__ import annotations
 
@@ -68,3 +69,25 @@ def write_sentiment_jsonl(path: Path, count: int, seed: int = 0) -> Path:
         for row in sentiment_rows(count, seed):
             f.write(json.dumps(row) + "\n")
     return path
+
+
+def write_tiny_bert(target: Path, tokenizer_from: Path) -> Path:
+    """A 2-layer, 32-wide BERT classifier (seeded) with the tokenizer of ``tokenizer_from``
+    (a local model folder): trains in seconds on CPU, for tests and benches."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_from)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    config.num_labels = 2  # a sentiment head: negative, positive
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return target

@@ -51,4 +51,21 @@ name, hence `list` wherever the operator looks an object up.
 - apiGroups: [ray.io]
   resources: [rayclusters]
   verbs: [list, create, delete]
+{{- if .Values.kueue.enabled }}
+# Application (kueue.enabled): each queued experiment's Workload, created if absent and read
+# by name (a LIST); its finalizer removed once the experiment is over (patch).
+- apiGroups: [kueue.x-k8s.io]
+  resources: [workloads]
+  verbs: [list, create, patch]
+# Application (kueue.enabled): what Kueue's job integrations write on the job's side: an
+# evicted Workload's reservation cleared once its pods are gone, and Finished at the end.
+- apiGroups: [kueue.x-k8s.io]
+  resources: [workloads/status]
+  verbs: [patch]
+# Application (kueue.enabled): the Workload is controller-owned by its experiment, with
+# blockOwnerDeletion (as Kueue's integrations make them).
+- apiGroups: [tempotrain.dev]
+  resources: [bertexperiments/finalizers, cifar10scalings/finalizers, batchinferences/finalizers]
+  verbs: [update]
+{{- end }}
 {{- end }}

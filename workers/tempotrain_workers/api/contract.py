@@ -149,6 +149,7 @@ class Phase(StrEnum):
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
     SUSPENDED = "Suspended"
+    QUEUED = "Queued"  # held by Kueue: not admitted yet, or evicted and waiting again
     TERMINATING = "Terminating"  # deleted: its workflow is being cancelled
     CANCELLED = "Cancelled"  # deleted, and its workflow has closed
 

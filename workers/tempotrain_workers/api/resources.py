@@ -309,6 +309,10 @@ class ExperimentStatus(WireModel):
     observed_generation: int | None = None
     start_time: datetime | None = None
     completion_time: datetime | None = None
+    suspend_requested_at: datetime | None = Field(
+        default=None,
+        description="when its workflow was asked to save and stop (spec.suspend, or Kueue)",
+    )
 
 
 class BertExperimentStatus(ExperimentStatus):
