@@ -408,15 +408,33 @@ def run_queueing_demo(platform: Platform) -> int:
     show("long admitted and training")
     apply("urgent")
     held = until("long", lambda s: s.get("phase") == "Queued", "long preempted")
-    show("urgent preempted long")
+    show("urgent preempts long: long saved a checkpoint and stopped")
+    # Its quota goes to urgent once long's pods are gone.
+    until("urgent", lambda s: s.get("phase") not in (None, "Queued"), "urgent admitted")
+    show("long's pods gone: its quota went to urgent")
     print(f"\n$ kubectl get bexp long -o jsonpath='{{.status.message}}'\n{held.get('message')}")
     until("urgent", lambda s: s.get("phase") in ("Succeeded", "Failed"), "urgent to finish")
-    until("long", lambda s: s.get("phase") == "Training", "long to resume")
+    stopped = int((held.get("latestCheckpoint") or {}).get("step") or 0)
+
+    def training_on(status: dict[str, Any]) -> bool:
+        step = int((status.get("progress") or {}).get("step") or 0)
+        return status.get("phase") == "Training" and step > stopped
+
+    until("long", training_on, "long to train on from its checkpoint")
     show("urgent done: long admitted again, resumed from its checkpoint")
     done = until("long", lambda s: s.get("phase") in ("Succeeded", "Failed"), "long to finish")
+    for name in ("long", "urgent"):  # the operator marks them within its queue interval
+        until(name, _workload_finished, f"{name}'s Workload to be marked Finished")
     show("both finished: their Workloads too")
     print(f"Temporal UI: {platform.temporal.ui_url}   (stop everything with: make down)")
     return 0 if done.get("phase") == "Succeeded" else 1
+
+
+def _workload_finished(status: dict[str, Any]) -> bool:
+    return any(
+        c.get("type") == "WorkloadFinished" and c.get("status") == "True"
+        for c in status.get("conditions") or []
+    )
 
 
 def _bexp_status(cluster: LocalCluster, namespace: str, name: str) -> dict[str, Any]:
