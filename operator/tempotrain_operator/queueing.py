@@ -522,15 +522,17 @@ def register_queue_timer(
         found = await get_workload(str(meta["namespace"]), name)
         workload = dict(found.raw) if found is not None else None
         if phase in TERMINAL_PHASES:
+            words = f"it ended {phase} before it had a Workload"  # a spec refused at once
             if workload is not None:
                 await finish(workload, str(phase), str(status.get("message") or phase))
+                words = f"Workload {name} finished: its quota is free"
             current = kwargs["patch"].status.get("conditions") or status.get("conditions")
             kwargs["patch"].status["conditions"] = conditions.upsert(
                 current,
                 FINISHED_CONDITION,
                 True,
                 "Succeeded" if phase == Phase.SUCCEEDED else "Failed",
-                f"Workload {name} finished: its quota is free",
+                words,
                 meta.get("generation"),
             )
             return

@@ -1,8 +1,9 @@
 """A real Kueue admits TempoTrain experiments (the operator as its job integration): each
 labelled experiment gets a Workload, waits `Queued` with Kueue's words until admitted, runs
-where its flavor says, and finishes its Workload: on the kwok GPU nodes with a GPU quota and
-a host worker; on the real node with a CPU quota, where a higher priority preempts a
-running experiment, which resumes later from the checkpoint it saved, recomputing nothing."""
+where its flavor says, is preempted by a higher priority (it saves a checkpoint and stops,
+and its quota is given back once its pods are gone), resumes from that checkpoint when
+admitted again, recomputing nothing, and finishes its Workload. On the kwok GPU nodes with a
+GPU quota and a host worker, and in real pods on the real node with a CPU quota."""
 
 from __future__ import annotations
 
@@ -179,10 +180,12 @@ async def test_kueue_queues_places_and_finishes_experiments_on_kwok_gpu_nodes(
         # Room for one 1-GPU experiment; its flavor puts pods on the GPU pool.
         quota = {"cpu": "64", "memory": "512Gi", "nvidia.com/gpu": "1"}
         queue = create_queue(cluster, kueue_queue, namespace, quota, {NODE_POOL_LABEL: "gpu"})
-        # The first trains long enough (MiniLM) to be seen running while the other waits.
-        apply(cluster, namespace, queued(experiment("first", stack.model(minilm_path)), queue))
+        # The first trains long enough (MiniLM, 96 steps) to be seen running, and preempted.
+        first = experiment("first", stack.model(minilm_path))
+        first["spec"]["training"]["epochs"] = 8
+        apply(cluster, namespace, queued(first, queue, f"{queue}-low"))
         tiny = stack.model(tiny_bert)
-        apply(cluster, namespace, queued(experiment("second", tiny), queue))
+        apply(cluster, namespace, queued(experiment("second", tiny), queue, f"{queue}-low"))
         apply(cluster, namespace, queued(experiment("lost", tiny), "no-such-queue"))
 
         # A queue that does not exist: Queued, in Kueue's words; nothing is created.
@@ -214,10 +217,29 @@ async def test_kueue_queues_places_and_finishes_experiments_on_kwok_gpu_nodes(
         assert pod["spec"]["nodeSelector"][NODE_POOL_LABEL] == "gpu", pod["spec"]
         assert pod["metadata"]["labels"]["tempotrain.dev/experiment"] == "first"
 
-        # It finishes: its Workload says so and lets go; the other is admitted and runs.
+        # A higher priority preempts it: it saves where it is, stops, gives its GPU back.
+        run_dir = stack.runs / "first"
+
+        async def checkpointed() -> bool:
+            return bool(status_of(cluster, namespace, "first").get("latestCheckpoint"))
+
+        await eventually(checkpointed, within=120, what="first's first checkpoint")
+        urgent = queued(experiment("urgent", tiny), queue, f"{queue}-high")
+        apply(cluster, namespace, urgent)
+        preempted = await phase_is(cluster, namespace, "first", "Queued")
+        assert conditions_by_type(preempted)["Suspended"]["reason"] == "Preempted", preempted
+        stopped_at, attempts = reached_step(run_dir), preempted["attempts"]
+        assert (await phase_is(cluster, namespace, "urgent", "Succeeded", "Failed"))[
+            "phase"
+        ] == "Succeeded", stack.log("worker")
+
+        # Admitted again (after `second`, which waited longer), it resumes where it stopped,
+        # and finishes: its Workload says so and lets go.
         assert (await phase_is(cluster, namespace, "first", "Succeeded", "Failed"))[
             "phase"
         ] == "Succeeded", stack.log("worker")
+        attempt, resumed_from = latest_attempt(run_dir)
+        assert attempt == attempts + 1 and resumed_from == stopped_at, (attempt, resumed_from)
 
         async def finished() -> dict[str, Any] | None:
             found = workload_of(cluster, namespace, "first")
