@@ -22,7 +22,14 @@ from tempotrain_workers.checkpoints import latest_verified
 from tempotrain_workers.sample_data import write_sentiment_jsonl
 
 from tests.conftest import ClusterHandle
-from tests.e2e.conftest import Stack, apply, conditions_by_type, experiment, kube_json
+from tests.e2e.conftest import (
+    Stack,
+    apply,
+    conditions_by_type,
+    experiment,
+    experiment_status,
+    kube_json,
+)
 from tests.e2e.test_real_pods import (
     data_volume,
     latest_attempt,
@@ -132,10 +139,6 @@ def queued(manifest: dict[str, Any], queue: str, priority: str | None = None) ->
     return manifest
 
 
-def status_of(cluster: ClusterHandle, ns: str, name: str) -> dict[str, Any]:
-    return dict(kube_json(cluster, ns, RESOURCE, name).get("status") or {})
-
-
 def workload_of(cluster: ClusterHandle, ns: str, name: str) -> dict[str, Any] | None:
     uid = kube_json(cluster, ns, RESOURCE, name)["metadata"]["uid"]
     found = kube_json(cluster, ns, "workloads.kueue.x-k8s.io")["items"]
@@ -145,7 +148,7 @@ def workload_of(cluster: ClusterHandle, ns: str, name: str) -> dict[str, Any] | 
 
 async def phase_is(cluster: ClusterHandle, ns: str, name: str, *phases: str) -> dict[str, Any]:
     async def reached() -> dict[str, Any] | None:
-        status = status_of(cluster, ns, name)
+        status = experiment_status(cluster, ns, name)
         return status if status.get("phase") in phases else None
 
     return await eventually(reached, within=300, what=f"{name} {'/'.join(phases)}")
@@ -155,7 +158,7 @@ async def said(cluster: ClusterHandle, ns: str, name: str, words: str) -> dict[s
     """Kueue's words in the experiment's message (the operator follows them as they change)."""
 
     async def saying() -> dict[str, Any] | None:
-        status = status_of(cluster, ns, name)
+        status = experiment_status(cluster, ns, name)
         return status if words in str(status.get("message")) else None
 
     return await eventually(saying, within=60, what=f"{name}'s message to say {words!r}")
@@ -185,15 +188,16 @@ async def test_kueue_queues_places_and_finishes_experiments_on_kwok_gpu_nodes(
         first["spec"]["training"]["epochs"] = 8
         apply(cluster, namespace, queued(first, queue, f"{queue}-low"))
         tiny = stack.model(tiny_bert)
-        apply(cluster, namespace, queued(experiment("second", tiny), queue, f"{queue}-low"))
         apply(cluster, namespace, queued(experiment("lost", tiny), "no-such-queue"))
 
         # A queue that does not exist: Queued, in Kueue's words; nothing is created.
         await phase_is(cluster, namespace, "lost", "Queued")
         await said(cluster, namespace, "lost", "LocalQueue no-such-queue doesn't exist")
 
-        # One admitted; the other waits, Queued, with Kueue's reason.
+        # One admitted; the next (applied once it is: Kueue orders equal priorities by
+        # creation time, to the second) waits, Queued, with Kueue's reason.
         await phase_is(cluster, namespace, "first", "Training")
+        apply(cluster, namespace, queued(experiment("second", tiny), queue, f"{queue}-low"))
         await phase_is(cluster, namespace, "second", "Queued")
         second = await said(cluster, namespace, "second", "insufficient unused quota")
         held = conditions_by_type(second)["Suspended"]
@@ -221,7 +225,7 @@ async def test_kueue_queues_places_and_finishes_experiments_on_kwok_gpu_nodes(
         run_dir = stack.runs / "first"
 
         async def checkpointed() -> bool:
-            return bool(status_of(cluster, namespace, "first").get("latestCheckpoint"))
+            return bool(experiment_status(cluster, namespace, "first").get("latestCheckpoint"))
 
         await eventually(checkpointed, within=120, what="first's first checkpoint")
         urgent = queued(experiment("urgent", tiny), queue, f"{queue}-high")
@@ -299,7 +303,7 @@ async def test_a_preempted_experiment_checkpoints_waits_and_resumes_recomputing_
         run_dir = claim_directory(cluster.kubectl, ns, "first-runs") / "first"
 
         async def training_with_checkpoint() -> bool:
-            status = status_of(cluster, ns, "first")
+            status = experiment_status(cluster, ns, "first")
             return status.get("phase") == "Training" and bool(status.get("latestCheckpoint"))
 
         await eventually(training_with_checkpoint, within=300, what="first training")
