@@ -341,8 +341,12 @@ class HostDemo(DemoRunner):
 
 
 def _status(cluster: LocalCluster, namespace: str, demo: DemoExperiment) -> dict[str, Any]:
+    return _status_of(cluster, namespace, demo.resource, demo.name)
+
+
+def _status_of(cluster: LocalCluster, namespace: str, resource: str, name: str) -> dict[str, Any]:
     found = cluster.kubectl(
-        "get", demo.resource, demo.name, "-n", namespace, "--ignore-not-found", "-o", "json"
+        "get", resource, name, "-n", namespace, "--ignore-not-found", "-o", "json"
     )
     return dict(json.loads(found).get("status") or {}) if found.strip() else {}
 
@@ -361,6 +365,8 @@ def run_queueing_demo(platform: Platform) -> int:
     """docs/queueing.md's walkthrough, in real pods: `long` (low priority) trains; `urgent`
     (high) preempts it; `long` saves, waits Queued, and resumes from that checkpoint once
     `urgent` is done. `kubectl get` of both and of their Workloads at each step."""
+    from tempotrain_operator.queueing import workload_finished  # the operator's own reading
+
     platform.up()
     cluster = platform.cluster
     if platform.node is None:
@@ -394,10 +400,10 @@ def run_queueing_demo(platform: Platform) -> int:
 
     def until(name: str, check: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
         def reached() -> bool:
-            return check(_bexp_status(cluster, ns, name))
+            return check(_status_of(cluster, ns, "bexp", name))
 
         wait_for(reached, timeout=TIMEOUT_SECONDS, what=what, interval=1.0)
-        return _bexp_status(cluster, ns, name)
+        return _status_of(cluster, ns, "bexp", name)
 
     apply("long")
     until(
@@ -424,21 +430,7 @@ def run_queueing_demo(platform: Platform) -> int:
     show("urgent done: long admitted again, resumed from its checkpoint")
     done = until("long", lambda s: s.get("phase") in ("Succeeded", "Failed"), "long to finish")
     for name in ("long", "urgent"):  # the operator marks them within its queue interval
-        until(name, _workload_finished, f"{name}'s Workload to be marked Finished")
+        until(name, workload_finished, f"{name}'s Workload to be marked Finished")
     show("both finished: their Workloads too")
     print(f"Temporal UI: {platform.temporal.ui_url}   (stop everything with: make down)")
     return 0 if done.get("phase") == "Succeeded" else 1
-
-
-def _workload_finished(status: dict[str, Any]) -> bool:
-    return any(
-        c.get("type") == "WorkloadFinished" and c.get("status") == "True"
-        for c in status.get("conditions") or []
-    )
-
-
-def _bexp_status(cluster: LocalCluster, namespace: str, name: str) -> dict[str, Any]:
-    found = cluster.kubectl(
-        "get", "bexp", name, "-n", namespace, "--ignore-not-found", "-o", "json"
-    )
-    return dict(json.loads(found).get("status") or {}) if found.strip() else {}

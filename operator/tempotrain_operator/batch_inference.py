@@ -144,7 +144,7 @@ async def batchinference_reconcile(
         reject_spec(body, patch, status, meta, problem)
         return
     # What Kueue counts: the pods as the spec builds them (the model does not change them).
-    shape = BatchInferenceSpec.model_validate(dict(spec))
+    shape = model or BatchInferenceSpec.model_validate(dict(spec))
     workers = worker_config(runtime.settings, uid)
     counted = [
         _deployment(body, Experiment(name=name, namespace=namespace, uid=uid, spec=shape), workers)
@@ -161,9 +161,10 @@ async def batchinference_reconcile(
         # resolved then; the experiment may even be gone since, which must not fail the job.
         if resuming:  # its pods (built then, placed where Kueue says) come back
             if queue is not None and model is not None:
-                placed = await _edited_deployments(
+                placed = await _resolved_deployments(
                     body, Experiment(name=name, namespace=namespace, uid=uid, spec=model), workers
                 )
+                queueing.place(placed, name, queue.placements)
                 await kube.roll_out(placed)
             await kube.scale(namespace, worker_deployment_names(name, KIND), shape.workers)
             workflow_id = status["workflowId"]
@@ -261,7 +262,17 @@ async def _edited_deployments(
     body: kopf.Body, experiment: Experiment[BatchInferenceSpec], workers: WorkerConfig
 ) -> list[dict[str, Any]]:
     """workers, gpusPerWorker, resources or image edited: chunks in flight are retried
-    elsewhere, finished ones stay done. The pods mount the claims the job resolved."""
+    elsewhere, finished ones stay done."""
+    deployments = await _resolved_deployments(body, experiment, workers)
+    await queueing.place_if_admitted(body, deployments, workers.kueue)
+    return deployments
+
+
+async def _resolved_deployments(
+    body: kopf.Body, experiment: Experiment[BatchInferenceSpec], workers: WorkerConfig
+) -> list[dict[str, Any]]:
+    """The job's Deployment as its spec builds it now, its pods mounting the claims the job
+    resolved; none when that cannot be known (the source experiment gone or not done)."""
     job = experiment.spec
     if job.model.from_experiment:
         try:
@@ -272,9 +283,7 @@ async def _edited_deployments(
             return []  # not started yet: its pods will be built from this spec
         job = job.model_copy(update={"storage": resolved[1]})
         experiment = dataclasses.replace(experiment, spec=job)
-    deployments = [_deployment(body, experiment, workers)]
-    await queueing.place_if_admitted(body, deployments, workers.kueue)
-    return deployments
+    return [_deployment(body, experiment, workers)]
 
 
 lifecycle.register_edit(PLURAL, KIND, _validated, _edited_deployments)

@@ -45,10 +45,7 @@ async def _free(
 
 
 def released(status: Mapping[str, Any]) -> bool:
-    return any(
-        c.get("type") == RELEASED and c.get("status") == "True"
-        for c in status.get("conditions") or []
-    )
+    return conditions.is_true(status, RELEASED)
 
 
 def released_condition(

@@ -3,6 +3,7 @@ when the status does."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -17,6 +18,19 @@ class Verdict:
     ready: bool
     reason: str
     message: str
+
+
+def find(status: Mapping[str, Any] | None, type_: str) -> dict[str, Any]:
+    """The condition of this type in a `.status` (of any kind: a pod, a Workload, an
+    experiment); {} when it has none."""
+    for condition in (status or {}).get("conditions") or []:
+        if condition.get("type") == type_:
+            return dict(condition)
+    return {}
+
+
+def is_true(status: Mapping[str, Any] | None, type_: str) -> bool:
+    return find(status, type_).get("status") == "True"
 
 
 def newest_event(events: list[dict[str, Any]], reasons: set[str]) -> dict[str, Any] | None:

@@ -293,9 +293,7 @@ async def heal_suspension(
     phase = status.get("phase")
     if phase in TERMINAL_PHASES or phase == Phase.TERMINATING:
         return
-    wanted = suspension.wanted(spec)
-    settled = suspension.held(status) if wanted else not suspension.in_effect(status)
-    if not settled:
+    if not suspension.settled(suspension.wanted(spec), status):
         with contextlib.suppress(kopf.TemporaryError):  # the next tick tries again
             await reconcile(**arguments, waiting=False)
 

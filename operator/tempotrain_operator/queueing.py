@@ -28,7 +28,7 @@ from typing import Any
 
 import kopf
 import kr8s
-from kr8s.asyncio.objects import APIObject, new_class
+from kr8s.asyncio.objects import new_class
 from tempotrain_workers.api import (
     API_VERSION,
     GROUP,
@@ -92,17 +92,6 @@ class Admission:
         return not self.admitted or self.evicted
 
 
-def _condition(workload: Mapping[str, Any], type_: str) -> dict[str, Any]:
-    for condition in (workload.get("status") or {}).get("conditions") or []:
-        if condition.get("type") == type_:
-            return dict(condition)
-    return {}
-
-
-def _true(workload: Mapping[str, Any], type_: str) -> bool:
-    return _condition(workload, type_).get("status") == "True"
-
-
 def admission_of(workload: Mapping[str, Any] | None) -> Admission:
     """Admitted only with Admitted=True and no eviction pending; the words Kueue gave for why
     not (its QuotaReserved message while pending, its Evicted message when evicted)."""
@@ -110,15 +99,15 @@ def admission_of(workload: Mapping[str, Any] | None) -> Admission:
         return Admission(admitted=False, message="its Workload is being created")
     status = workload.get("status") or {}
     admission = status.get("admission") or {}
-    evicted = _true(workload, "Evicted")
-    pending = _condition(workload, "QuotaReserved")
-    explaining = _condition(workload, "Evicted") if evicted else pending
+    evicted = conditions.is_true(status, "Evicted")
+    pending = conditions.find(status, "QuotaReserved")
+    explaining = conditions.find(status, "Evicted") if evicted else pending
     queue = (workload.get("spec") or {}).get("queueName")
     return Admission(
-        admitted=_true(workload, "Admitted"),
+        admitted=conditions.is_true(status, "Admitted"),
         evicted=evicted,
-        reserved=_true(workload, "QuotaReserved"),
-        finished=_true(workload, "Finished"),
+        reserved=conditions.is_true(status, "QuotaReserved"),
+        finished=conditions.is_true(status, "Finished"),
         reason=str(explaining.get("reason") or "Pending"),
         message=str(explaining.get("message") or f"waiting in LocalQueue {queue}"),
         cluster_queue=admission.get("clusterQueue"),
@@ -201,7 +190,7 @@ def release_patch(workload: Mapping[str, Any]) -> dict[str, Any]:
     """The `/status` merge patch that gives back an evicted Workload's quota once its pods
     are gone, as Kueue's integrations write it (workload.UnsetQuotaReservationWithCondition):
     no admission, QuotaReserved=False Pending, Admitted=False NoReservation, and Requeued."""
-    evicted = _condition(workload, "Evicted")
+    evicted = conditions.find(workload.get("status"), "Evicted")
     reason = str(evicted.get("reason") or "Evicted")
     message = str(evicted.get("message") or "evicted")
     generation = (workload.get("metadata") or {}).get("generation")
@@ -309,12 +298,18 @@ def place(
 # -- the API calls ----------------------------------------------------------------------------
 
 
-async def get_workload(namespace: str, name: str) -> APIObject | None:
+def workload_name_of(body: Mapping[str, Any]) -> str:
+    meta = body["metadata"]
+    return workload_name(str(body["kind"]), str(meta["name"]), str(meta["uid"]))
+
+
+async def workload_of(body: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The experiment's Workload as it is now; None when it has none."""
     try:
-        workload: APIObject = await Workload.get(name, namespace=namespace)
+        found = await Workload.get(workload_name_of(body), namespace=body["metadata"]["namespace"])
     except kr8s.NotFoundError:
         return None
-    return workload
+    return dict(found.raw)
 
 
 async def priority_of(meta: Mapping[str, Any]) -> tuple[str, int] | None:
@@ -340,15 +335,13 @@ async def ensure_workload(
     experiment's. It is deleted, and None returned until it is gone (a new one of the same
     name can only be created then)."""
     meta = body["metadata"]
-    name = workload_name(str(body["kind"]), str(meta["name"]), str(meta["uid"]))
-    found = await get_workload(meta["namespace"], name)
-    if found is not None:
-        existing = dict(found.raw)
-        if not _true(existing, "Finished"):
+    existing = await workload_of(body)
+    if existing is not None:
+        if not conditions.is_true(existing.get("status"), "Finished"):
             return existing
         await drop_finalizer(existing)
         with contextlib.suppress(kr8s.NotFoundError):
-            await found.delete()
+            await (await Workload(existing)).delete()
         return None
     manifest = build_workload(body, pod_sets(manifests, meta["name"]), await priority_of(meta))
     workload = await Workload(manifest)
@@ -357,10 +350,10 @@ async def ensure_workload(
     except kr8s.ServerError as err:
         if err.response is None or err.response.status_code != 409:
             raise
-        again = await get_workload(meta["namespace"], name)
+        again = await workload_of(body)
         if again is None:
             raise
-        return dict(again.raw)
+        return again
     return dict(workload.raw)
 
 
@@ -376,7 +369,8 @@ async def flavors_of(assignments: list[dict[str, Any]]) -> dict[str, dict[str, A
 async def release_reservation(workload: Mapping[str, Any]) -> bool:
     """Clear an evicted Workload's reservation (its pods are gone); False when there is none
     to clear (Kueue's or an earlier call's doing)."""
-    if not (_true(workload, "Evicted") and (workload.get("status") or {}).get("admission")):
+    status = workload.get("status") or {}
+    if not (conditions.is_true(status, "Evicted") and status.get("admission")):
         return False
     obj = await Workload(dict(workload))
     await obj.patch(release_patch(workload), subresource="status", type="merge")
@@ -387,7 +381,7 @@ async def finish(workload: Mapping[str, Any], phase: str, message: str) -> None:
     """Finished, then without our finalizer (Kueue frees the quota on Finished; the
     finalizer only kept the Workload while the experiment could still use it)."""
     obj = await Workload(dict(workload))
-    if not _true(workload, "Finished"):
+    if not conditions.is_true(workload.get("status"), "Finished"):
         await obj.patch(finish_patch(workload, phase, message), subresource="status", type="merge")
         await obj.refresh()
     await drop_finalizer(dict(obj.raw))
@@ -442,17 +436,18 @@ async def gate(
         )
         kopf.warn(body, reason="QueueIgnored", message=message)
         return None
-    if not create:
-        name = workload_name(str(body["kind"]), str(meta["name"]), str(meta["uid"]))
-        found = await get_workload(str(meta["namespace"]), name)
-        if found is None:
+    workload: dict[str, Any] | None
+    if create:
+        try:
+            workload = await ensure_workload(body, manifests)
+        except LookupError as err:  # a priority class that does not exist (yet)
+            return Gate(
+                Admission(admitted=False, reason="PriorityClassNotFound", message=str(err)), None
+            )
+    else:  # only what is there; a finished one belongs to a run that is over
+        workload = await workload_of(body)
+        if workload is None or conditions.is_true(workload.get("status"), "Finished"):
             return None
-    try:
-        workload = await ensure_workload(body, manifests)
-    except LookupError as err:  # a priority class that does not exist (yet)
-        return Gate(
-            Admission(admitted=False, reason="PriorityClassNotFound", message=str(err)), None
-        )
     admission = admission_of(workload)
     if admission.holds or workload is None:
         return Gate(admission, workload)
@@ -502,10 +497,7 @@ FINISHED_CONDITION = "WorkloadFinished"  # on the experiment: nothing left to fo
 
 
 def workload_finished(status: Mapping[str, Any]) -> bool:
-    return any(
-        c.get("type") == FINISHED_CONDITION and c.get("status") == "True"
-        for c in status.get("conditions") or []
-    )
+    return conditions.is_true(status, FINISHED_CONDITION)
 
 
 def register_queue_timer(
@@ -518,14 +510,12 @@ def register_queue_timer(
     async def follow_queue(**kwargs: Any) -> None:
         spec, status, meta, body = kwargs["spec"], kwargs["status"], kwargs["meta"], kwargs["body"]
         phase = status.get("phase")
-        name = workload_name(str(body["kind"]), str(meta["name"]), str(meta["uid"]))
-        found = await get_workload(str(meta["namespace"]), name)
-        workload = dict(found.raw) if found is not None else None
+        workload = await workload_of(body)
         if phase in TERMINAL_PHASES:
             words = f"it ended {phase} before it had a Workload"  # a spec refused at once
             if workload is not None:
                 await finish(workload, str(phase), str(status.get("message") or phase))
-                words = f"Workload {name} finished: its quota is free"
+                words = f"Workload {workload_name_of(body)} finished: its quota is free"
             current = kwargs["patch"].status.get("conditions") or status.get("conditions")
             kwargs["patch"].status["conditions"] = conditions.upsert(
                 current,
@@ -541,8 +531,7 @@ def register_queue_timer(
         arguments = {"started": datetime.now(UTC), **kwargs}
         admission = admission_of(workload)
         holds = suspension.wanted(spec) or admission.holds
-        settled = suspension.held(status) if holds else not suspension.in_effect(status)
-        if workload is None or not settled:
+        if workload is None or not suspension.settled(holds, status):
             # The reconcile waits (raises) while a workflow saves: the next tick looks again,
             # and no signal is sent twice.
             with contextlib.suppress(kopf.TemporaryError):
@@ -577,11 +566,9 @@ def register_queue_timer(
 async def forget(body: Mapping[str, Any]) -> None:
     """The experiment is being deleted: its Workload finishes and loses our finalizer (the
     garbage collector then deletes it with its owner)."""
-    meta = body["metadata"]
-    name = workload_name(str(body["kind"]), str(meta["name"]), str(meta["uid"]))
-    found = await get_workload(str(meta["namespace"]), name)
-    if found is not None:
-        await finish(dict(found.raw), Phase.CANCELLED.value, "its experiment was deleted")
+    workload = await workload_of(body)
+    if workload is not None:
+        await finish(workload, Phase.CANCELLED.value, "its experiment was deleted")
 
 
 async def place_if_admitted(

@@ -61,21 +61,20 @@ def wanted(spec: Mapping[str, Any] | None) -> bool:
     return bool((spec or {}).get("suspend"))
 
 
-def _condition(status: Mapping[str, Any]) -> Mapping[str, Any]:
-    for condition in status.get("conditions") or []:
-        if condition.get("type") == CONDITION:
-            return dict(condition)
-    return {}
-
-
 def in_effect(status: Mapping[str, Any]) -> bool:
     """Held, or on its way there: what a resume has to undo."""
-    condition = _condition(status)
+    condition = conditions.find(status, CONDITION)
     return condition.get("status") == "True" or condition.get("reason") == SUSPENDING
 
 
 def held(status: Mapping[str, Any]) -> bool:
-    return _condition(status).get("status") == "True"
+    return conditions.is_true(status, CONDITION)
+
+
+def settled(holding: bool, status: Mapping[str, Any]) -> bool:
+    """Whether the experiment is where it should be: held when it should be, and not held
+    (nor on its way there) when not; else its kind's reconcile has work to do."""
+    return held(status) if holding else not in_effect(status)
 
 
 def _now() -> str:

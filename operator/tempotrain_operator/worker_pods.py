@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from tempotrain_operator.conditions import Verdict, newest_event
+from tempotrain_operator.conditions import Verdict, find, is_true, newest_event
 
 CONDITION = "WorkersReady"
 IMAGE_REASONS = {"ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName"}
@@ -59,23 +59,17 @@ def _problem(pod: dict[str, Any]) -> Verdict | None:
                 f"pod {name}: its container keeps exiting (last exit code "
                 f"{last.get('exitCode')}, {last.get('reason')}); `kubectl logs --previous {name}`",
             )
-    scheduled = _condition(pod, "PodScheduled")
-    if scheduled and scheduled.get("status") == "False":
+    scheduled = find(pod.get("status"), "PodScheduled")
+    if scheduled.get("status") == "False":
         # The scheduler's own words: unbound claims, insufficient cpu, untolerated taints.
         return Verdict(False, "Unschedulable", f"pod {name}: {scheduled.get('message')}")
     return None
 
 
 def _ready(pod: dict[str, Any]) -> bool:
-    ready = _condition(pod, "Ready")
-    return (pod.get("status") or {}).get("phase") == "Running" and bool(
-        ready and ready.get("status") == "True"
+    return (pod.get("status") or {}).get("phase") == "Running" and is_true(
+        pod.get("status"), "Ready"
     )
-
-
-def _condition(pod: dict[str, Any], type_: str) -> dict[str, Any] | None:
-    conditions = (pod.get("status") or {}).get("conditions") or []
-    return next((c for c in conditions if c.get("type") == type_), None)
 
 
 def stuck_creating(pods: list[dict[str, Any]], now: datetime) -> list[str]:
@@ -85,8 +79,8 @@ def stuck_creating(pods: list[dict[str, Any]], now: datetime) -> list[str]:
     for pod in pods:
         if pod["metadata"].get("deletionTimestamp"):
             continue
-        scheduled = _condition(pod, "PodScheduled")
-        if not scheduled or scheduled.get("status") != "True":
+        scheduled = find(pod.get("status"), "PodScheduled")
+        if scheduled.get("status") != "True":
             continue
         since = datetime.fromisoformat(str(scheduled.get("lastTransitionTime")))
         statuses = (pod.get("status") or {}).get("containerStatuses") or [{}]

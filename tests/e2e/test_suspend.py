@@ -20,7 +20,14 @@ from tempotrain_workers.checkpoints import latest_verified
 from tempotrain_workers.sample_data import write_sentiment_jsonl
 
 from tests.conftest import ClusterHandle, TemporalHandle
-from tests.e2e.conftest import Stack, apply, conditions_by_type, experiment, kube_json
+from tests.e2e.conftest import (
+    Stack,
+    apply,
+    conditions_by_type,
+    experiment,
+    experiment_status,
+    kube_json,
+)
 from tests.e2e.test_batch_inference import RESOURCE as BINF
 from tests.e2e.test_batch_inference import batch_inference
 from tests.e2e.test_real_pods import (
@@ -39,10 +46,6 @@ pytestmark = pytest.mark.kube
 def set_suspend(cluster: ClusterHandle, ns: str, kind: str, name: str, value: bool) -> None:
     body = json.dumps({"spec": {"suspend": value}})
     cluster.kubectl("patch", kind, name, "-n", ns, "--type=merge", "-p", body)
-
-
-def status_of(cluster: ClusterHandle, ns: str, kind: str, name: str) -> dict[str, Any]:
-    return dict(kube_json(cluster, ns, kind, name).get("status") or {})
 
 
 def columns(cluster: ClusterHandle, ns: str, kind: str, name: str) -> dict[str, str]:
@@ -73,13 +76,13 @@ async def test_a_suspended_experiment_saves_frees_its_pods_and_resumes_recomputi
     run_dir = claim_directory(cluster.kubectl, ns, "paused-runs") / "paused"
 
     async def training_with_checkpoint() -> bool:
-        status = status_of(cluster, ns, RESOURCE, "paused")
+        status = experiment_status(cluster, ns, "paused")
         return status.get("phase") == "Training" and bool(status.get("latestCheckpoint"))
 
     await eventually(training_with_checkpoint, within=300, what="training with a checkpoint")
 
     async def estimated() -> dict[str, Any] | None:
-        status = status_of(cluster, ns, RESOURCE, "paused")
+        status = experiment_status(cluster, ns, "paused")
         rate = (status.get("progress") or {}).get("stepsPerSecond")
         return status if rate and status.get("estimatedCompletionTime") else None
 
@@ -90,7 +93,7 @@ async def test_a_suspended_experiment_saves_frees_its_pods_and_resumes_recomputi
     set_suspend(cluster, ns, RESOURCE, "paused", True)
 
     async def suspended() -> dict[str, Any] | None:
-        status = status_of(cluster, ns, RESOURCE, "paused")
+        status = experiment_status(cluster, ns, "paused")
         held = conditions_by_type(status).get("Suspended") or {}
         return (
             status if status.get("phase") == "Suspended" and held.get("status") == "True" else None
@@ -134,11 +137,11 @@ async def test_a_suspended_experiment_saves_frees_its_pods_and_resumes_recomputi
     assert stopped_at - resumed_from == 0, "steps recomputed after a suspension"
 
     async def finished() -> str | None:
-        phase = status_of(cluster, ns, RESOURCE, "paused").get("phase")
+        phase = experiment_status(cluster, ns, "paused").get("phase")
         return phase if phase in ("Succeeded", "Failed") else None
 
     assert await eventually(finished, within=600, what="Succeeded") == "Succeeded"
-    status = status_of(cluster, ns, RESOURCE, "paused")
+    status = experiment_status(cluster, ns, "paused")
     assert conditions_by_type(status)["Suspended"]["reason"] == "Resumed"
     # A suspension is no failure: the attempt it stopped is not one.
     assert "lastFailure" not in status, status.get("lastFailure")
@@ -157,7 +160,7 @@ async def test_suspended_before_it_starts_it_creates_nothing_and_a_finished_one_
     apply(cluster, ns, experiment("later", "models/minilm", suspend=True))
 
     async def held() -> dict[str, Any] | None:
-        status = status_of(cluster, ns, RESOURCE, "later")
+        status = experiment_status(cluster, ns, "later")
         return status if status.get("phase") == "Suspended" else None
 
     status = await eventually(held, within=60, what="phase Suspended")
@@ -171,7 +174,7 @@ async def test_suspended_before_it_starts_it_creates_nothing_and_a_finished_one_
     set_suspend(cluster, ns, RESOURCE, "later", False)
 
     async def started() -> dict[str, Any] | None:
-        status = status_of(cluster, ns, RESOURCE, "later")
+        status = experiment_status(cluster, ns, "later")
         return status if status.get("workflowId") and status.get("phase") == "Pending" else None
 
     status = await eventually(started, within=60, what="the workflow to start")
@@ -185,7 +188,7 @@ async def test_suspended_before_it_starts_it_creates_nothing_and_a_finished_one_
     # A Failed one (its image is not allowed here): suspending it changes nothing, and says so.
     apply(cluster, ns, experiment("refused", "models/minilm", workers={"image": "evil/x:1"}))
     await eventually(
-        lambda: status_of(cluster, ns, RESOURCE, "refused").get("phase") == "Failed",
+        lambda: experiment_status(cluster, ns, "refused").get("phase") == "Failed",
         within=60,
         what="Failed",
     )
@@ -195,7 +198,7 @@ async def test_suspended_before_it_starts_it_creates_nothing_and_a_finished_one_
         within=60,
         what="a SuspendIgnored event",
     )
-    status = status_of(cluster, ns, RESOURCE, "refused")
+    status = experiment_status(cluster, ns, "refused")
     assert status["phase"] == "Failed" and "Suspended" not in conditions_by_type(status)
 
 
@@ -213,14 +216,14 @@ async def test_a_suspended_batch_inference_finishes_its_chunks_in_flight_then_ho
     apply(cluster, ns, job)
 
     async def some_done() -> bool:
-        chunks = status_of(cluster, ns, BINF, "paced").get("chunks") or {}
+        chunks = experiment_status(cluster, ns, "paced", "batchinferences").get("chunks") or {}
         return chunks.get("completed", 0) >= 1
 
     await eventually(some_done, within=120, what="a first chunk done")
     set_suspend(cluster, ns, BINF, "paced", True)
 
     async def suspended() -> dict[str, Any] | None:
-        status = status_of(cluster, ns, BINF, "paced")
+        status = experiment_status(cluster, ns, "paced", "batchinferences")
         held = conditions_by_type(status).get("Suspended") or {}
         return status if held.get("status") == "True" else None
 
@@ -236,7 +239,7 @@ async def test_a_suspended_batch_inference_finishes_its_chunks_in_flight_then_ho
     set_suspend(cluster, ns, BINF, "paced", False)
 
     async def finished() -> dict[str, Any] | None:
-        status = status_of(cluster, ns, BINF, "paced")
+        status = experiment_status(cluster, ns, "paced", "batchinferences")
         return status if status.get("phase") in ("Succeeded", "Failed") else None
 
     status = await eventually(finished, within=300, what="paced to finish")
