@@ -7,7 +7,7 @@ SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
-EXTRAS ?= operator,workers,dev
+EXTRAS ?= operator,workers,client,dev
 STATE_DIR ?= .tempotrain/platform
 DEV := PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m tempotrain_dev --state-dir $(STATE_DIR)
 PYTEST_ARGS ?=

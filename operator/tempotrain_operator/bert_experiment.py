@@ -28,6 +28,8 @@ from tempotrain_operator.children import (
     Experiment,
     WorkerConfig,
     build_worker_deployment,
+    claim_name,
+    trainers,
     worker_config,
     worker_deployment_names,
 )
@@ -43,8 +45,10 @@ from tempotrain_operator.lifecycle import (
     volume_children,
 )
 from tempotrain_operator.mapping import (
+    TRIAL_FIELDS,
     checkpoint_patch,
     coordinator_input,
+    first_status,
     latest_step,
     metrics_display,
     progress_patch,
@@ -117,12 +121,15 @@ async def bertexperiment_reconcile(
     await kube.create_children(body, volume_children(body, experiment) + deployments)
 
     if rerun or resuming:
-        await kube.scale(namespace, worker_deployment_names(name), 1)
+        training, evaluation = worker_deployment_names(name)
+        await kube.scale(namespace, [training], trainers(model))
+        await kube.scale(namespace, [evaluation], 1)
     if not status.get("startTime"):
         # Written now, not with the handler's patch: the workflow's own updates (Snapshotting,
         # Training) may land before the handler returns, and phase must not go back.
         obj = await kube.BertExperimentResource(dict(body))  # the body kopf handed us: no GET
-        await kube.patch_status(obj, {"phase": Phase.PENDING.value, "startTime": now()})
+        started = {"phase": Phase.PENDING.value, "startTime": now()}
+        await kube.patch_status(obj, started | first_status(name, model, runs_claim(experiment)))
 
     workflow_id = workflow_id_for(KIND, namespace, name, uid)
     request = coordinator_input(
@@ -148,6 +155,8 @@ async def bertexperiment_reconcile(
         rerun_failed=rerun,
     )
     patch.status["runId"] = run_id_of(name, model)
+    if not status.get("runsClaim"):  # experiments started before it was reported
+        patch.status.update(first_status(name, model, runs_claim(experiment)))
     if resuming:
         why = queueing.admitted_words(queue)
         await suspension.resume(body, status, patch, meta, runtime, workflow_id, why)
@@ -159,6 +168,10 @@ kopf.on.resume(GROUP, VERSION, PLURAL)(bertexperiment_reconcile)
 kopf.on.create(GROUP, VERSION, PLURAL)(bertexperiment_reconcile)
 lifecycle.register_retry(PLURAL, bertexperiment_reconcile)
 lifecycle.register_suspend(PLURAL, bertexperiment_reconcile)
+
+
+def runs_claim(experiment: Experiment[BertExperimentSpec]) -> str:
+    return claim_name(experiment, "runs")
 
 
 def _deployments(
@@ -214,7 +227,9 @@ async def bertexperiment_resync(
         meta,
         memo.runtime,
         logger,
-        derive=lambda client, workflow_id: derive_status(client, workflow_id, known_step),
+        derive=lambda client, workflow_id: derive_status(
+            client, workflow_id, known_step, sweep=bool(status.get("trialRuns"))
+        ),
         restart=restart,
     )
 
@@ -236,17 +251,38 @@ async def bertexperiment_progress(
     workflow_id = status.get("workflowId")
     if status.get("phase") != Phase.TRAINING.value or not workflow_id:
         return
+    client = await memo.runtime.client()
+    trials: dict[str, Any] = dict(status.get("trialRuns") or {})
+    if not trials:
+        patch.status.update(await _live_progress(client, workflow_id, 0, dict(status), logger))
+        return
+    rows = {}
+    for name, row in trials.items():  # a sweep: each training trial's own row
+        if row.get("phase") == Phase.TRAINING.value:
+            index = int(row.get("index", 0))
+            live = await _live_progress(client, workflow_id, index, dict(row), logger)
+            rows[name] = {k: v for k, v in live.items() if k in TRIAL_FIELDS}
+    if any(rows.values()):
+        patch.status["trialRuns"] = {name: row for name, row in rows.items() if row}
+
+
+async def _live_progress(
+    client: Client, workflow_id: str, index: int, current: dict[str, Any], logger: kopf.Logger
+) -> dict[str, Any]:
+    """What training config `index`'s running attempt has heartbeated beyond `current`."""
     try:
-        heartbeat = await training_heartbeat(await memo.runtime.client(), workflow_id)
+        heartbeat = await training_heartbeat(client, workflow_id, index)
     except Exception as err:  # best effort: the next tick asks again
-        logger.debug("progress of %s not read: %s", workflow_id, err)
-        return
+        logger.debug("progress of %s (%d) not read: %s", workflow_id, index, err)
+        return {}
+    found: dict[str, Any] = {}
     if heartbeat is None:
-        return
+        return found
     if heartbeat.progress is not None:
-        patch.status.update(progress_patch(heartbeat.progress, dict(status), datetime.now(UTC)))
+        found |= progress_patch(heartbeat.progress, current, datetime.now(UTC))
     if heartbeat.checkpoint is not None:
-        patch.status.update(checkpoint_patch(heartbeat.checkpoint, latest_step(status)))
+        found |= checkpoint_patch(heartbeat.checkpoint, latest_step(current))
+    return found
 
 
 def register_progress(interval: float) -> None:
@@ -255,10 +291,12 @@ def register_progress(interval: float) -> None:
     )
 
 
-async def training_heartbeat(client: Client, workflow_id: str) -> TrainingHeartbeat | None:
-    """The last heartbeat of the coordinator's running training attempt; None between
-    attempts or before the first heartbeat."""
-    handle = client.get_workflow_handle(training_workflow_id(workflow_id))
+async def training_heartbeat(
+    client: Client, workflow_id: str, index: int = 0
+) -> TrainingHeartbeat | None:
+    """The last heartbeat of the coordinator's running training attempt (of its config
+    `index`: a sweep's trial); None between attempts or before the first heartbeat."""
+    handle = client.get_workflow_handle(training_workflow_id(workflow_id, index))
     # Bounded: a call that never answers would hold this experiment's progress timer forever.
     description = await handle.describe(rpc_timeout=DESCRIBE_TIMEOUT)
     for pending in description.raw_description.pending_activities:
@@ -270,12 +308,17 @@ async def training_heartbeat(client: Client, workflow_id: str) -> TrainingHeartb
     return None
 
 
-async def derive_status(client: Client, workflow_id: str, known_step: int) -> dict[str, Any]:
+async def derive_status(
+    client: Client, workflow_id: str, known_step: int, sweep: bool = False
+) -> dict[str, Any]:
     """The status fields the workflow's own state implies (describe, result, query)."""
     handle = client.get_workflow_handle(workflow_id, result_type=CoordinatorWorkflowResult)
     state = (await handle.describe()).status
     if state == WorkflowExecutionStatus.COMPLETED:
-        run = (await handle.result()).runs[0]
+        result = await handle.result()
+        best = result.best
+        # A sweep: its best trial's run (the succeeded ones are in result.runs).
+        run = next((r for r in result.runs if best and r.trial == best.name), result.runs[0])
         metrics = {
             "trainLoss": run.training.train_loss,
             "evalLoss": run.evaluation.loss,
@@ -294,6 +337,8 @@ async def derive_status(client: Client, workflow_id: str, known_step: int) -> di
             "completionTime": now(),
             "message": f"workflow {workflow_id} ended {state.name if state else 'unknown'}",
         }
+    if sweep:
+        return {}  # its trials' rows are healed by the progress timer while they train
     # The newest checkpoint from the running attempt's heartbeat (describe), never a query:
     # a query reaching a workflow whose worker just died is answered by replaying it on
     # another worker, and the chaos bench saw that worker's next task then fail with a

@@ -300,9 +300,17 @@ def build_worker_deployment(
         shared_memory=training,
         # The trainer saves a checkpoint on SIGTERM; give it time to finish writing.
         grace_seconds=300 if training else 30,
+        replicas=trainers(spec) if training else 1,
         settings=spec.workers,
     )
     return _deployment(experiment, workers, role, shape)
+
+
+def trainers(spec: Any) -> int:
+    """Training pods: one per trial a sweep runs at once (each trains one trial at a time),
+    else one."""
+    sweep = spec.sweep if isinstance(spec, BertExperimentSpec) else None
+    return sweep.max_parallel if sweep is not None else 1
 
 
 def _pods_of(experiment: Experiment[Any], role: str) -> dict[str, Any]:

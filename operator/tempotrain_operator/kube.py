@@ -255,14 +255,28 @@ def is_not_found(err: BaseException | None) -> bool:
     return isinstance(err, kr8s.ServerError) and getattr(response, "status_code", 0) == 404
 
 
-async def patch_status(obj: APIObject, status: dict[str, Any]) -> bool:
-    """Merge-patch `/status`; False when the object is gone (404 is an answer, not an error)."""
+class Conflict(Exception):
+    """The object changed since the version a patch was computed from."""
+
+
+async def patch_status(
+    obj: APIObject, status: dict[str, Any], resource_version: str | None = None
+) -> bool:
+    """Merge-patch `/status`; False when the object is gone (404 is an answer, not an error).
+    With `resource_version`, only onto that version of the object, else Conflict: for a
+    patch computed from what the object said (a read, then a write)."""
+    body: dict[str, Any] = {"status": status}
+    if resource_version is not None:
+        body["metadata"] = {"resourceVersion": resource_version}
     try:
-        await obj.patch({"status": status}, subresource="status", type="merge")
+        await obj.patch(body, subresource="status", type="merge")
     except kr8s.NotFoundError:
         return False
     except kr8s.ServerError as err:
-        if err.response is not None and err.response.status_code == 404:
+        code = err.response.status_code if err.response is not None else None
+        if code == 404:
             return False
+        if code == 409:
+            raise Conflict(str(err)) from err
         raise
     return True

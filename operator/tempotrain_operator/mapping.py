@@ -29,7 +29,14 @@ from tempotrain_workers.api import (
     ScaleOutcome,
     StatusTarget,
     StatusUpdate,
+    SweepPolicy,
+    SweepProgress,
+    TrialParameters,
+    expand,
+    trial_name,
+    trial_run_id,
 )
+from tempotrain_workers.history import history_file
 
 KIND = "BertExperiment"
 SCALING_KIND = "Cifar10Scaling"
@@ -38,6 +45,31 @@ INFERENCE_KIND = "BatchInference"
 
 def run_id_of(name: str, spec: BertExperimentSpec) -> str:
     return spec.run_id or name
+
+
+def first_status(name: str, spec: BertExperimentSpec, runs_claim: str) -> dict[str, Any]:
+    """What `.status` says before the workflow does: where the history is kept and, for a
+    sweep, its trials (parameters and run ids), Pending."""
+    run_id = run_id_of(name, spec)
+    status: dict[str, Any] = {"runsClaim": runs_claim}
+    if spec.sweep is None:
+        return status | {"historyFile": history_file(run_id)}
+    trials = expand(spec.sweep)
+    rows = {}
+    for index, parameters in enumerate(trials):
+        trial_run = trial_run_id(run_id, index)
+        rows[trial_name(index)] = {
+            "index": index,
+            "runId": trial_run,
+            "parameters": parameters.wire(),
+            "phase": Phase.PENDING.value,
+            "historyFile": history_file(trial_run),
+        }
+    return status | {
+        "trials": {"total": len(trials), "running": 0, "succeeded": 0, "failed": 0, "stopped": 0},
+        "trialRuns": rows,
+        "displayTrials": f"0/{len(trials)}",
+    }
 
 
 def coordinator_input(
@@ -49,11 +81,49 @@ def coordinator_input(
     training_queue: str,
     eval_queue: str,
 ) -> CoordinatorWorkflowInput:
+    target = StatusTarget(kind=KIND, namespace=namespace, name=name, uid=uid, queue=status_queue)
+    run_id = run_id_of(name, spec)
+    if spec.sweep is None:
+        configs = [_coordinator_config(spec, run_id, TrialParameters())]
+    else:
+        configs = [
+            _coordinator_config(spec, trial_run_id(run_id, i), parameters, trial_name(i))
+            for i, parameters in enumerate(expand(spec.sweep))
+        ]
+    sweep = spec.sweep
+    return CoordinatorWorkflowInput(
+        configs=configs,
+        status_target=target,
+        training_queue=training_queue,
+        eval_queue=eval_queue,
+        sweep=None
+        if sweep is None
+        else SweepPolicy(
+            max_parallel=sweep.max_parallel,
+            objective=sweep.objective,
+            max_failed_trials=sweep.max_failed_trials,
+        ),
+    )
+
+
+def _coordinator_config(
+    spec: BertExperimentSpec, run_id: str, trial: TrialParameters, name: str | None = None
+) -> CoordinatorWorkflowConfig:
+    """One training and evaluation: the spec's, with a trial's parameters over it."""
     dataset = spec.dataset
-    training = spec.training
+    training = spec.training.model_copy(
+        update={
+            "learning_rate": trial.learning_rate or spec.training.learning_rate,
+            "batch_size": trial.batch_size or spec.training.batch_size,
+            "epochs": trial.epochs or spec.training.epochs,
+            "seed": spec.training.seed if trial.seed is None else trial.seed,
+            "warmup_ratio": _given(trial.warmup_ratio, spec.training.warmup_ratio),
+            "weight_decay": _given(trial.weight_decay, spec.training.weight_decay),
+        }
+    )
     fine_tune = BertFineTuneConfig(
-        run_id=run_id_of(name, spec),
-        model_name=spec.model.name,
+        run_id=run_id,
+        model_name=trial.model or spec.model.name,
         # A file is relative to the snapshots volume; the worker resolves it there.
         dataset_name=dataset.file or dataset.name or "",
         dataset_config=None if dataset.file else dataset.config,
@@ -66,6 +136,8 @@ def coordinator_input(
         batch_size=training.batch_size,
         learning_rate=training.learning_rate,
         seed=training.seed,
+        warmup_ratio=training.warmup_ratio,
+        weight_decay=training.weight_decay,
         max_train_samples=dataset.max_train_samples,
         max_eval_samples=dataset.max_eval_samples,
         save_steps=training.save_steps,
@@ -79,14 +151,11 @@ def coordinator_input(
         max_eval_samples=spec.evaluation.max_eval_samples,
         max_seq_length=training.max_seq_length,
     )
-    return CoordinatorWorkflowInput(
-        configs=[CoordinatorWorkflowConfig(fine_tune=fine_tune, evaluation=evaluation)],
-        status_target=StatusTarget(
-            kind=KIND, namespace=namespace, name=name, uid=uid, queue=status_queue
-        ),
-        training_queue=training_queue,
-        eval_queue=eval_queue,
-    )
+    return CoordinatorWorkflowConfig(fine_tune=fine_tune, evaluation=evaluation, trial=name)
+
+
+def _given(value: float | None, default: float) -> float:
+    return default if value is None else value
 
 
 def scaling_input(
@@ -251,8 +320,101 @@ def status_patch(
         patch |= scaling_results_patch(update.scale_results)
     if update.inference is not None:
         patch |= inference_patch(update.inference, current)
+    if update.sweep is not None:
+        patch |= sweep_patch(update.sweep, current)
     if update.message:
         patch["message"] = update.message
+    return patch
+
+
+# What a trial's own updates may set in its row (the rest is the experiment's).
+TRIAL_FIELDS = frozenset(
+    {
+        "phase",
+        "progress",
+        "latestCheckpoint",
+        "metrics",
+        "attempts",
+        "lastFailure",
+        "message",
+        "eta",
+    }
+)
+ACTIVE_TRIAL_PHASES = frozenset(
+    {Phase.SNAPSHOTTING, Phase.TRAINING, Phase.EVALUATING, Phase.SUSPENDED}
+)
+
+
+def trial_patch(
+    update: StatusUpdate, current: dict[str, Any], suspend_wanted: bool = False
+) -> dict[str, Any]:
+    """A sweep trial's update as a patch of its row in `trialRuns`, and of the experiment's
+    phase where the trials now imply another: Training once one trains, Suspended once
+    every active trial is (that is when the operator may take its compute away)."""
+    name = update.target.trial
+    assert name is not None
+    rows: dict[str, Any] = current.get("trialRuns") or {}
+    row = dict(rows.get(name) or {})
+    if row.get("phase") == Phase.SUSPENDED and not suspend_wanted:
+        row["phase"] = Phase.PENDING.value  # resumed: it goes on from where it held
+    fields = {
+        k: v for k, v in status_patch(update, row, suspend_wanted).items() if k in TRIAL_FIELDS
+    }
+    if not fields:
+        return {}
+    patch: dict[str, Any] = {"trialRuns": {name: fields}}
+    after = {**rows, name: {**row, **fields}}
+    phase = sweep_phase(after, current.get("phase"), suspend_wanted)
+    if phase is not None:
+        patch["phase"] = phase.value
+        if phase != Phase.TRAINING:
+            patch["eta"] = None
+    return patch
+
+
+def sweep_phase(rows: Mapping[str, Any], current: str | None, suspend_wanted: bool) -> Phase | None:
+    """The experiment's phase its trials imply, when it moves there; None: it stays."""
+    active = [_phase_of(row) for row in rows.values() if _phase_of(row) in ACTIVE_TRIAL_PHASES]
+    if suspend_wanted:
+        implied = Phase.SUSPENDED if active and set(active) == {Phase.SUSPENDED} else None
+    else:
+        implied = Phase.TRAINING if set(active) - {Phase.SUSPENDED} else None
+    if implied is None or not phase_moves(implied, current, suspend_wanted):
+        return None
+    return implied
+
+
+def _phase_of(row: Mapping[str, Any]) -> Phase | None:
+    try:
+        return Phase(str(row.get("phase")))
+    except ValueError:
+        return None
+
+
+def sweep_patch(sweep: SweepProgress, current: Mapping[str, Any]) -> dict[str, Any]:
+    """Trial counts, the best trial (with its parameters, from its row) and their columns."""
+    done = sweep.succeeded + sweep.failed + sweep.stopped
+    patch: dict[str, Any] = {
+        "trials": {
+            "total": sweep.total,
+            "running": sweep.running,
+            "succeeded": sweep.succeeded,
+            "failed": sweep.failed,
+            "stopped": sweep.stopped,
+        },
+        "displayTrials": f"{done}/{sweep.total}",
+    }
+    best = sweep.best
+    if best is not None and best.value is not None:
+        row = (current.get("trialRuns") or {}).get(best.name) or {}
+        patch["bestTrial"] = {
+            "name": best.name,
+            "runId": best.run_id,
+            "objective": sweep.objective.value,
+            "value": best.value,
+            "parameters": row.get("parameters") or {},
+        }
+        patch["displayBest"] = f"{best.name} {shown(best.value)}"
     return patch
 
 

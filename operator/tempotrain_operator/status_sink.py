@@ -23,12 +23,13 @@ from tempotrain_workers.api import (
 )
 
 from tempotrain_operator import compute, conditions, kube, suspension
-from tempotrain_operator.mapping import status_patch
+from tempotrain_operator.mapping import status_patch, trial_patch
 
 log = logging.getLogger(__name__)
 # How long after a final push the operator waits for the workflow to close before leaving the
 # release to the resync timer.
 RELEASE_WAIT_SECONDS = 300.0
+TRIAL_TRIES = 8
 
 
 @activity.defn(name=PUBLISH_STATUS_ACTIVITY)
@@ -36,6 +37,9 @@ async def publish_status(update: StatusUpdate) -> None:
     target = update.target
     if target.kind not in kube.EXPERIMENT_KINDS:
         activity.logger.warning("status for unknown kind %s dropped", target.kind)
+        return
+    if target.trial is not None:
+        await _publish_trial(update)
         return
     experiment = await kube.get_experiment(target.namespace, target.name, target.kind)
     if experiment is None:
@@ -97,6 +101,34 @@ async def publish_status(update: StatusUpdate) -> None:
             target.name,
             wait=RELEASE_WAIT_SECONDS,
         )
+
+
+async def _publish_trial(update: StatusUpdate) -> None:
+    """A sweep trial's update: its row, and the experiment's phase where the rows imply it.
+    Read and written as one step (on the version read): two trials suspending at once must
+    not each miss the other's row. A conflict reads again; past TRIAL_TRIES the activity
+    fails and Temporal retries it."""
+    target = update.target
+    for _ in range(TRIAL_TRIES):
+        experiment = await kube.get_experiment(target.namespace, target.name, target.kind)
+        if experiment is None:
+            return
+        raw: dict[str, Any] = dict(experiment.raw)
+        refused = refusal(target, raw)
+        if refused:
+            activity.logger.warning("trial update for %s refused: %s", target.name, refused)
+            return
+        status: dict[str, Any] = dict(raw.get("status") or {})
+        holding = suspension.wanted(raw.get("spec")) or suspension.in_effect(status)
+        patch = trial_patch(update, status, holding)
+        if not patch:
+            return
+        try:
+            await kube.patch_status(experiment, patch, raw["metadata"]["resourceVersion"])
+            return
+        except kube.Conflict:
+            continue
+    raise RuntimeError(f"{target.name} kept changing while trial {target.trial} was written")
 
 
 def _failure_reason(message: str | None) -> str:

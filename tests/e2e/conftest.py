@@ -88,9 +88,10 @@ class Stack:
             ),
         )
 
-    def start_worker(self) -> None:
+    def start_worker(self, name: str = "worker") -> None:
+        """A host worker on all the stack's queues; another `name` adds one beside it."""
         self._start(
-            "worker",
+            name,
             worker_command(
                 self.temporal_address,
                 [

@@ -22,6 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from tempotrain_workers import history
 from tempotrain_workers.api import (
     BertFineTuneConfig,
     BertFineTuneResult,
@@ -103,11 +104,30 @@ def build_callback(job: TrainerJob) -> Any:
             self.latest: dict[str, Any] | None = None
             self.step_ended = time.monotonic()
             self.checkpoint_seconds = 0.0
+            self.history = run_dir / history.HISTORY_FILE
+            self.board: Any = None
+            if int(os.environ.get("RANK", "0")) == 0:
+                # What the lost attempt logged past the checkpoint this one resumes from is
+                # trained again: drop it, so no step is in the history twice.
+                history.trim(self.history, job.resumed_from_step)
+                self.board = tensorboard_writer(
+                    run_dir / history.TENSORBOARD_DIR, (job.resumed_from_step or 0) + 1
+                )
 
         def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **_: Any) -> None:
             if logs and "loss" in logs:
                 self.last_loss = float(logs["loss"])
                 self.losses.append(self.last_loss)
+            if logs and state.is_world_process_zero and int(os.environ.get("RANK", "0")) == 0:
+                numbers = {k: v for k, v in logs.items() if isinstance(v, int | float)}
+                step = state.global_step
+                record = {"step": step, "epoch": state.epoch, "time": time.time(), **numbers}
+                history.append(self.history, record)
+                if self.board is not None:
+                    for key, value in numbers.items():
+                        if key in BOARD_KEYS or key.startswith("eval_"):
+                            self.board.add_scalar(board_tag(key), value, step)
+                    self.board.flush()
 
         def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
             self.step_ended = time.monotonic()  # the Trainer saves right after this hook
@@ -165,6 +185,27 @@ def build_callback(job: TrainerJob) -> Any:
             emit("checkpoint", checkpoint=self.latest, total_steps=state.max_steps)
 
     return CheckpointCallback()
+
+
+def tensorboard_writer(log_dir: Path, purge_step: int) -> Any:
+    """TensorBoard events beside the JSONL; `purge_step`: TensorBoard drops what earlier
+    attempts logged from that step on (they are trained again). None without tensorboardX."""
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(logdir=str(log_dir), purge_step=purge_step)
+
+
+# The curves TensorBoard gets (the JSONL keeps every number the Trainer logs).
+BOARD_KEYS = frozenset({"loss", "learning_rate", "grad_norm"})
+
+
+def board_tag(key: str) -> str:
+    """`eval_loss` → `eval/loss`, `loss` → `train/loss`: TensorBoard's usual grouping."""
+    if key.startswith("eval_"):
+        return "eval/" + key.removeprefix("eval_")
+    return f"train/{key}"
 
 
 def tokenized(rows: list[dict[str, Any]], tokenizer: Any, max_length: int) -> Any:
@@ -226,6 +267,9 @@ def run(job: TrainerJob) -> int:
         per_device_train_batch_size=config.batch_size,
         per_device_eval_batch_size=max(config.batch_size, 32),
         learning_rate=config.learning_rate,
+        # Steps, not a ratio: `warmup_ratio` is gone from Transformers 5, an int works in both.
+        warmup_steps=math.ceil(config.warmup_ratio * steps_per_epoch * config.num_epochs),
+        weight_decay=config.weight_decay,
         seed=config.seed,
         data_seed=config.seed,
         save_strategy="steps",
@@ -261,6 +305,8 @@ def run(job: TrainerJob) -> int:
 
     trainer.save_model(job.run_dir)  # final weights + tokenizer at the run root
     metrics = trainer.evaluate() if len(evaluation) else {}
+    if callback.board is not None:
+        callback.board.close()
     if trainer.is_world_process_zero():
         result = BertFineTuneResult(
             run_id=config.run_id or "",

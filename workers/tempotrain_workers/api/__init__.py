@@ -14,3 +14,4 @@ from tempotrain_workers.api.pod_settings import *  # noqa: F403
 from tempotrain_workers.api.resources import *  # noqa: F403
 from tempotrain_workers.api.scaling import *  # noqa: F403
 from tempotrain_workers.api.scaling_resources import *  # noqa: F403
+from tempotrain_workers.api.sweep import *  # noqa: F403

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import AliasGenerator, BaseModel, ConfigDict, StringConstraints
+from pydantic import AliasGenerator, BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
 
 # A DNS-1123 label: usable as a directory name, a label value and part of a workflow id,
 # and never a path (no "/", no "..").
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# A path inside the snapshots volume: relative, no "..", no leading "/".
+RELATIVE_PATH_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*(/[A-Za-z0-9_][A-Za-z0-9_.\-]*)*$"
+# Hub ids are at most 96 characters per part; a folder on the volume gets some room more.
+MODEL_NAME_MAX = 256
 RunId = Annotated[str, StringConstraints(pattern=DNS_LABEL_PATTERN, min_length=1, max_length=63)]
 
 
@@ -19,6 +23,19 @@ CEL = "x-kubernetes-validations"
 
 def cel(rule: str, message: str) -> dict[str, Any]:
     return {"rule": rule, "message": message}
+
+
+def model_name_field(**kwargs: Any) -> Any:
+    """A model: a Hub id, or a folder relative to the snapshots volume. Confined to that
+    volume: no absolute path, no `..`, so a spec cannot read the worker's own files."""
+    return Field(
+        min_length=1,
+        max_length=MODEL_NAME_MAX,
+        pattern=RELATIVE_PATH_PATTERN,
+        description="a Hub id (bert-base-uncased, org/name) or a model folder relative to "
+        "the snapshots volume (models/minilm); no absolute paths or '..'",
+        **kwargs,
+    )
 
 
 class WireModel(BaseModel):
@@ -56,3 +73,4 @@ class StatusTarget(Contract):
     name: str
     uid: str | None = None
     queue: str = OPERATOR_QUEUE  # where the operator hosts publish_status
+    trial: str | None = None  # a sweep's trial: its updates go to `.status.trialRuns[trial]`

@@ -20,6 +20,7 @@ from tempotrain_workers.api.base import (
 )
 from tempotrain_workers.api.inference import InferenceProgress
 from tempotrain_workers.api.scaling import ScaleOutcome
+from tempotrain_workers.api.sweep import Objective
 
 # -- task queues (DESIGN.md §1) ---------------------------------------------------------------
 TRAINING_QUEUE = "tempotrain-training"  # GPU: fine-tuning
@@ -104,6 +105,8 @@ class BertFineTuneConfig(Contract):
     batch_size: int = Field(default=32, ge=1, le=4096)
     learning_rate: float = Field(default=2e-5, gt=0, lt=1)
     seed: int = 42
+    warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0, le=1)
     max_train_samples: int | None = Field(default=None, gt=0)
     max_eval_samples: int | None = Field(default=None, gt=0)
     save_steps: int | None = Field(default=500, gt=0)
@@ -195,6 +198,28 @@ class RetryState(Contract):
         return self.failures_without_progress > 0
 
 
+class TrialOutcome(Contract):
+    """How one trial of a sweep ended (or stands)."""
+
+    name: str
+    run_id: str
+    phase: Phase
+    value: float | None = None  # its objective, once evaluated
+    message: str | None = None
+
+
+class SweepProgress(Contract):
+    """A sweep's counts and best trial, as its coordinator knows them."""
+
+    total: int = Field(ge=1)
+    running: int = Field(default=0, ge=0)
+    succeeded: int = Field(default=0, ge=0)
+    failed: int = Field(default=0, ge=0)
+    stopped: int = Field(default=0, ge=0)
+    objective: Objective
+    best: TrialOutcome | None = None
+
+
 class StatusUpdate(Contract):
     """A partial status: fields left None are not changed by the operator."""
 
@@ -213,6 +238,7 @@ class StatusUpdate(Contract):
     scale_results: list[ScaleOutcome] | None = None
     inference: InferenceProgress | None = None  # BatchInference: chunk counts, rate, output
     retry: RetryState | None = None  # BertExperiment training: attempts and failures
+    sweep: SweepProgress | None = None  # a sweep's coordinator: counts, best, ended trials
     message: str | None = None
     at: datetime
 
@@ -325,6 +351,15 @@ class BertInferenceResult(Contract):
 class CoordinatorWorkflowConfig(Contract):
     fine_tune: BertFineTuneConfig
     evaluation: BertEvalRequest = BertEvalRequest()
+    trial: str | None = None  # a sweep's trial name (t00, ...): its status goes to that row
+
+
+class SweepPolicy(Contract):
+    """How a coordinator runs its configs as a sweep's trials."""
+
+    max_parallel: int = Field(default=1, ge=1)
+    objective: Objective = Objective.EVAL_ACCURACY
+    max_failed_trials: int | None = Field(default=None, ge=0)  # None: fail when all fail
 
 
 class CoordinatorWorkflowInput(Contract):
@@ -332,15 +367,19 @@ class CoordinatorWorkflowInput(Contract):
     status_target: StatusTarget | None = None
     training_queue: str = TRAINING_QUEUE
     eval_queue: str = EVAL_QUEUE
+    sweep: SweepPolicy | None = None  # None: every config at once, the first failure fails all
 
 
 class CoordinatorRunResult(Contract):
     training: BertFineTuneResult
     evaluation: BertEvalResult
+    trial: str | None = None
 
 
 class CoordinatorWorkflowResult(Contract):
-    runs: list[CoordinatorRunResult]
+    runs: list[CoordinatorRunResult]  # a sweep: its succeeded trials
+    trials: list[TrialOutcome] = Field(default_factory=list)  # a sweep: every trial
+    best: TrialOutcome | None = None
 
 
 # -- error types (ApplicationError.type): non-retryable -----------------------------------------

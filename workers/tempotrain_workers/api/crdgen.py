@@ -85,7 +85,9 @@ def _convert(node: dict[str, Any], definitions: dict[str, Any]) -> dict[str, Any
         branches = [b for b in node.pop("anyOf") if b.get("type") != "null"]
         if len(branches) != 1:
             raise ValueError(f"cannot express a union in a structural schema: {branches}")
-        node = {**_convert(branches[0], definitions), **node}
+        branch = _convert(branches[0], definitions)
+        rules = branch.get(CEL, []) + node.pop(CEL, [])  # the field's and its model's, both
+        node = {**branch, **node, **({CEL: rules} if rules else {})}
     for key in ("title", "additionalProperties"):
         if key == "additionalProperties" and isinstance(node.get(key), dict):
             node[key] = _convert(node[key], definitions)
@@ -197,6 +199,8 @@ BERT_EXPERIMENT = Kind(
         _column("Loss", "string", ".status.displayLoss"),
         _column("Accuracy", "string", ".status.displayAccuracy"),
         _column("ETA", "string", ".status.eta", description="training time left"),
+        _column("Trials", "string", ".status.displayTrials", description="a sweep: done/total"),
+        _column("Best", "string", ".status.displayBest", description="a sweep's best trial"),
         _column("Suspend", "boolean", ".spec.suspend"),
         _column("Age", "date", ".metadata.creationTimestamp"),
         _column("Checkpoint", "string", ".status.latestCheckpoint.path", priority=1),

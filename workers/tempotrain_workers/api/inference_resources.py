@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from pydantic import ConfigDict, Field
 
-from tempotrain_workers.api.base import CEL, DNS_LABEL_PATTERN, WireModel, cel
+from tempotrain_workers.api.base import (
+    CEL,
+    DNS_LABEL_PATTERN,
+    RELATIVE_PATH_PATTERN,
+    WireModel,
+    cel,
+    model_name_field,
+)
 from tempotrain_workers.api.inference import Pooling
 from tempotrain_workers.api.resources import (
-    RELATIVE_PATH_PATTERN,
     SUSPEND_DESCRIPTION,
     ExperimentStatus,
     Quantity,
@@ -16,7 +22,6 @@ from tempotrain_workers.api.resources import (
     WorkersSpec,
     hub_dataset_field,
     immutable,
-    model_name_field,
 )
 
 

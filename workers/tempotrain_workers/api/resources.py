@@ -19,11 +19,14 @@ from tempotrain_workers.api.base import (
     DEFAULT_HEARTBEAT_TIMEOUT_SECONDS,
     DEFAULT_MAX_FAILURES_WITHOUT_PROGRESS,
     DNS_LABEL_PATTERN,
+    RELATIVE_PATH_PATTERN,
     WireModel,
     cel,
+    model_name_field,
 )
 from tempotrain_workers.api.contract import DEFAULT_DATASET, DEFAULT_DATASET_CONFIG, Phase
 from tempotrain_workers.api.pod_settings import PodSettings
+from tempotrain_workers.api.sweep import Objective, SweepSpec, TrialParameters
 
 GROUP = "tempotrain.dev"
 VERSION = "v1alpha1"
@@ -33,30 +36,14 @@ FINALIZER = f"{GROUP}/workflow-cleanup"
 LABEL_PREFIX = f"{GROUP}/"
 
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$"
-# A path inside the snapshots volume: relative, no "..", no leading "/".
-RELATIVE_PATH_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*(/[A-Za-z0-9_][A-Za-z0-9_.\-]*)*$"
 # A Hub repository id: a name, or an owner and a name (never a path of the worker's disk).
 HUB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*(/[A-Za-z0-9][A-Za-z0-9_.\-]*)?$"
-# Hub ids are at most 96 characters per part; a folder on the volume gets some room more.
-MODEL_NAME_MAX = 256
+# Hub ids are at most 96 characters per part.
 HUB_ID_MAX = 193
 Quantity = Annotated[str, StringConstraints(pattern=QUANTITY_PATTERN, max_length=32)]
 
 
 # -- BertExperiment spec ------------------------------------------------------------------------
-def model_name_field(**kwargs: Any) -> Any:
-    """A model: a Hub id, or a folder relative to the snapshots volume. Confined to that
-    volume: no absolute path, no `..`, so a spec cannot read the worker's own files."""
-    return Field(
-        min_length=1,
-        max_length=MODEL_NAME_MAX,
-        pattern=RELATIVE_PATH_PATTERN,
-        description="a Hub id (bert-base-uncased, org/name) or a model folder relative to "
-        "the snapshots volume (models/minilm); no absolute paths or '..'",
-        **kwargs,
-    )
-
-
 def hub_dataset_field() -> Any:
     return Field(
         default=None,
@@ -119,6 +106,10 @@ class TrainingSpec(WireModel):
     learning_rate: float = Field(default=2e-5, gt=0, lt=1)
     max_seq_length: int = Field(default=128, ge=8, le=512)
     seed: int = Field(default=42, ge=0)
+    warmup_ratio: float = Field(
+        default=0.0, ge=0, lt=1, description="share of the steps the learning rate warms up"
+    )
+    weight_decay: float = Field(default=0.0, ge=0, le=1)
     save_steps: int | None = Field(default=500, ge=1)
     save_interval_minutes: float | None = Field(default=None, gt=0, le=1440)
     save_total_limit: int | None = Field(default=3, ge=1, le=100)
@@ -245,6 +236,12 @@ class BertExperimentSpec(WireModel):
         "checkpoint, without delete and re-apply",
     )
     suspend: bool = Field(default=False, description=SUSPEND_DESCRIPTION)
+    sweep: SweepSpec | None = Field(
+        default=None,
+        description="train several configurations, each a trial with its own run "
+        "(<runId>-t00, ...), checkpoints and evaluation, and pick the best",
+        json_schema_extra=immutable("sweep"),
+    )
 
 
 # -- status -------------------------------------------------------------------------------------
@@ -295,6 +292,41 @@ class MetricsStatus(WireModel):
     num_eval_examples: int | None = None
 
 
+class TrialCounts(WireModel):
+    total: int = 0
+    running: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    stopped: int = Field(default=0, description="cancelled before they finished")
+
+
+class TrialRun(WireModel):
+    """One trial of a sweep: what it changes, where it is, what it scored."""
+
+    index: int
+    run_id: str
+    parameters: TrialParameters
+    phase: Phase | None = None
+    progress: ProgressStatus | None = None
+    latest_checkpoint: CheckpointStatus | None = None
+    metrics: MetricsStatus | None = None
+    attempts: int | None = None
+    last_failure: FailureStatus | None = None
+    message: str | None = None
+    eta: str | None = None
+    history_file: str | None = Field(
+        default=None, description="its training history (JSONL), relative to the runs volume"
+    )
+
+
+class BestTrial(WireModel):
+    name: str
+    run_id: str
+    objective: Objective
+    value: float
+    parameters: TrialParameters
+
+
 class ExperimentStatus(WireModel):
     """What every experiment kind's `.status` has: its phase, run and workflow, conditions."""
 
@@ -334,6 +366,23 @@ class BertExperimentStatus(ExperimentStatus):
     )
     eta: str | None = Field(
         default=None, description="training time left at its recent rate (kubectl get)"
+    )
+    runs_claim: str | None = Field(
+        default=None, description="the PersistentVolumeClaim that holds runs and histories"
+    )
+    history_file: str | None = Field(
+        default=None,
+        description="the training history (loss, learning rate, eval metrics per step; "
+        "JSONL, TensorBoard events beside it), relative to the runs volume",
+    )
+    trials: TrialCounts | None = None
+    trial_runs: dict[str, TrialRun] | None = Field(
+        default=None, description="a sweep's trials by name (t00, t01, ...)"
+    )
+    best_trial: BestTrial | None = None
+    display_trials: str | None = Field(default=None, description="finished/total (kubectl get)")
+    display_best: str | None = Field(
+        default=None, description="the best trial and its objective (kubectl get)"
     )
 
 

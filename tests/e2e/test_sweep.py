@@ -1,0 +1,137 @@
+"""A sweep from one BertExperiment: trials with their own runs, at most maxParallel at once,
+a failed trial that does not fail the sweep, the best trial picked by the objective, the
+training history kept per trial, and deleting the experiment cancels every trial."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.client import Client, WorkflowExecutionStatus
+from tempotrain_workers.history import read
+
+from tests.conftest import ClusterHandle
+from tests.e2e.conftest import Stack, apply, experiment, experiment_status, kube_json
+from tests.support import eventually
+
+pytestmark = [pytest.mark.kube, pytest.mark.temporal]
+
+
+def sweep_experiment(name: str, model: str, **sweep: Any) -> dict[str, Any]:
+    manifest = experiment(name, model, resources={"gpus": 0, "cpu": "1", "memory": "1Gi"})
+    manifest["spec"]["training"].update({"epochs": 1, "saveSteps": 6})
+    manifest["spec"]["dataset"]["maxTrainSamples"] = 96
+    manifest["spec"]["sweep"] = sweep
+    return manifest
+
+
+async def training_spans(
+    temporal_address: str, workflow_id: str, trials: int
+) -> list[tuple[float, float]]:
+    """When each trial's training workflow ran: (start, close) in seconds."""
+    client = await Client.connect(temporal_address)
+    spans = []
+    for index in range(trials):
+        description = await client.get_workflow_handle(f"{workflow_id}-train-{index}").describe()
+        assert description.close_time is not None
+        spans.append((description.start_time.timestamp(), description.close_time.timestamp()))
+    return sorted(spans)
+
+
+async def test_sweep_runs_trials_in_parallel_and_picks_the_best(
+    cluster: ClusterHandle, stack: Stack, tiny_bert: Path, temporal_address: str
+) -> None:
+    ns = stack.namespace
+    stack.start_worker("worker-2")  # two trainers: maxParallel 2 has somewhere to run
+    manifest = sweep_experiment(
+        "sweep",
+        stack.model(tiny_bert),
+        grid={"learningRate": [1e-4, 5e-4], "batchSize": [8, 16]},
+        # One trial whose model does not exist: it fails, the sweep does not.
+        trials=[{"model": "models/no-such-model"}],
+        maxParallel=2,
+        objective="evalLoss",
+    )
+    apply(cluster, ns, manifest)
+
+    async def rows_listed() -> dict[str, Any] | None:
+        return (experiment_status(cluster, ns, "sweep") or {}).get("trialRuns")
+
+    first_rows = await eventually(rows_listed, within=30, what="the trials listed in status")
+
+    async def finished() -> dict[str, Any] | None:
+        status = experiment_status(cluster, ns, "sweep") or {}
+        return status if status.get("phase") in ("Succeeded", "Failed") else None
+
+    status = await eventually(finished, within=420, what="the sweep to end")
+    assert status["phase"] == "Succeeded", (status, stack.log("worker"))
+    assert status["trials"] == {
+        "total": 5, "running": 0, "succeeded": 4, "failed": 1, "stopped": 0
+    }, status["trials"]  # fmt: skip
+    rows = status["trialRuns"]
+    assert sorted(rows) == ["t00", "t01", "t02", "t03", "t04"], rows
+    assert rows["t00"]["parameters"] == {"learningRate": 1e-4, "batchSize": 8}
+    assert rows["t04"]["phase"] == "Failed" and "ModelNotFound" in rows["t04"]["message"]
+    assert len({row["runId"] for row in rows.values()}) == 5
+    succeeded = {n: r for n, r in rows.items() if r["phase"] == "Succeeded"}
+    assert len(succeeded) == 4, rows
+    losses = {name: row["metrics"]["evalLoss"] for name, row in succeeded.items()}
+    best = min(losses, key=lambda name: losses[name])
+    assert status["bestTrial"]["name"] == best, (status["bestTrial"], losses)
+    assert status["bestTrial"]["value"] == pytest.approx(losses[best])
+    assert status["bestTrial"]["parameters"] == rows[best]["parameters"]
+    assert status["metrics"]["evalLoss"] == pytest.approx(losses[best])
+    assert status["displayTrials"] == "5/5"
+
+    # Each trial's history: its own file, steps in order and none twice, eval at the end.
+    for name in succeeded:
+        records = read(stack.runs / rows[name]["historyFile"])
+        steps = [r.step for r in records if r.loss is not None]
+        assert steps and steps == sorted(set(steps)), (name, steps)
+        assert records[-1].eval_loss == pytest.approx(rows[name]["metrics"]["evalLoss"], rel=1e-3)
+    # maxParallel 2 on two workers: two trials trained at the same time, never three.
+    spans = await training_spans(temporal_address, status["workflowId"], 5)
+    overlapping = max(
+        sum(1 for start, end in spans if start <= moment <= end) for moment, _ in spans
+    )
+    assert overlapping == 2, spans
+
+    table = cluster.kubectl("get", "bexp", "sweep", "-n", ns).splitlines()
+    header, row = table[0].split(), table[1]
+    assert "TRIALS" in header and "BEST" in header, table
+    assert "5/5" in row and f"{best} " in row, table
+    assert first_rows and sorted(first_rows) == sorted(rows), first_rows
+
+
+async def test_deleting_a_sweep_cancels_every_trial(
+    cluster: ClusterHandle, stack: Stack, tiny_bert: Path, temporal_address: str
+) -> None:
+    ns = stack.namespace
+    stack.start_worker("worker-2")
+    manifest = sweep_experiment(
+        "doomed", stack.model(tiny_bert), grid={"seed": [1, 2, 3]}, maxParallel=2
+    )
+    manifest["spec"]["training"]["epochs"] = 20  # long enough to be deleted while training
+
+    async def two_training() -> dict[str, Any] | None:
+        status = experiment_status(cluster, ns, "doomed") or {}
+        rows = (status.get("trialRuns") or {}).values()
+        training = [r for r in rows if (r.get("progress") or {}).get("step", 0) > 0]
+        return status if len(training) == 2 else None
+
+    apply(cluster, ns, manifest)
+    status = await eventually(two_training, within=180, what="two trials training")
+    workflow_id = status["workflowId"]
+    # One training pod per trial training at once.
+    assert kube_json(cluster, ns, "deployments", "doomed-training")["spec"]["replicas"] == 2
+    cluster.kubectl("delete", "bexp", "doomed", "-n", ns, "--wait=true", "--timeout=120s")
+
+    client = await Client.connect(temporal_address)
+    closed = {WorkflowExecutionStatus.CANCELED, WorkflowExecutionStatus.TERMINATED}
+    for index in range(2):  # the two that were training; the third never started
+        handle = client.get_workflow_handle(f"{workflow_id}-train-{index}")
+        description = await handle.describe()
+        assert description.status in closed, (index, description.status)
+    started = [w async for w in client.list_workflows(f"WorkflowId = '{workflow_id}-train-2'")]
+    assert not started
