@@ -79,4 +79,4 @@ clean-cache: ## free ~/.cache/tempotrain too (the next make rebuilds tools and i
 lint: venv ## ruff and mypy --strict on the packages
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy operator/tempotrain_operator workers/tempotrain_workers dev/tempotrain_dev
+	$(VENV)/bin/mypy operator/tempotrain_operator workers/tempotrain_workers dev/tempotrain_dev client/tempotrain_client

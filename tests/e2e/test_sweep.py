@@ -4,10 +4,15 @@ training history kept per trial, and deleting the experiment cancels every trial
 
 from __future__ import annotations
 
+import asyncio
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from temporalio.client import Client, WorkflowExecutionStatus
 from tempotrain_workers.history import read
 
@@ -16,6 +21,23 @@ from tests.e2e.conftest import Stack, apply, experiment, experiment_status, kube
 from tests.support import eventually
 
 pytestmark = [pytest.mark.kube, pytest.mark.temporal]
+
+
+TEMPOTRAIN = [sys.executable, "-m", "tempotrain_client"]
+
+
+def _env(stack: Stack) -> dict[str, str]:
+    return {**os.environ, "KUBECONFIG": str(stack.kubeconfig)}
+
+
+def tempotrain(stack: Stack, *args: str, ok: bool = True) -> str:
+    """The `tempotrain` CLI in the stack's namespace, reading runs where the worker writes."""
+    argv = [*TEMPOTRAIN, "-n", stack.namespace, "--runs-root", str(stack.runs), *args]
+    done = subprocess.run(
+        argv, cwd=stack.root, env=_env(stack), capture_output=True, text=True, timeout=120
+    )
+    assert (done.returncode == 0) == ok, (args, done.stdout, done.stderr)
+    return done.stdout + done.stderr
 
 
 def sweep_experiment(name: str, model: str, **sweep: Any) -> dict[str, Any]:
@@ -53,7 +75,13 @@ async def test_sweep_runs_trials_in_parallel_and_picks_the_best(
         maxParallel=2,
         objective="evalLoss",
     )
-    apply(cluster, ns, manifest)
+    (stack.root / "sweep.yaml").write_text(yaml.safe_dump(manifest))
+    assert "bertexperiment/sweep created" in tempotrain(stack, "submit", "-f", "sweep.yaml")
+    # `watch` follows it to its end: bars per trial, then the summary; 0 when Succeeded.
+    watching = await asyncio.create_subprocess_exec(
+        *TEMPOTRAIN, "-n", ns, "watch", "sweep", "--every", "1",
+        cwd=stack.root, env=_env(stack), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
 
     async def rows_listed() -> dict[str, Any] | None:
         return (experiment_status(cluster, ns, "sweep") or {}).get("trialRuns")
@@ -66,6 +94,9 @@ async def test_sweep_runs_trials_in_parallel_and_picks_the_best(
 
     status = await eventually(finished, within=420, what="the sweep to end")
     assert status["phase"] == "Succeeded", (status, stack.log("worker"))
+    watched = (await asyncio.wait_for(watching.communicate(), 60))[0].decode()
+    assert watching.returncode == 0, watched
+    assert "t03" in watched and "best t0" in watched, watched
     assert status["trials"] == {
         "total": 5, "running": 0, "succeeded": 4, "failed": 1, "stopped": 0
     }, status["trials"]  # fmt: skip
@@ -103,6 +134,18 @@ async def test_sweep_runs_trials_in_parallel_and_picks_the_best(
     assert "5/5" in row and f"{best} " in row, table
     assert first_rows and sorted(first_rows) == sorted(rows), first_rows
 
+    # The client reads the runs volume where this machine sees it (the host worker's root).
+    shown = tempotrain(stack, "get", "sweep")
+    assert f"best {best} evalLoss=" in shown and "t04 Failed" in shown, shown
+    assert "sweep" in tempotrain(stack, "list").splitlines()[1]
+    table = tempotrain(stack, "metrics", "sweep", "--trial", "t01").splitlines()
+    assert table[0] == "# t01" and "eval_loss" in table[1] and len(table) > 4, table
+    assert "==> trainer-attempt-1.log <==" in tempotrain(stack, "logs", "sweep", "--trial", "t00")
+    assert "5 runs" in tempotrain(stack, "plot", "sweep", "-o", "sweep.png")
+    assert (stack.root / "sweep.png").stat().st_size > 20_000
+    refused = tempotrain(stack, "logs", "sweep", ok=False)
+    assert "name one of its trials" in refused, refused
+
 
 async def test_deleting_a_sweep_cancels_every_trial(
     cluster: ClusterHandle, stack: Stack, tiny_bert: Path, temporal_address: str
@@ -125,7 +168,13 @@ async def test_deleting_a_sweep_cancels_every_trial(
     workflow_id = status["workflowId"]
     # One training pod per trial training at once.
     assert kube_json(cluster, ns, "deployments", "doomed-training")["spec"]["replicas"] == 2
-    cluster.kubectl("delete", "bexp", "doomed", "-n", ns, "--wait=true", "--timeout=120s")
+    assert "deleted" in tempotrain(stack, "delete", "doomed")
+
+    def gone() -> bool | None:
+        found = cluster.kubectl.run("get", "bexp", "doomed", "-n", ns)
+        return True if found.returncode != 0 and "NotFound" in found.stderr else None
+
+    await eventually(gone, within=120, what="the experiment to go")
 
     client = await Client.connect(temporal_address)
     closed = {WorkflowExecutionStatus.CANCELED, WorkflowExecutionStatus.TERMINATED}

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from tempotrain_workers.api import BertExperimentSpec
+from tempotrain_workers.api import BertExperimentSpec, SweepSpec, expand
 from tempotrain_workers.api.crdgen import KINDS, path_for, render
 
 from tests.conftest import ClusterHandle
@@ -94,6 +94,19 @@ async def test_what_defines_a_run_cannot_change_under_it(
 def test_example_spec_round_trips_through_the_model() -> None:
     spec = experiment("x", "models/minilm")["spec"]
     assert BertExperimentSpec.model_validate(spec).wire()["training"]["saveSteps"] == 8
+
+
+@pytest.mark.kube
+async def test_the_sweep_example_is_accepted_with_its_four_trials(
+    crds: None, cluster: ClusterHandle, namespace: str
+) -> None:
+    example = Path(__file__).parents[2] / "examples" / "bert-sweep.yaml"
+    result = cluster.kubectl.run(
+        "apply", "-n", namespace, "--dry-run=server", "-f", str(example), "-o", "json"
+    )
+    assert result.returncode == 0, result.stderr
+    sweep = SweepSpec.model_validate(json.loads(result.stdout)["spec"]["sweep"])
+    assert len(expand(sweep)) == 4 and sweep.max_parallel == 2
 
 
 @pytest.mark.kube
