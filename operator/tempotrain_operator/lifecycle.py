@@ -504,7 +504,16 @@ async def reset_for_retry(body: kopf.Body, status: kopf.Status, patch: kopf.Patc
     """Back to Pending before the new run starts (its pushes must not meet a terminal
     phase); the last run's outcome goes, its checkpoints and attempts' history stay. The
     kind's reconcile then brings its compute back (`rerun`)."""
-    cleared = {"phase": Phase.PENDING.value, "message": None, "completionTime": None}
+    cleared: dict[str, Any] = {
+        "phase": Phase.PENDING.value,
+        "message": None,
+        "completionTime": None,
+    }
+    rows = status.get("trialRuns") or {}
+    if rows:  # a sweep: every trial runs again (from its checkpoint), its row from Pending
+        cleared["trialRuns"] = {
+            name: {"phase": Phase.PENDING.value, "message": None} for name in rows
+        }
     await kube.patch_status(await kube.experiment_of(body), cleared)
     patch.status["conditions"] = [
         c for c in status.get("conditions") or [] if c.get("type") not in RETRY_CLEARS

@@ -184,3 +184,51 @@ async def test_deleting_a_sweep_cancels_every_trial(
         assert description.status in closed, (index, description.status)
     started = [w async for w in client.list_workflows(f"WorkflowId = '{workflow_id}-train-2'")]
     assert not started
+
+
+async def test_a_suspended_sweep_holds_every_trial_and_resumes_them(
+    cluster: ClusterHandle, stack: Stack, tiny_bert: Path
+) -> None:
+    ns = stack.namespace
+    stack.start_worker("worker-2")
+    manifest = sweep_experiment(
+        "paused", stack.model(tiny_bert), grid={"seed": [1, 2, 3]}, maxParallel=2
+    )
+    manifest["spec"]["training"]["epochs"] = 40
+
+    def rows() -> dict[str, Any]:
+        return dict((experiment_status(cluster, ns, "paused") or {}).get("trialRuns") or {})
+
+    async def two_training() -> bool | None:
+        stepping = [r for r in rows().values() if (r.get("progress") or {}).get("step", 0) > 0]
+        return True if len(stepping) == 2 else None
+
+    apply(cluster, ns, manifest)
+    await eventually(two_training, within=180, what="two trials training")
+    assert "suspend requested" in tempotrain(stack, "suspend", "paused")
+
+    async def suspended() -> dict[str, Any] | None:
+        status = experiment_status(cluster, ns, "paused")
+        return status if status.get("phase") == "Suspended" else None
+
+    status = await eventually(suspended, within=120, what="the sweep Suspended")
+    held = {n: r for n, r in status["trialRuns"].items() if r["phase"] == "Suspended"}
+    assert sorted(held) == ["t00", "t01"], status["trialRuns"]
+    assert status["trialRuns"]["t02"]["phase"] == "Pending"  # not started while suspended
+    steps_held = {n: r["latestCheckpoint"]["step"] for n, r in held.items()}
+
+    assert "resume requested" in tempotrain(stack, "resume", "paused")
+
+    async def finished() -> dict[str, Any] | None:
+        status = experiment_status(cluster, ns, "paused")
+        return status if status.get("phase") in ("Succeeded", "Failed") else None
+
+    status = await eventually(finished, within=420, what="the resumed sweep to end")
+    assert status["phase"] == "Succeeded", status
+    assert status["trials"]["succeeded"] == 3, status["trials"]
+    for name, step in steps_held.items():
+        # Resumed from the checkpoint it saved on suspension: its history has no step twice.
+        records = read(stack.runs / status["trialRuns"][name]["historyFile"])
+        logged = [r.step for r in records if r.loss is not None]
+        assert logged == sorted(set(logged)) and logged[-1] > step, (name, step, logged[-5:])
+        assert status["trialRuns"][name]["attempts"] >= 2, status["trialRuns"][name]
