@@ -91,6 +91,7 @@ def coordinator_input(
             for i, parameters in enumerate(expand(spec.sweep))
         ]
     sweep = spec.sweep
+    stopping = sweep.early_stopping if sweep else None
     return CoordinatorWorkflowInput(
         configs=configs,
         status_target=target,
@@ -102,6 +103,8 @@ def coordinator_input(
             max_parallel=sweep.max_parallel,
             objective=sweep.objective,
             max_failed_trials=sweep.max_failed_trials,
+            stop_after_evaluations=stopping.min_evaluations if stopping else None,
+            stop_min_trials=stopping.min_trials if stopping else 2,
         ),
     )
 
@@ -143,6 +146,9 @@ def _coordinator_config(
         save_steps=training.save_steps,
         save_interval_minutes=training.save_interval_minutes,
         save_total_limit=training.save_total_limit,
+        eval_steps=spec.sweep.early_stopping.eval_steps
+        if spec.sweep and spec.sweep.early_stopping
+        else None,
         heartbeat_timeout_seconds=training.heartbeat_timeout_seconds,
         max_failures_without_progress=training.max_failures_without_progress,
     )

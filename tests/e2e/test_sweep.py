@@ -232,3 +232,40 @@ async def test_a_suspended_sweep_holds_every_trial_and_resumes_them(
         logged = [r.step for r in records if r.loss is not None]
         assert logged == sorted(set(logged)) and logged[-1] > step, (name, step, logged[-5:])
         assert status["trialRuns"][name]["attempts"] >= 2, status["trialRuns"][name]
+
+
+async def test_early_stopping_stops_the_weak_trial_and_frees_its_worker(
+    cluster: ClusterHandle, stack: Stack, tiny_bert: Path
+) -> None:
+    ns = stack.namespace
+    stack.start_worker("worker-2")
+    manifest = sweep_experiment(
+        "median",
+        stack.model(tiny_bert),
+        # A learning rate of 0.5 diverges: the third trial, judged against the first two.
+        grid={"learningRate": [5e-4, 1e-3, 0.5]},
+        maxParallel=2,
+        objective="evalLoss",
+        earlyStopping={"evalSteps": 20, "minEvaluations": 3, "minTrials": 2},
+    )
+    manifest["spec"]["training"].update({"epochs": 40, "saveSteps": 100})  # 480 steps
+
+    async def finished() -> dict[str, Any] | None:
+        status = experiment_status(cluster, ns, "median")
+        return status if status.get("phase") in ("Succeeded", "Failed") else None
+
+    apply(cluster, ns, manifest)
+    status = await eventually(finished, within=420, what="the sweep to end")
+    assert status["phase"] == "Succeeded", status
+    assert status["trials"] == {
+        "total": 3, "running": 0, "succeeded": 2, "failed": 0, "stopped": 1
+    }, status["trialRuns"]  # fmt: skip
+    weak = status["trialRuns"]["t02"]
+    assert weak["phase"] == "Cancelled" and weak["message"].startswith("stopped early"), weak
+    # Stopped at its third evaluation, long before its last step; the others ran to the end.
+    records = read(stack.runs / weak["historyFile"])
+    evaluations = [r.step for r in records if r.eval_loss is not None]
+    assert evaluations[:3] == [20, 40, 60], evaluations
+    total = status["trialRuns"]["t00"]["progress"]["totalSteps"]
+    assert weak["progress"]["step"] < total / 2, (weak["progress"], total)
+    assert status["bestTrial"]["name"] in ("t00", "t01")

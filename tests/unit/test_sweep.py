@@ -21,6 +21,7 @@ from tempotrain_workers.api import (
     SweepSpec,
     better,
     expand,
+    median_stop,
     trial_run_id,
 )
 
@@ -126,3 +127,29 @@ def test_a_resumed_attempt_trims_the_history_past_its_checkpoint(tmp_path: Path)
     assert [r.step for r in history.read(path)] == [10, 20]
     history.trim(path, None)  # started over: nothing of before is kept
     assert history.read(path) == []
+
+
+def test_the_median_rule_stops_a_trial_worse_than_the_others_running_averages() -> None:
+    evaluations = {
+        "t00": {10: 0.60, 20: 0.70, 30: 0.80},  # running average up to 30: 0.70
+        "t01": {10: 0.62, 20: 0.72, 30: 0.82},  # 0.72
+        "t02": {10: 0.50, 20: 0.52, 30: 0.55},  # best 0.55 < median 0.71
+    }
+    why = median_stop(Objective.EVAL_ACCURACY, "t02", evaluations, 3, 2)
+    assert why is not None and "0.55" in why and "0.71" in why
+    assert median_stop(Objective.EVAL_ACCURACY, "t00", evaluations, 3, 2) is None
+    # Too few evaluations of its own, or too few others to compare with: no verdict.
+    assert median_stop(Objective.EVAL_ACCURACY, "t02", evaluations, 4, 2) is None
+    assert median_stop(Objective.EVAL_ACCURACY, "t02", evaluations, 3, 3) is None
+
+
+def test_the_median_rule_compares_only_what_the_others_had_by_that_step() -> None:
+    # t01 only got good later: up to step 20 its average is poor.
+    evaluations = {
+        "t00": {10: 2.0, 20: 1.5},
+        "t01": {10: 2.2, 20: 2.1, 40: 0.1},
+        "t02": {10: 1.9, 20: 1.8},
+    }
+    assert median_stop(Objective.EVAL_LOSS, "t02", evaluations, 2, 2) is None  # 1.8 < 1.93
+    evaluations["t02"] = {10: 2.5, 20: 2.4}
+    assert median_stop(Objective.EVAL_LOSS, "t02", evaluations, 2, 2) is not None

@@ -20,11 +20,13 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from tempotrain_workers.api import (
+    EVALUATION_SIGNAL,
     BertFineTuneConfig,
     BertFineTuneRequest,
     BertFineTuneResult,
     CheckpointInfo,
     ErrorType,
+    Evaluation,
     Progress,
     TrainingHeartbeat,
 )
@@ -178,6 +180,8 @@ class TrainerSupervisor:
                 rate = self.rate.add(progress.step)
                 self.progress = progress.model_copy(update={"steps_per_second": rate})
                 activity.heartbeat(self._heartbeat_details())
+            elif kind == "evaluation":
+                await self._signal(EVALUATION_SIGNAL, Evaluation.model_validate(event))
             elif kind == "error":
                 self.error = event
             elif kind == "stopped":

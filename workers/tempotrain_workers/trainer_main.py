@@ -105,6 +105,7 @@ def build_callback(job: TrainerJob) -> Any:
             self.step_ended = time.monotonic()
             self.checkpoint_seconds = 0.0
             self.history = run_dir / history.HISTORY_FILE
+            self.ended = False
             self.board: Any = None
             if int(os.environ.get("RANK", "0")) == 0:
                 # What the lost attempt logged past the checkpoint this one resumes from is
@@ -121,6 +122,14 @@ def build_callback(job: TrainerJob) -> Any:
             if logs and state.is_world_process_zero and int(os.environ.get("RANK", "0")) == 0:
                 numbers = {k: v for k, v in logs.items() if isinstance(v, int | float)}
                 step = state.global_step
+                if "eval_loss" in numbers and job.config.eval_steps and not self.ended:
+                    # During training (eval_steps): for the sweep's median rule.
+                    emit(
+                        "evaluation",
+                        step=step,
+                        eval_loss=numbers.get("eval_loss"),
+                        eval_accuracy=numbers.get("eval_accuracy"),
+                    )
                 record = {"step": step, "epoch": state.epoch, "time": time.time(), **numbers}
                 history.append(self.history, record)
                 if self.board is not None:
@@ -160,6 +169,8 @@ def build_callback(job: TrainerJob) -> Any:
             emit("progress", **progress)
 
         def on_train_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            # The evaluation after training is the coordinator's to judge, not the rule's.
+            self.ended = True
             if state.is_world_process_zero:
                 self.report_progress(state)
 
@@ -278,7 +289,9 @@ def run(job: TrainerJob) -> int:
         save_total_limit=config.save_total_limit,
         logging_strategy="steps",
         logging_steps=max(1, min(10, config.save_steps or 10, steps_per_epoch)),
-        eval_strategy="no",
+        # A sweep with early stopping evaluates as it trains; otherwise once, at the end.
+        eval_strategy="steps" if config.eval_steps else "no",
+        eval_steps=config.eval_steps,
         report_to="none",
         disable_tqdm=True,
         dataloader_num_workers=0,

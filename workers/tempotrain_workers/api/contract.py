@@ -112,6 +112,7 @@ class BertFineTuneConfig(Contract):
     save_steps: int | None = Field(default=500, gt=0)
     save_interval_minutes: float | None = Field(default=None, gt=0)
     save_total_limit: int | None = Field(default=3, gt=0)
+    eval_steps: int | None = Field(default=None, gt=0)  # evaluate during training (sweeps)
     # A lost worker is noticed after this long without a heartbeat, then the work is retried.
     # Heartbeats come from the supervising activity's event loop every few seconds (not from
     # the busy trainer process), so a short timeout is safe and a crash costs seconds.
@@ -360,6 +361,32 @@ class SweepPolicy(Contract):
     max_parallel: int = Field(default=1, ge=1)
     objective: Objective = Objective.EVAL_ACCURACY
     max_failed_trials: int | None = Field(default=None, ge=0)  # None: fail when all fail
+    # The median stopping rule (None: off): judged from a trial's n-th evaluation, against
+    # at least this many other trials.
+    stop_after_evaluations: int | None = Field(default=None, ge=1)
+    stop_min_trials: int = Field(default=2, ge=1)
+
+
+class Evaluation(Contract):
+    """An evaluation during training (`eval_steps`), as the trainer reports it."""
+
+    step: int = Field(ge=0)
+    eval_loss: float | None = None
+    eval_accuracy: float | None = None
+
+    def value(self, objective: Objective) -> float | None:
+        return self.eval_accuracy if objective.maximize else self.eval_loss
+
+
+class TrialEvaluation(Contract):
+    """An evaluation of a sweep's trial, from its training workflow to the coordinator."""
+
+    trial: str
+    evaluation: Evaluation
+
+
+EVALUATION_SIGNAL = "report_evaluation"  # trainer → its training workflow
+TRIAL_EVALUATED_SIGNAL = "trial_evaluated"  # training workflow → its sweep's coordinator
 
 
 class CoordinatorWorkflowInput(Contract):

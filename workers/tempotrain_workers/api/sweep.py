@@ -10,6 +10,8 @@ the same names, which is what lets a re-applied sweep resume each one from its c
 from __future__ import annotations
 
 import itertools
+import statistics
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -101,6 +103,27 @@ def _grid_size_cel() -> str:
     return f"{grid} + (has(self.trials) ? size(self.trials) : 0)"
 
 
+class EarlyStopping(WireModel):
+    """The median stopping rule: a trial whose best objective so far is worse than the median
+    of the other trials' running averages (their evaluations up to the same step) is stopped
+    — it saves, its worker takes the next trial."""
+
+    eval_steps: int = Field(
+        ge=1,
+        description="evaluate every this many training steps (each evaluation is also a "
+        "point of the trial's eval curve)",
+    )
+    min_evaluations: int = Field(
+        default=3, ge=1, le=1000, description="a trial is judged from its n-th evaluation on"
+    )
+    min_trials: int = Field(
+        default=2,
+        ge=1,
+        le=MAX_TRIALS,
+        description="how many other trials must have evaluated up to that step to judge",
+    )
+
+
 class SweepSpec(WireModel):
     model_config = ConfigDict(
         json_schema_extra={
@@ -132,6 +155,9 @@ class SweepSpec(WireModel):
     objective: Objective = Field(
         default=Objective.EVAL_ACCURACY,
         description="what picks the best trial: evalAccuracy (highest) or evalLoss (lowest)",
+    )
+    early_stopping: EarlyStopping | None = Field(
+        default=None, description="stop weak trials early (the median rule); default: none"
     )
     max_failed_trials: int | None = Field(
         default=None,
@@ -181,3 +207,35 @@ def better(objective: Objective, value: float, than: float | None) -> bool:
     if than is None:
         return True
     return value > than if objective.maximize else value < than
+
+
+def median_stop(
+    objective: Objective,
+    trial: str,
+    evaluations: Mapping[str, Mapping[int, float]],
+    min_evaluations: int,
+    min_trials: int,
+) -> str | None:
+    """Why `trial` should stop under the median rule, or None: its best objective so far is
+    worse than the median of the other trials' running averages of the objective over their
+    evaluations up to its latest step. `evaluations`: per trial, step → objective value."""
+    mine = evaluations.get(trial) or {}
+    if len(mine) < min_evaluations:
+        return None
+    step = max(mine)
+    best = max(mine.values()) if objective.maximize else min(mine.values())
+    averages = []
+    for other, values in evaluations.items():
+        reached = [value for at, value in values.items() if at <= step]
+        if other != trial and reached:
+            averages.append(statistics.fmean(reached))
+    if len(averages) < min_trials:
+        return None
+    median = statistics.median(averages)
+    if best == median or better(objective, best, median):
+        return None
+    return (
+        f"stopped early: its best {objective.value} {best:.4g} after {len(mine)} evaluations "
+        f"is worse than the median {median:.4g} of {len(averages)} other trials' running "
+        f"averages up to step {step}"
+    )

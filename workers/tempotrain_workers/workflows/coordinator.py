@@ -13,6 +13,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflow
 with workflow.unsafe.imports_passed_through():
     from tempotrain_workers.api import (
         SUSPEND_SIGNAL,
+        TRIAL_EVALUATED_SIGNAL,
         BertEvalRequest,
         BertEvalResult,
         BertFineTuneResult,
@@ -24,8 +25,10 @@ with workflow.unsafe.imports_passed_through():
         Phase,
         SweepPolicy,
         SweepProgress,
+        TrialEvaluation,
         TrialOutcome,
         better,
+        median_stop,
         training_workflow_id,
     )
     from tempotrain_workers.workflows.evaluation import BertEvalWorkflow
@@ -43,13 +46,15 @@ class CoordinatorWorkflow:
     def __init__(self) -> None:
         self._status = StatusReporter(None)
         self._suspension = Suspension()
+        self._sweep: _Sweep | None = None
 
     @workflow.run
     async def run(self, request: CoordinatorWorkflowInput) -> CoordinatorWorkflowResult:
         self._status = StatusReporter(request.status_target)
         self._status.update(phase=Phase.PENDING, workflow_id=workflow.info().workflow_id)
         if request.sweep is not None:
-            return await _Sweep(self, request, request.sweep).run()
+            self._sweep = _Sweep(self, request, request.sweep)
+            return await self._sweep.run()
         try:
             runs = await asyncio.gather(
                 *(
@@ -118,6 +123,11 @@ class CoordinatorWorkflow:
     def set_suspended(self, suspended: bool) -> None:
         self._suspension.set(suspended)
 
+    @workflow.signal(name=TRIAL_EVALUATED_SIGNAL)
+    def trial_evaluated(self, report: TrialEvaluation) -> None:
+        if self._sweep is not None:
+            self._sweep.evaluated(report)
+
 
 def metrics_of(training: BertFineTuneResult, evaluation: BertEvalResult) -> dict[str, float]:
     metrics = {
@@ -154,13 +164,18 @@ class _Sweep:
         self._runs: dict[int, CoordinatorRunResult] = {}
         self._giving_up = False
         self._tasks: list[asyncio.Task[None]] = []
+        # The median rule's input: per trial, step → objective value of its evaluations.
+        self._evaluations: dict[str, dict[int, float]] = {}
+        self._stopped_early: dict[str, str] = {}  # trial → why
+        self._task_of: dict[str, asyncio.Task[None]] = {}
 
     async def run(self) -> CoordinatorWorkflowResult:
         self._report()
-        self._tasks = [
-            asyncio.ensure_future(self._trial(i, config))
-            for i, config in enumerate(self._request.configs)
-        ]
+        self._tasks = []
+        for index, config in enumerate(self._request.configs):
+            task = asyncio.ensure_future(self._trial(index, config))
+            self._task_of[config.trial or str(index)] = task
+            self._tasks.append(task)
         await asyncio.gather(*self._tasks)
         outcomes = [self._outcomes[i] for i in range(len(self._request.configs))]
         best = self._best()
@@ -214,16 +229,17 @@ class _Sweep:
             run = await self._coordinator._train_and_evaluate(index, config, self._request, row)
         except (ActivityError, ChildWorkflowError) as err:
             phase = ended_phase(err)
+            message = self._stopped_early.get(name) or root_message(err)
             self._end(
-                index,
-                TrialOutcome(name=name, run_id=run_id, phase=phase, message=root_message(err)),
-                row,
+                index, TrialOutcome(name=name, run_id=run_id, phase=phase, message=message), row
             )
             self._check_failures()
         except asyncio.CancelledError:
-            if not self._giving_up:
+            why = self._stopped_early.get(name)
+            if not self._giving_up and why is None:
                 raise  # the sweep itself is cancelled (deleted): so is every trial
-            self._end(index, TrialOutcome(name=name, run_id=run_id, phase=Phase.CANCELLED), row)
+            stopped = TrialOutcome(name=name, run_id=run_id, phase=Phase.CANCELLED, message=why)
+            self._end(index, stopped, row)
         else:
             self._runs[index] = run
             value = run.evaluation.accuracy if self._maximize else run.evaluation.loss
@@ -242,6 +258,30 @@ class _Sweep:
     def _end(self, index: int, outcome: TrialOutcome, row: StatusReporter) -> None:
         self._outcomes[index] = outcome
         row.update(phase=outcome.phase, message=outcome.message)
+
+    def evaluated(self, report: TrialEvaluation) -> None:
+        """An evaluation during a trial's training: recorded, and with early stopping on, the
+        trial is stopped (it saves; its worker takes the next trial) when the median rule
+        says so."""
+        value = report.evaluation.value(self._policy.objective)
+        if value is None:
+            return
+        self._evaluations.setdefault(report.trial, {})[report.evaluation.step] = value
+        after = self._policy.stop_after_evaluations
+        task = self._task_of.get(report.trial)
+        if after is None or task is None or task.done() or report.trial in self._stopped_early:
+            return
+        why = median_stop(
+            self._policy.objective,
+            report.trial,
+            self._evaluations,
+            after,
+            self._policy.stop_min_trials,
+        )
+        if why is not None:
+            workflow.logger.info("trial %s %s", report.trial, why)
+            self._stopped_early[report.trial] = why
+            task.cancel()
 
     def _check_failures(self) -> None:
         """Past maxFailedTrials: cancel the trials still running, start no other."""

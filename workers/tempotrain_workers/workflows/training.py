@@ -28,8 +28,10 @@ from temporalio.exceptions import (
 
 with workflow.unsafe.imports_passed_through():
     from tempotrain_workers.api import (
+        EVALUATION_SIGNAL,
         NON_RETRYABLE_ERRORS,
         SUSPEND_SIGNAL,
+        TRIAL_EVALUATED_SIGNAL,
         WORK_HEARTBEAT_TIMEOUT,
         AttemptFailure,
         BertFineTuneRequest,
@@ -37,11 +39,13 @@ with workflow.unsafe.imports_passed_through():
         BertTrainingInput,
         CheckpointInfo,
         DatasetSnapshotResult,
+        Evaluation,
         Phase,
         Progress,
         RetryState,
         TrainingCarry,
         TrainingHeartbeat,
+        TrialEvaluation,
     )
     from tempotrain_workers.workflows.status import StatusReporter, root_message
     from tempotrain_workers.workflows.suspension import Suspension
@@ -103,10 +107,12 @@ class CheckpointedBertTrainingWorkflow:
         self._status = StatusReporter(None)
         self._history_limit = 0
         self._suspension = Suspension()
+        self._trial: str | None = None  # a sweep's trial name
 
     @workflow.run
     async def run(self, request: BertTrainingInput) -> BertFineTuneResult:
         self._status = StatusReporter(request.status_target)
+        self._trial = request.status_target.trial if request.status_target else None
         self._history_limit = request.history_limit
         self._suspension.begin(request.suspended)
         config = request.config
@@ -284,6 +290,22 @@ class CheckpointedBertTrainingWorkflow:
     @workflow.signal
     def update_checkpoint(self, checkpoint: CheckpointInfo) -> None:
         self._record(checkpoint)
+
+    @workflow.signal(name=EVALUATION_SIGNAL)
+    async def report_evaluation(self, evaluation: Evaluation) -> None:
+        """An evaluation during training: its metrics go to status and, for a sweep's trial,
+        to the coordinator, which may stop the trial early (the median rule)."""
+        metrics = {"evalLoss": evaluation.eval_loss, "evalAccuracy": evaluation.eval_accuracy}
+        self._status.update(metrics={k: v for k, v in metrics.items() if v is not None})
+        parent = workflow.info().parent
+        if parent is None or self._trial is None:
+            return
+        try:
+            await workflow.get_external_workflow_handle(parent.workflow_id).signal(
+                TRIAL_EVALUATED_SIGNAL, TrialEvaluation(trial=self._trial, evaluation=evaluation)
+            )
+        except Exception as err:  # the sweep ended meanwhile: nobody left to judge it
+            workflow.logger.info("evaluation not forwarded: %s", err)
 
     @workflow.signal
     def update_progress(self, progress: Progress) -> None:
