@@ -48,7 +48,7 @@ down: ## stop everything `up` started
 status: venv ## which platform processes run (and the demo's operator and worker)
 	@$(DEV) status || test $$? -eq 3  # 3: not up, which is an answer, not an error
 
-demo: doctor images up ## bring the platform up and run a real experiment on it (DEMO=bert|cifar10|inference|queueing)
+demo: doctor images up ## bring the platform up and run a real experiment on it (DEMO=bert|sweep|cifar10|inference|queueing)
 	@source $(STATE_DIR)/env.sh && \
 	  echo "== kubectl version" && kubectl version && \
 	  echo "== kubectl get nodes" && kubectl get nodes \

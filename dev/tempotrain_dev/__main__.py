@@ -46,10 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     demo.add_argument(
         "--experiment",
-        choices=["bert", "cifar10", "inference", "queueing"],
+        choices=["bert", "sweep", "cifar10", "inference", "queueing"],
         default="bert",
         help="bert: BertExperiment with MiniLM; cifar10: Cifar10Scaling on Ray (1 and 2 "
-        "workers); inference: BatchInference over the bert demo's model (runs it first); "
+        "workers); sweep: a 4-trial BertExperiment sweep, then `tempotrain get` and `plot`; "
+        "inference: BatchInference over the bert demo's model (runs it first); "
         "queueing: two BertExperiments through the platform's Kueue, one preempting the other",
     )
     workspace = commands.add_parser(

@@ -1,4 +1,4 @@
-"""`python -m tempotrain_dev demo [--experiment bert|cifar10|inference|queueing]`: a real
+"""`python -m tempotrain_dev demo [--experiment bert|sweep|cifar10|inference|queueing]`: a real
 experiment on the local platform.
 
 `bert` applies examples/bert-experiment-local.yaml (MiniLM and a generated dataset, put on
@@ -19,7 +19,10 @@ platform processes, the pods on kwok nodes (namespace `demo-host`), Ray started 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +61,7 @@ class DemoExperiment:
     output_dir: Callable[[str], str] = lambda name: name  # on the runs volume, per name
     needs: str | None = None  # a demo whose result this one uses
     runs_claim: Callable[[str], str] = lambda name: f"{name}-runs"
+    trials: bool = False  # a sweep: its trials' runs are `<name>-tNN`, shown by `tempotrain`
 
 
 DEMOS = {
@@ -80,6 +84,18 @@ DEMOS = {
             "progress",
             "metrics",
         ),
+    ),
+    "sweep": DemoExperiment(
+        example=REPO_ROOT / "examples" / "bert-sweep-local.yaml",
+        name="sentiment-sweep",
+        resource="bexp",
+        change_key=lambda status: (
+            status.get("phase"),
+            status.get("displayTrials"),
+            tuple(row.get("phase") for row in (status.get("trialRuns") or {}).values()),
+        ),
+        final_fields=("phase", "trials", "bestTrial", "metrics"),
+        trials=True,
     ),
     "cifar10": DemoExperiment(
         example=REPO_ROOT / "examples" / "cifar10-scaling-local.yaml",
@@ -245,6 +261,8 @@ class DemoRunner:
         runs = self.runs_dir(demo)
         if runs is not None:
             shutil.rmtree(runs / demo.output_dir(name), ignore_errors=True)
+            for trial_run in runs.glob(f"{name}-t[0-9][0-9]"):
+                shutil.rmtree(trial_run, ignore_errors=True)
         print(cluster.kubectl("apply", "-n", ns, "-f", str(demo.example)).strip())
         shown: tuple[object, ...] = ()
         table = LiveTable()
@@ -267,7 +285,21 @@ class DemoRunner:
         runs = self.runs_dir(demo)
         if runs is not None:
             print(f"\noutputs: {runs / demo.output_dir(status.get('runId') or name)}")
+        if demo.trials and runs is not None:
+            self.show_trials(demo, runs)
         return status
+
+    def show_trials(self, demo: DemoExperiment, runs: Path) -> None:
+        """What the client says of a finished sweep, and its curves as a PNG."""
+        client = [sys.executable, "-m", "tempotrain_client", "-n", self.namespace]
+        client += ["--runs-root", str(runs)]
+        plot = self.state / f"{demo.name}.png"
+        for args in (["get", demo.name], ["plot", demo.name, "-o", str(plot)]):
+            print(f"\n$ tempotrain {' '.join(args)}")
+            done = subprocess.run(
+                [*client, *args], env={**os.environ, **self.env}, capture_output=True, text=True
+            )
+            print((done.stdout + done.stderr).rstrip())
 
 
 class PodDemo(DemoRunner):
