@@ -401,6 +401,12 @@ def _deployment(
             {"name": "TEMPOTRAIN_SNAPSHOTS_ROOT", "value": SNAPSHOTS_MOUNT},
             {"name": "TEMPOTRAIN_RUNS_ROOT", "value": RUNS_MOUNT},
             {"name": "HF_HOME", "value": f"{SNAPSHOTS_MOUNT}/.hf-cache"},
+            # PyTorch's CPU threads: its CPU request (whole cores, at least 1), not every core
+            # of the node; trainers side by side (a sweep's) would otherwise slow each other.
+            {
+                "name": "OMP_NUM_THREADS",
+                "valueFrom": {"resourceFieldRef": {"resource": "requests.cpu", "divisor": "1"}},
+            },
         ],
         gpus=shape.gpus,
     )

@@ -62,6 +62,17 @@ def test_training_pod_asks_for_gpus_tolerates_the_gpu_taint_and_runs_non_root() 
     assert mounts >= {"/data/snapshots", "/data/runs", "/dev/shm"}
     assert {"name": "dshm", "emptyDir": {"medium": "Memory"}} in pod["volumes"]
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    # PyTorch's threads follow the pod's CPU request, not the node's cores.
+    threads = next(e for e in container["env"] if e["name"] == "OMP_NUM_THREADS")
+    assert threads["valueFrom"]["resourceFieldRef"]["resource"] == "requests.cpu"
+    assert deployment["spec"]["replicas"] == 1
+
+
+def test_a_sweep_trains_max_parallel_trials_at_once_in_as_many_pods() -> None:
+    sweep = {"grid": {"seed": [1, 2, 3]}, "maxParallel": 3}
+    training = build_worker_deployment(_experiment(sweep=sweep), WORKERS, "training")
+    evaluation = build_worker_deployment(_experiment(sweep=sweep), WORKERS, "eval")
+    assert (training["spec"]["replicas"], evaluation["spec"]["replicas"]) == (3, 1)
 
 
 def test_eval_pod_is_cpu_only_and_labelled() -> None:

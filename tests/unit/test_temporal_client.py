@@ -20,7 +20,7 @@ EXPERIMENT = Experiment(
 def _env(connection: TemporalConnection, secret: str | None) -> dict[str, str]:
     workers = WorkerConfig("img", connection, "tq", "eq", temporal_secret=secret)
     container = build_worker_deployment(EXPERIMENT, workers, "eval")["spec"]["template"]["spec"]
-    return {e["name"]: e["value"] for e in container["containers"][0]["env"]}
+    return {e["name"]: e["value"] for e in container["containers"][0]["env"] if "value" in e}
 
 
 def test_a_plaintext_connection_gives_workers_address_and_namespace_only() -> None:
@@ -35,7 +35,7 @@ def test_mtls_workers_read_the_same_kind_of_files_from_the_mounted_secret() -> N
     )
     workers = WorkerConfig("img", operator_side, "tq", "eq", temporal_secret="temporal-mtls")
     pod = build_worker_deployment(EXPERIMENT, workers, "training")["spec"]["template"]["spec"]
-    env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
+    env = {e["name"]: e["value"] for e in pod["containers"][0]["env"] if "value" in e}
     assert env["TEMPORAL_TLS"] == "true"
     assert env["TEMPORAL_TLS_CERT"] == f"{SECRET_MOUNT}/tls.crt"
     assert env["TEMPORAL_TLS_KEY"] == f"{SECRET_MOUNT}/tls.key"
