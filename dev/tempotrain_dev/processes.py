@@ -89,9 +89,12 @@ class ManagedProcess:
         pid = self.pid()
         if pid is not None:
             _signal_group(pid, signal.SIGTERM)
-            if not _wait_gone(pid, timeout):
+            # The whole group, not only its leader: a child that was slower to act on the
+            # signal would otherwise outlive stop() (seen as a leftover right after it).
+            if not _wait_gone(pid, timeout) or not _wait_group_gone(pid, timeout):
                 _signal_group(pid, signal.SIGKILL)
                 _wait_gone(pid, 5.0)
+                _wait_group_gone(pid, 5.0)
         self.pid_file.unlink(missing_ok=True)
 
 
@@ -207,6 +210,26 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
         os.killpg(pid, sig)
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of process group `pgid`."""
+    members = []
+    for pid, stat in _each_process("stat"):
+        # After the parenthesised command name: state, parent PID, process group.
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            members.append(pid)
+    return members
+
+
+def _wait_group_gone(pgid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while _group_members(pgid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 def _wait_gone(pid: int, timeout: float) -> bool:

@@ -5,6 +5,7 @@ training history kept per trial, and deleting the experiment cancels every trial
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 import yaml
 from temporalio.client import Client, WorkflowExecutionStatus
 from tempotrain_workers.history import read
+from tempotrain_workers.trainer_main import TrainerJob
 
 from tests.conftest import ClusterHandle
 from tests.e2e.conftest import Stack, apply, experiment, experiment_status, kube_json
@@ -147,45 +149,6 @@ async def test_sweep_runs_trials_in_parallel_and_picks_the_best(
     assert "name one of its trials" in refused, refused
 
 
-async def test_deleting_a_sweep_cancels_every_trial(
-    cluster: ClusterHandle, stack: Stack, tiny_bert: Path, temporal_address: str
-) -> None:
-    ns = stack.namespace
-    stack.start_worker("worker-2")
-    manifest = sweep_experiment(
-        "doomed", stack.model(tiny_bert), grid={"seed": [1, 2, 3]}, maxParallel=2
-    )
-    manifest["spec"]["training"]["epochs"] = 20  # long enough to be deleted while training
-
-    async def two_training() -> dict[str, Any] | None:
-        status = experiment_status(cluster, ns, "doomed") or {}
-        rows = (status.get("trialRuns") or {}).values()
-        training = [r for r in rows if (r.get("progress") or {}).get("step", 0) > 0]
-        return status if len(training) == 2 else None
-
-    apply(cluster, ns, manifest)
-    status = await eventually(two_training, within=180, what="two trials training")
-    workflow_id = status["workflowId"]
-    # One training pod per trial training at once.
-    assert kube_json(cluster, ns, "deployments", "doomed-training")["spec"]["replicas"] == 2
-    assert "deleted" in tempotrain(stack, "delete", "doomed")
-
-    def gone() -> bool | None:
-        found = cluster.kubectl.run("get", "bexp", "doomed", "-n", ns)
-        return True if found.returncode != 0 and "NotFound" in found.stderr else None
-
-    await eventually(gone, within=120, what="the experiment to go")
-
-    client = await Client.connect(temporal_address)
-    closed = {WorkflowExecutionStatus.CANCELED, WorkflowExecutionStatus.TERMINATED}
-    for index in range(2):  # the two that were training; the third never started
-        handle = client.get_workflow_handle(f"{workflow_id}-train-{index}")
-        description = await handle.describe()
-        assert description.status in closed, (index, description.status)
-    started = [w async for w in client.list_workflows(f"WorkflowId = '{workflow_id}-train-2'")]
-    assert not started
-
-
 async def test_a_suspended_sweep_holds_every_trial_and_resumes_them(
     cluster: ClusterHandle, stack: Stack, tiny_bert: Path
 ) -> None:
@@ -269,3 +232,59 @@ async def test_early_stopping_stops_the_weak_trial_and_frees_its_worker(
     total = status["trialRuns"]["t00"]["progress"]["totalSteps"]
     assert weak["progress"]["step"] < total / 2, (weak["progress"], total)
     assert status["bestTrial"]["name"] in ("t00", "t01")
+
+
+async def test_deleting_a_sweep_cancels_every_trial_and_reapplying_resumes_them(
+    cluster: ClusterHandle, stack: Stack, tiny_bert: Path, temporal_address: str
+) -> None:
+    ns = stack.namespace
+    stack.start_worker("worker-2")
+    manifest = sweep_experiment(
+        "again", stack.model(tiny_bert), grid={"seed": [1, 2, 3]}, maxParallel=2
+    )
+    manifest["spec"]["training"].update({"epochs": 30, "saveSteps": 12})
+
+    async def both_checkpointed() -> dict[str, Any] | None:
+        status = experiment_status(cluster, ns, "again") or {}
+        rows = status.get("trialRuns") or {}
+        steps = [(r.get("latestCheckpoint") or {}).get("step", 0) for r in rows.values()]
+        return status if sum(step >= 12 for step in steps) == 2 else None
+
+    apply(cluster, ns, manifest)
+    status = await eventually(both_checkpointed, within=180, what="two trials past a checkpoint")
+    workflow_id = status["workflowId"]
+    # One training pod per trial training at once.
+    assert kube_json(cluster, ns, "deployments", "again-training")["spec"]["replicas"] == 2
+    assert "deleted" in tempotrain(stack, "delete", "again")
+
+    def gone() -> bool | None:
+        found = cluster.kubectl.run("get", "bexp", "again", "-n", ns)
+        return True if found.returncode != 0 and "NotFound" in found.stderr else None
+
+    await eventually(gone, within=120, what="the sweep to go")
+    client = await Client.connect(temporal_address)
+    for index in range(2):  # the two that were training (each saved first); the third never ran
+        description = await client.get_workflow_handle(f"{workflow_id}-train-{index}").describe()
+        assert description.status == WorkflowExecutionStatus.CANCELED, (index, description.status)
+    started = [w async for w in client.list_workflows(f"WorkflowId = '{workflow_id}-train-2'")]
+    assert not started
+
+    # Cancelled, each trainer saved where it was: that is where the same spec resumes.
+    saved = {}
+    for trial in ("t00", "t01"):
+        progress = json.loads((stack.runs / f"again-{trial}" / "progress.json").read_text())
+        saved[trial] = progress["step"]
+    apply(cluster, ns, manifest)
+
+    async def finished() -> dict[str, Any] | None:
+        status = experiment_status(cluster, ns, "again")
+        return status if status.get("phase") in ("Succeeded", "Failed") else None
+
+    status = await eventually(finished, within=300, what="the re-applied sweep to end")
+    assert status["phase"] == "Succeeded" and status["trials"]["succeeded"] == 3, status
+    for trial, step in saved.items():
+        run_dir = stack.runs / f"again-{trial}"
+        job = TrainerJob.model_validate_json((run_dir / ".job-attempt-1.json").read_text())
+        assert job.resumed_from_step == step, (trial, job.resumed_from_step, step)
+        logged = [r.step for r in read(run_dir / "history.jsonl") if r.loss is not None]
+        assert logged == sorted(set(logged)), (trial, logged)

@@ -176,7 +176,13 @@ class _Sweep:
             task = asyncio.ensure_future(self._trial(index, config))
             self._task_of[config.trial or str(index)] = task
             self._tasks.append(task)
-        await asyncio.gather(*self._tasks)
+        # Every trial to its end, even when the sweep is cancelled (deleted): a trial waiting
+        # for its slot ends at once, and plain gather would then end the sweep while the
+        # others' trainers are still saving (their children terminated when it closes).
+        # Cancelled, this raises once all have ended; a trial's own error is raised here.
+        for ended in await asyncio.gather(*self._tasks, return_exceptions=True):
+            if isinstance(ended, BaseException):
+                raise ended
         outcomes = [self._outcomes[i] for i in range(len(self._request.configs))]
         best = self._best()
         succeeded = [o for o in outcomes if o.phase == Phase.SUCCEEDED]
@@ -211,12 +217,16 @@ class _Sweep:
         row = StatusReporter(
             target.model_copy(update={"trial": name}) if target is not None else None
         )
-        await workflow.wait_condition(
-            lambda: (
-                self._giving_up
-                or (self._next == index and self._running < self._policy.max_parallel)
+        try:
+            await workflow.wait_condition(
+                lambda: (
+                    self._giving_up
+                    or (self._next == index and self._running < self._policy.max_parallel)
+                )
             )
-        )
+        except asyncio.CancelledError:
+            if not self._giving_up:
+                raise  # the sweep is cancelled: this trial never starts
         if self._giving_up:
             self._end(index, TrialOutcome(name=name, run_id=run_id, phase=Phase.CANCELLED), row)
             await row.flush()
