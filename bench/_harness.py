@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import subprocess
 import tempfile
@@ -17,6 +18,7 @@ from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 from tempotrain_dev.commands import worker_command
 from tempotrain_dev.temporal_server import LocalTemporal
+from tempotrain_workers.trainer_main import TrainerJob
 
 
 @contextlib.contextmanager
@@ -62,3 +64,17 @@ def start_worker(address: str, queues: list[str], root: Path, log: Path) -> subp
         stderr=subprocess.STDOUT,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
+
+
+def reached_step(run_dir: Path) -> int:
+    """The step a run's trainer last reported (progress.json); 0 before any."""
+    try:
+        return int(json.loads((run_dir / "progress.json").read_text())["step"])
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return 0
+
+
+def attempt_job(run_dir: Path, attempt: int) -> TrainerJob | None:
+    """What the workflow's `attempt`-th training attempt was given; None if it never ran."""
+    job_file = run_dir / f".job-attempt-{attempt}.json"
+    return TrainerJob.model_validate_json(job_file.read_text()) if job_file.exists() else None

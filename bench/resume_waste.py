@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import random
 import signal
 import statistics
@@ -18,26 +17,19 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from _harness import minilm_path, start_worker, temporal_server
+from _harness import attempt_job, minilm_path, reached_step, start_worker, temporal_server
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from tempotrain_dev.processes import pids_running
 from tempotrain_dev.waiting import wait_for
 from tempotrain_workers.api import BertFineTuneConfig, BertTrainingInput
 from tempotrain_workers.sample_data import write_sentiment_jsonl
-from tempotrain_workers.trainer_main import TrainerJob
 from tempotrain_workers.workflows import CheckpointedBertTrainingWorkflow
 
 
-def _reached(run_dir: Path) -> int:
-    try:
-        return int(json.loads((run_dir / "progress.json").read_text())["step"])
-    except (FileNotFoundError, json.JSONDecodeError):
-        return 0
-
-
 def _resumed_from(run_dir: Path, attempt: int) -> int:
-    job = TrainerJob.model_validate_json((run_dir / f".job-attempt-{attempt}.json").read_text())
+    job = attempt_job(run_dir, attempt)
+    assert job is not None, f"attempt {attempt} never ran"
     return job.resumed_from_step or 0
 
 
@@ -69,10 +61,10 @@ async def bench(address: str, root: Path, kills: int, save_steps: int, seed: int
     wasted: list[int] = []
     for kill in range(1, kills + 1):
         worker = start_worker(address, [queue], root, log)
-        start_step = _reached(run_dir)
+        start_step = reached_step(run_dir)
         await asyncio.to_thread(
             wait_for,
-            lambda s=start_step: _reached(run_dir) > s + 1,
+            lambda s=start_step: reached_step(run_dir) > s + 1,
             timeout=300,
             what="training to progress",
         )
@@ -86,7 +78,7 @@ async def bench(address: str, root: Path, kills: int, save_steps: int, seed: int
             timeout=30,
             what="the trainer to exit",
         )
-        reached = _reached(run_dir)
+        reached = reached_step(run_dir)
         wasted.append(reached)
         print(f"kill {kill}: trainer had reached step {reached}")
     worker = start_worker(address, [queue], root, log)

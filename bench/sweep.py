@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import signal
 import statistics
@@ -31,7 +30,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from _harness import minilm_path, start_worker, temporal_server, wait_until_polled
+from _harness import (
+    attempt_job,
+    minilm_path,
+    reached_step,
+    start_worker,
+    temporal_server,
+    wait_until_polled,
+)
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from tempotrain_dev.processes import pids_running
@@ -39,7 +45,6 @@ from tempotrain_dev.waiting import wait_for
 from tempotrain_operator.mapping import coordinator_input
 from tempotrain_workers.api import BertExperimentSpec, CoordinatorWorkflowInput
 from tempotrain_workers.sample_data import write_sentiment_jsonl
-from tempotrain_workers.trainer_main import TrainerJob
 from tempotrain_workers.workflows import CoordinatorWorkflow
 
 LEARNING_RATES = [3e-5, 5e-5]
@@ -66,13 +71,6 @@ def spec(samples: int, save_steps: int, sweep: dict[str, Any] | None) -> BertExp
 def workflow_input(name: str, model: BertExperimentSpec, queue: str) -> CoordinatorWorkflowInput:
     request = coordinator_input(name, "bench", uuid.uuid4().hex, model, queue, queue, queue)
     return request.model_copy(update={"status_target": None})  # no operator: no status pushes
-
-
-def _reached(run_dir: Path) -> int:
-    try:
-        return int(json.loads((run_dir / "progress.json").read_text())["step"])
-    except (FileNotFoundError, json.JSONDecodeError, KeyError):
-        return 0
 
 
 async def run(client: Client, request: CoordinatorWorkflowInput, queue: str) -> float:
@@ -123,7 +121,7 @@ async def bench(address: str, root: Path, samples: int, save_steps: int) -> None
         ]
         await asyncio.to_thread(
             wait_for,
-            lambda: sum(_reached(d) > save_steps for d in run_dirs) >= 2,
+            lambda: sum(reached_step(d) > save_steps for d in run_dirs) >= 2,
             timeout=600,
             what="two trials past their first checkpoint",
         )
@@ -140,15 +138,14 @@ async def bench(address: str, root: Path, samples: int, save_steps: int) -> None
         await asyncio.to_thread(
             wait_for, lambda: trainers() < 2, timeout=30, what="the killed worker's trainer to exit"
         )
-        reached = {d: _reached(d) for d in run_dirs}
+        reached = {d: reached_step(d) for d in run_dirs}
         workers.append(start_worker(address, [queue], root, log))
         await handle.result()
         recomputed = []
         for run_dir in run_dirs:
-            second = run_dir / ".job-attempt-2.json"
-            if second.exists():
-                resumed = TrainerJob.model_validate_json(second.read_text()).resumed_from_step
-                recomputed.append(reached[run_dir] - (resumed or 0))
+            resumed = attempt_job(run_dir, 2)  # the killed trial's next attempt
+            if resumed is not None:
+                recomputed.append(reached[run_dir] - (resumed.resumed_from_step or 0))
         print(f"interrupted trials: {len(recomputed)}; recomputed steps: {recomputed}")
         if recomputed:
             print(

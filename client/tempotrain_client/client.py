@@ -142,11 +142,7 @@ class TempoTrain:
         return created
 
     def get(self, name: str, kind: str = "BertExperiment") -> Experiment:
-        try:
-            obj = KINDS[kind].get(name, namespace=self.namespace, api=self.api)
-        except kr8s.NotFoundError:
-            raise ClientError(f"{kind} {self.namespace}/{name} not found") from None
-        return Experiment.of(obj.raw)
+        return Experiment.of(self._object(name, kind).raw)
 
     def experiments(self) -> list[Experiment]:
         """Every experiment of the namespace, of the three kinds."""
@@ -195,20 +191,23 @@ class TempoTrain:
     ) -> dict[str, list[history.HistoryRecord]]:
         """The training history per run: {run name: records}; a sweep: one per trial (or the
         one asked for), a single experiment: one."""
-        experiment = self.get(name)
-        root = self.runs_dir(experiment)
-        files = _history_files(experiment, trial)
-        return {label: history.read(root / path) for label, path in files.items()}
+        return {
+            label: history.read(path) for label, path in self._history_paths(name, trial).items()
+        }
 
     def log_files(self, name: str, trial: str | None = None) -> list[Path]:
         """The trainer's logs, newest attempt last (a sweep: the trial's)."""
+        paths = self._history_paths(name, trial)
+        if len(paths) != 1:
+            raise ClientError(f"{name} is a sweep: name one of its trials ({', '.join(paths)})")
+        run_dir = next(iter(paths.values())).parent  # the history is at the run's root
+        return sorted((run_dir / "logs").glob("trainer-attempt-*.log"), key=_attempt)
+
+    def _history_paths(self, name: str, trial: str | None) -> dict[str, Path]:
+        """{run name: its history file where this machine sees it}."""
         experiment = self.get(name)
         root = self.runs_dir(experiment)
-        files = _history_files(experiment, trial)
-        if len(files) != 1:
-            raise ClientError(f"{name} is a sweep: name one of its trials ({', '.join(files)})")
-        run_dir = root / next(iter(files.values())).rsplit("/", 1)[0]
-        return sorted((run_dir / "logs").glob("trainer-attempt-*.log"), key=_attempt)
+        return {label: root / path for label, path in _history_files(experiment, trial).items()}
 
     def runs_dir(self, experiment: Experiment) -> Path:
         """Where this machine sees the experiment's runs volume."""

@@ -124,12 +124,14 @@ async def bertexperiment_reconcile(
         training, evaluation = worker_deployment_names(name)
         await kube.scale(namespace, [training], trainers(model))
         await kube.scale(namespace, [evaluation], 1)
+    first = {} if status.get("runsClaim") else first_status(name, model, runs_claim(experiment))
     if not status.get("startTime"):
         # Written now, not with the handler's patch: the workflow's own updates (Snapshotting,
-        # Training) may land before the handler returns, and phase must not go back.
+        # Training, a trial's row) may land before the handler returns, and must not go back.
         obj = await kube.BertExperimentResource(dict(body))  # the body kopf handed us: no GET
-        started = {"phase": Phase.PENDING.value, "startTime": now()}
-        await kube.patch_status(obj, started | first_status(name, model, runs_claim(experiment)))
+        await kube.patch_status(obj, {"phase": Phase.PENDING.value, "startTime": now()} | first)
+    elif first:  # started before it was reported: no workflow update can race with it
+        patch.status.update(first)
 
     workflow_id = workflow_id_for(KIND, namespace, name, uid)
     request = coordinator_input(
@@ -155,8 +157,6 @@ async def bertexperiment_reconcile(
         rerun_failed=rerun,
     )
     patch.status["runId"] = run_id_of(name, model)
-    if not status.get("runsClaim"):  # experiments started before it was reported
-        patch.status.update(first_status(name, model, runs_claim(experiment)))
     if resuming:
         why = queueing.admitted_words(queue)
         await suspension.resume(body, status, patch, meta, runtime, workflow_id, why)

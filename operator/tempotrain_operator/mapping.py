@@ -32,9 +32,7 @@ from tempotrain_workers.api import (
     SweepPolicy,
     SweepProgress,
     TrialParameters,
-    expand,
-    trial_name,
-    trial_run_id,
+    trials_of,
 )
 from tempotrain_workers.history import history_file
 
@@ -54,17 +52,17 @@ def first_status(name: str, spec: BertExperimentSpec, runs_claim: str) -> dict[s
     status: dict[str, Any] = {"runsClaim": runs_claim}
     if spec.sweep is None:
         return status | {"historyFile": history_file(run_id)}
-    trials = expand(spec.sweep)
-    rows = {}
-    for index, parameters in enumerate(trials):
-        trial_run = trial_run_id(run_id, index)
-        rows[trial_name(index)] = {
-            "index": index,
-            "runId": trial_run,
-            "parameters": parameters.wire(),
+    trials = trials_of(run_id, spec.sweep)
+    rows = {
+        trial.name: {
+            "index": trial.index,
+            "runId": trial.run_id,
+            "parameters": trial.parameters.wire(),
             "phase": Phase.PENDING.value,
-            "historyFile": history_file(trial_run),
+            "historyFile": history_file(trial.run_id),
         }
+        for trial in trials
+    }
     return status | {
         "trials": {"total": len(trials), "running": 0, "succeeded": 0, "failed": 0, "stopped": 0},
         "trialRuns": rows,
@@ -87,8 +85,8 @@ def coordinator_input(
         configs = [_coordinator_config(spec, run_id, TrialParameters())]
     else:
         configs = [
-            _coordinator_config(spec, trial_run_id(run_id, i), parameters, trial_name(i))
-            for i, parameters in enumerate(expand(spec.sweep))
+            _coordinator_config(spec, trial.run_id, trial.parameters, trial.name)
+            for trial in trials_of(run_id, spec.sweep)
         ]
     sweep = spec.sweep
     stopping = sweep.early_stopping if sweep else None
@@ -380,7 +378,7 @@ def trial_patch(
 
 def sweep_phase(rows: Mapping[str, Any], current: str | None, suspend_wanted: bool) -> Phase | None:
     """The experiment's phase its trials imply, when it moves there; None: it stays."""
-    active = [_phase_of(row) for row in rows.values() if _phase_of(row) in ACTIVE_TRIAL_PHASES]
+    active = [p for p in map(_phase_of, rows.values()) if p in ACTIVE_TRIAL_PHASES]
     if suspend_wanted:
         implied = Phase.SUSPENDED if active and set(active) == {Phase.SUSPENDED} else None
     else:

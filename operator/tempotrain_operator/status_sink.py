@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import dataclass
 from typing import Any
 
+from kr8s.asyncio.objects import APIObject
 from temporalio import activity
 from temporalio.client import Client
 from temporalio.worker import Worker
@@ -41,27 +43,11 @@ async def publish_status(update: StatusUpdate) -> None:
     if target.trial is not None:
         await _publish_trial(update)
         return
-    experiment = await kube.get_experiment(target.namespace, target.name, target.kind)
-    if experiment is None:
-        activity.logger.info(
-            "%s/%s is gone; dropping its status update", target.namespace, target.name
-        )
+    now = await _target_now(target)
+    if now is None:
         return
-    raw: dict[str, Any] = dict(experiment.raw)
-    refused = refusal(target, raw)
-    if refused:
-        activity.logger.warning(
-            "status update for %s %s/%s refused: %s",
-            target.kind,
-            target.namespace,
-            target.name,
-            refused,
-        )
-        return
-    status: dict[str, Any] = dict(raw.get("status") or {})
-    # Held by the user, or being held by Kueue (evicted: `queueing`), which the condition says.
-    holding = suspension.wanted(raw.get("spec")) or suspension.in_effect(status)
-    patch = status_patch(update, status, holding)
+    experiment, raw, status = now.experiment, now.raw, now.status
+    patch = status_patch(update, status, now.holding)
     finished = update.phase in TERMINAL_PHASES and "phase" in patch
     if finished:
         succeeded = update.phase == Phase.SUCCEEDED
@@ -110,25 +96,54 @@ async def _publish_trial(update: StatusUpdate) -> None:
     fails and Temporal retries it."""
     target = update.target
     for _ in range(TRIAL_TRIES):
-        experiment = await kube.get_experiment(target.namespace, target.name, target.kind)
-        if experiment is None:
+        now = await _target_now(target)
+        if now is None:
             return
-        raw: dict[str, Any] = dict(experiment.raw)
-        refused = refusal(target, raw)
-        if refused:
-            activity.logger.warning("trial update for %s refused: %s", target.name, refused)
-            return
-        status: dict[str, Any] = dict(raw.get("status") or {})
-        holding = suspension.wanted(raw.get("spec")) or suspension.in_effect(status)
-        patch = trial_patch(update, status, holding)
+        patch = trial_patch(update, now.status, now.holding)
         if not patch:
             return
         try:
-            await kube.patch_status(experiment, patch, raw["metadata"]["resourceVersion"])
+            await kube.patch_status(now.experiment, patch, now.raw["metadata"]["resourceVersion"])
             return
         except kube.Conflict:
             continue
     raise RuntimeError(f"{target.name} kept changing while trial {target.trial} was written")
+
+
+@dataclass(frozen=True)
+class _Target:
+    """The experiment an update is for, as read now."""
+
+    experiment: APIObject
+    raw: dict[str, Any]
+    status: dict[str, Any]
+    holding: bool  # a suspension is wanted or in effect
+
+
+async def _target_now(target: StatusTarget) -> _Target | None:
+    """None (logged) when the experiment is gone or the update is not its."""
+    experiment = await kube.get_experiment(target.namespace, target.name, target.kind)
+    if experiment is None:
+        activity.logger.info(
+            "%s/%s is gone; dropping its status update", target.namespace, target.name
+        )
+        return None
+    raw: dict[str, Any] = dict(experiment.raw)
+    refused = refusal(target, raw)
+    if refused:
+        activity.logger.warning(
+            "status update for %s %s/%s%s refused: %s",
+            target.kind,
+            target.namespace,
+            target.name,
+            f" (trial {target.trial})" if target.trial else "",
+            refused,
+        )
+        return None
+    status: dict[str, Any] = dict(raw.get("status") or {})
+    # Held by the user, or being held by Kueue (evicted: `queueing`), which the condition says.
+    holding = suspension.wanted(raw.get("spec")) or suspension.in_effect(status)
+    return _Target(experiment, raw, status, holding)
 
 
 def _failure_reason(message: str | None) -> str:

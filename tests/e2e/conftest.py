@@ -226,6 +226,18 @@ async def until_released(
     return await eventually(released, within=within, what=f"{name}'s compute to be released")
 
 
+async def until_ended(
+    cluster: ClusterHandle, namespace: str, name: str, within: float, what: str = ""
+) -> dict[str, Any]:
+    """Wait (bounded) until the BertExperiment has Succeeded or Failed; its status then."""
+
+    async def ended() -> dict[str, Any] | None:
+        status = experiment_status(cluster, namespace, name)
+        return status if status.get("phase") in ("Succeeded", "Failed") else None
+
+    return await eventually(ended, within=within, what=what or f"{name} to end")
+
+
 @pytest.fixture
 def pod_stack(
     crds: None,

@@ -19,7 +19,14 @@ from tempotrain_workers.history import read
 from tempotrain_workers.trainer_main import TrainerJob
 
 from tests.conftest import ClusterHandle
-from tests.e2e.conftest import Stack, apply, experiment, experiment_status, kube_json
+from tests.e2e.conftest import (
+    Stack,
+    apply,
+    experiment,
+    experiment_status,
+    kube_json,
+    until_ended,
+)
 from tests.support import eventually
 
 pytestmark = [pytest.mark.kube, pytest.mark.temporal]
@@ -90,11 +97,7 @@ async def test_sweep_runs_trials_in_parallel_and_picks_the_best(
 
     first_rows = await eventually(rows_listed, within=30, what="the trials listed in status")
 
-    async def finished() -> dict[str, Any] | None:
-        status = experiment_status(cluster, ns, "sweep") or {}
-        return status if status.get("phase") in ("Succeeded", "Failed") else None
-
-    status = await eventually(finished, within=420, what="the sweep to end")
+    status = await until_ended(cluster, ns, "sweep", within=420)
     assert status["phase"] == "Succeeded", (status, stack.log("worker"))
     watched = (await asyncio.wait_for(watching.communicate(), 60))[0].decode()
     assert watching.returncode == 0, watched
@@ -182,11 +185,7 @@ async def test_a_suspended_sweep_holds_every_trial_and_resumes_them(
 
     assert "resume requested" in tempotrain(stack, "resume", "paused")
 
-    async def finished() -> dict[str, Any] | None:
-        status = experiment_status(cluster, ns, "paused")
-        return status if status.get("phase") in ("Succeeded", "Failed") else None
-
-    status = await eventually(finished, within=420, what="the resumed sweep to end")
+    status = await until_ended(cluster, ns, "paused", within=420, what="the resumed sweep to end")
     assert status["phase"] == "Succeeded", status
     assert status["trials"]["succeeded"] == 3, status["trials"]
     for name, step in steps_held.items():
@@ -213,12 +212,8 @@ async def test_early_stopping_stops_the_weak_trial_and_frees_its_worker(
     )
     manifest["spec"]["training"].update({"epochs": 60, "saveSteps": 100})  # 360 steps
 
-    async def finished() -> dict[str, Any] | None:
-        status = experiment_status(cluster, ns, "median")
-        return status if status.get("phase") in ("Succeeded", "Failed") else None
-
     apply(cluster, ns, manifest)
-    status = await eventually(finished, within=420, what="the sweep to end")
+    status = await until_ended(cluster, ns, "median", within=420)
     assert status["phase"] == "Succeeded", status
     assert status["trials"] == {
         "total": 3, "running": 0, "succeeded": 2, "failed": 0, "stopped": 1
@@ -277,11 +272,7 @@ async def test_deleting_a_sweep_cancels_every_trial_and_reapplying_resumes_them(
         saved[trial] = progress["step"]
     apply(cluster, ns, manifest)
 
-    async def finished() -> dict[str, Any] | None:
-        status = experiment_status(cluster, ns, "again")
-        return status if status.get("phase") in ("Succeeded", "Failed") else None
-
-    status = await eventually(finished, within=300, what="the re-applied sweep to end")
+    status = await until_ended(cluster, ns, "again", within=300, what="the re-applied sweep")
     assert status["phase"] == "Succeeded" and status["trials"]["succeeded"] == 3, status
     for trial, step in saved.items():
         run_dir = stack.runs / f"again-{trial}"

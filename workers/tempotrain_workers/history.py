@@ -63,9 +63,9 @@ def read(path: Path) -> list[HistoryRecord]:
 def trim(path: Path, through_step: int | None) -> None:
     """Keep only the records up to and including `through_step` (None: none), in place and
     atomically: what an attempt that resumes from that step will log again goes."""
-    kept = [r for r in read(path) if through_step is not None and r.step <= through_step]
     if not path.exists():
         return
+    kept = [r for r in read(path) if through_step is not None and r.step <= through_step]
     staging = staging_path(path)
     try:
         staging.write_text("".join(_line(r.model_dump(exclude_none=True)) for r in kept))

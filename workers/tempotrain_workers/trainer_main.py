@@ -49,8 +49,14 @@ class TrainerJob(BaseModel):
     resumed_from_step: int | None = None
 
 
+def global_rank_zero() -> bool:
+    """The process of global rank 0 (torchrun sets RANK; one process: always): the one that
+    emits events and writes the run's shared files."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def emit(event: str, **fields: Any) -> None:
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not global_rank_zero():
         return
     sys.stdout.write(EVENT_PREFIX + json.dumps({"event": event, **fields}, default=str) + "\n")
     sys.stdout.flush()
@@ -107,7 +113,7 @@ def build_callback(job: TrainerJob) -> Any:
             self.history = run_dir / history.HISTORY_FILE
             self.ended = False
             self.board: Any = None
-            if int(os.environ.get("RANK", "0")) == 0:
+            if global_rank_zero():
                 # What the lost attempt logged past the checkpoint this one resumes from is
                 # trained again: drop it, so no step is in the history twice.
                 history.trim(self.history, job.resumed_from_step)
@@ -119,7 +125,7 @@ def build_callback(job: TrainerJob) -> Any:
             if logs and "loss" in logs:
                 self.last_loss = float(logs["loss"])
                 self.losses.append(self.last_loss)
-            if logs and state.is_world_process_zero and int(os.environ.get("RANK", "0")) == 0:
+            if logs and state.is_world_process_zero and global_rank_zero():
                 numbers = {k: v for k, v in logs.items() if isinstance(v, int | float)}
                 step = state.global_step
                 if "eval_loss" in numbers and job.config.eval_steps and not self.ended:
@@ -178,7 +184,7 @@ def build_callback(job: TrainerJob) -> Any:
             self.last_save = time.monotonic()
             # One marker per checkpoint, by the global rank 0 only (as `emit` decides): two
             # ranks writing it race on its staging file.
-            if not state.is_world_process_zero or int(os.environ.get("RANK", "0")) != 0:
+            if not state.is_world_process_zero or not global_rank_zero():
                 return
             self.report_progress(state)  # a reader sees the step this checkpoint holds
             checkpoint = run_dir / f"checkpoint-{state.global_step}"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import statistics
 from collections.abc import Mapping
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -184,6 +185,22 @@ def expand(sweep: SweepSpec) -> list[TrialParameters]:
     if len(trials) > MAX_TRIALS:  # the schema refuses this at apply; an old CRD may not
         raise ValueError(f"spec.sweep has {len(trials)} trials, more than {MAX_TRIALS}")
     return trials
+
+
+@dataclass(frozen=True)
+class Trial:
+    index: int
+    name: str  # t00, t01, ...
+    run_id: str  # <run id>-t00, ...
+    parameters: TrialParameters
+
+
+def trials_of(run_id: str, sweep: SweepSpec) -> list[Trial]:
+    """The sweep's trials with their names and run ids, in `expand`'s order."""
+    return [
+        Trial(index, trial_name(index), trial_run_id(run_id, index), parameters)
+        for index, parameters in enumerate(expand(sweep))
+    ]
 
 
 def trial_name(index: int) -> str:

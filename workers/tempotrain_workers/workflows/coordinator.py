@@ -23,6 +23,7 @@ with workflow.unsafe.imports_passed_through():
         CoordinatorWorkflowInput,
         CoordinatorWorkflowResult,
         Phase,
+        StatusTarget,
         SweepPolicy,
         SweepProgress,
         TrialEvaluation,
@@ -84,9 +85,7 @@ class CoordinatorWorkflow:
         """`status`: where this run's phases go (the experiment, or its trial's row)."""
         parent = workflow.info().workflow_id
         suspended = self._suspension.suspended
-        target = request.status_target
-        if target is not None and config.trial is not None:
-            target = target.model_copy(update={"trial": config.trial})
+        target = status_target_of(request, config)
         child = await workflow.start_child_workflow(
             CheckpointedBertTrainingWorkflow.run,
             BertTrainingInput(
@@ -129,6 +128,16 @@ class CoordinatorWorkflow:
             self._sweep.evaluated(report)
 
 
+def status_target_of(
+    request: CoordinatorWorkflowInput, config: CoordinatorWorkflowConfig
+) -> StatusTarget | None:
+    """Where a config's updates go: the experiment, or a sweep trial's row in it."""
+    target = request.status_target
+    if target is None or config.trial is None:
+        return target
+    return target.model_copy(update={"trial": config.trial})
+
+
 def metrics_of(training: BertFineTuneResult, evaluation: BertEvalResult) -> dict[str, float]:
     metrics = {
         "evalAccuracy": evaluation.accuracy,
@@ -163,7 +172,6 @@ class _Sweep:
         self._outcomes: dict[int, TrialOutcome] = {}
         self._runs: dict[int, CoordinatorRunResult] = {}
         self._giving_up = False
-        self._tasks: list[asyncio.Task[None]] = []
         # The median rule's input: per trial, step → objective value of its evaluations.
         self._evaluations: dict[str, dict[int, float]] = {}
         self._stopped_early: dict[str, str] = {}  # trial → why
@@ -171,16 +179,15 @@ class _Sweep:
 
     async def run(self) -> CoordinatorWorkflowResult:
         self._report()
-        self._tasks = []
         for index, config in enumerate(self._request.configs):
-            task = asyncio.ensure_future(self._trial(index, config))
-            self._task_of[config.trial or str(index)] = task
-            self._tasks.append(task)
+            self._task_of[config.trial or str(index)] = asyncio.ensure_future(
+                self._trial(index, config)
+            )
         # Every trial to its end, even when the sweep is cancelled (deleted): a trial waiting
         # for its slot ends at once, and plain gather would then end the sweep while the
         # others' trainers are still saving (their children terminated when it closes).
         # Cancelled, this raises once all have ended; a trial's own error is raised here.
-        for ended in await asyncio.gather(*self._tasks, return_exceptions=True):
+        for ended in await asyncio.gather(*self._task_of.values(), return_exceptions=True):
             if isinstance(ended, BaseException):
                 raise ended
         outcomes = [self._outcomes[i] for i in range(len(self._request.configs))]
@@ -213,10 +220,7 @@ class _Sweep:
     async def _trial(self, index: int, config: CoordinatorWorkflowConfig) -> None:
         name = config.trial or str(index)
         run_id = config.fine_tune.run_id or name
-        target = self._request.status_target
-        row = StatusReporter(
-            target.model_copy(update={"trial": name}) if target is not None else None
-        )
+        row = StatusReporter(status_target_of(self._request, config))
         try:
             await workflow.wait_condition(
                 lambda: (
@@ -300,7 +304,7 @@ class _Sweep:
         if limit is None or failed <= limit or self._giving_up:
             return
         self._giving_up = True
-        for task in self._tasks:
+        for task in self._task_of.values():
             if not task.done():
                 task.cancel()
 
