@@ -26,6 +26,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from tempotrain_dev.cluster import KWOK_NODE_ANNOTATION, kwok_namespace
 from tempotrain_dev.images import ProjectImage
 from tempotrain_dev.platform import Platform
+from tempotrain_dev.prometheus_server import LocalPrometheus
 from tempotrain_dev.tools import REPO_ROOT, Tools, ensure_tools
 from tempotrain_dev.waiting import wait_for
 
@@ -67,7 +68,7 @@ def kubeconfig(request: pytest.FixtureRequest) -> Iterator[Path]:
         yield Path(existing)
         return
     platform: Platform = request.getfixturevalue("own_platform")
-    platform.up(temporal=False, log=lambda _: None)
+    platform.up(temporal=False, prometheus=False, log=lambda _: None)
     yield platform.cluster.kubeconfig
     platform.cluster.down(log=lambda _: None)
 
@@ -85,9 +86,21 @@ def temporal_address(request: pytest.FixtureRequest) -> Iterator[str]:
         yield existing
         return
     platform: Platform = request.getfixturevalue("own_platform")
-    platform.up(cluster=False, log=lambda _: None)
+    platform.up(cluster=False, prometheus=False, log=lambda _: None)
     yield platform.temporal.address
     platform.temporal.down(log=lambda _: None)
+
+
+@pytest.fixture(scope="session")
+def prometheus(request: pytest.FixtureRequest) -> Iterator[LocalPrometheus]:
+    """The platform's Prometheus (Debian's package, installed by `up` where missing)."""
+    if os.environ.get("TEMPOTRAIN_KUBECONFIG"):
+        pytest.skip("Prometheus is the local platform's")
+    platform: Platform = request.getfixturevalue("own_platform")
+    if not platform.prometheus.up(log=lambda _: None):
+        pytest.skip("no `prometheus` binary, and it could not be installed (not root?)")
+    yield platform.prometheus
+    platform.prometheus.down(log=lambda _: None)
 
 
 @pytest_asyncio.fixture(scope="session")

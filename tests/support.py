@@ -26,7 +26,7 @@ class Kubectl:
             input=input,
             capture_output=True,
             text=True,
-            timeout=60,
+            timeout=_seconds_allowed(args),
         )
 
     def __call__(self, *args: str, input: str | None = None) -> str:
@@ -34,6 +34,16 @@ class Kubectl:
         if result.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed:\n{result.stderr}")
         return result.stdout
+
+
+def _seconds_allowed(args: tuple[str, ...]) -> float:
+    """How long kubectl may run: a minute, or longer than its own `--timeout=` (a wait or a
+    delete that gives up itself says why; a killed one says nothing)."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    for arg in args:
+        if arg.startswith("--timeout=") and arg[-1] in units and arg[10:-1].isdigit():
+            return max(60.0, int(arg[10:-1]) * units[arg[-1]] + 30.0)
+    return 60.0
 
 
 def node_pool(kubectl: Kubectl, node: str) -> str:

@@ -93,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# or: source {platform.env_file}")
         if platform.temporal.process.is_running():
             print(f"# Temporal UI: {platform.temporal.ui_url}")
+        if platform.prometheus.process.is_running():
+            print(f"# Prometheus: {platform.prometheus.url}")
     elif args.command == "down":
         platform.down(purge=args.purge)
         left = platform.leftovers()

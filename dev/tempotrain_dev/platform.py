@@ -15,6 +15,7 @@ from tempotrain_dev.images import BuiltImage, ImageStore, ProjectImage
 from tempotrain_dev.node_images import NodeImageSeed
 from tempotrain_dev.node_network import NetworkError, NodeNetwork, claim_network, recorded_network
 from tempotrain_dev.processes import ManagedProcess, kill_leftovers, leftovers
+from tempotrain_dev.prometheus_server import LocalPrometheus
 from tempotrain_dev.real_node import RealNode, node_processes
 from tempotrain_dev.temporal_server import LocalTemporal
 from tempotrain_dev.tools import REPO_ROOT, ensure_tools
@@ -32,6 +33,7 @@ class Platform:
     def __init__(self, state_dir: Path | None = None) -> None:
         self.state_dir = (state_dir or default_state_dir()).resolve()
         self.temporal = LocalTemporal(self.state_dir / "temporal")
+        self.prometheus = LocalPrometheus(self.state_dir / "prometheus")
         self.node_dir = self.state_dir / "node"
         # The node's network once claimed (by `up`); only read here, never made.
         self.network: NodeNetwork | None = recorded_network(self.node_dir)
@@ -70,6 +72,7 @@ class Platform:
         cluster: bool = True,
         temporal: bool = True,
         real_node: bool = True,
+        prometheus: bool = True,
         log: Callable[[str], None] = print,
     ) -> None:
         """Start what is not running. The real node's network comes first, whichever part is
@@ -85,6 +88,8 @@ class Platform:
             self.cluster.up(log)
             if network and real_node:
                 self._node_up(log)
+        if prometheus:
+            self.prometheus.up(log)
         self._write_env_file(with_tools=cluster)
 
     def down(self, *, purge: bool = False, log: Callable[[str], None] = print) -> None:
@@ -94,6 +99,7 @@ class Platform:
             log(f"stopping the demo's {name} (pid {process.pid()})")
             process.stop()
         self.temporal.down(log)
+        self.prometheus.down(log)
         if self.network is not None:  # whatever state it is in: a crashed node too
             RealNode(self.node_dir, self.network).down(log)
         stop_cluster(self.state_dir / "cluster", log)
@@ -170,6 +176,8 @@ class Platform:
         Temporal's relay only where it has a node network, the node's where it also runs."""
         processes = cluster_processes(self.state_dir / "cluster")
         processes["temporal"] = self.temporal.process
+        if self.prometheus.process.pid_file.exists():  # started by `up` (where installed)
+            processes["prometheus"] = self.prometheus.process
         if self.node_network is not None:
             processes["temporal-relay"] = self.temporal.relay
             if self.no_node_reason is None:  # a node that failed to start runs nothing
@@ -195,6 +203,8 @@ class Platform:
         if (self.state_dir / "cluster" / "kubeconfig").exists():
             kubeconfig = str(self.state_dir / "cluster" / "kubeconfig")
             env |= {"KUBECONFIG": kubeconfig, "TEMPOTRAIN_KUBECONFIG": kubeconfig}
+        if self.prometheus.process.is_running():
+            env["TEMPOTRAIN_PROMETHEUS_URL"] = self.prometheus.url
         if self.temporal.process.is_running():
             env |= {
                 "TEMPORAL_ADDRESS": self.temporal.address,

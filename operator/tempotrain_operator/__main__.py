@@ -9,9 +9,10 @@ from typing import Any
 
 import kopf
 from tempotrain_workers.api import FINALIZER, GROUP
+from tempotrain_workers.metrics import serve as serve_metrics
 
 # Importing the handler modules registers their handlers.
-from tempotrain_operator import batch_inference, bert_experiment, cifar10_scaling, queueing
+from tempotrain_operator import batch_inference, bert_experiment, cifar10_scaling, metrics, queueing
 from tempotrain_operator.runtime import Runtime
 from tempotrain_operator.settings import parse_settings
 from tempotrain_operator.status_sink import run_status_sink
@@ -27,8 +28,8 @@ class QuietTimers(logging.Filter):
 
 
 logging.getLogger("kopf.objects").addFilter(QuietTimers())
-# kr8s's HTTP client logs every apiserver request at INFO: most of the log, none of the story.
-logging.getLogger("httpx").setLevel(logging.WARNING)
+# kr8s's HTTP client logs every apiserver request at INFO: counted, and kept out of the log.
+metrics.count_kube_requests()
 
 
 @kopf.on.startup()
@@ -42,6 +43,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 300
     settings.batching.worker_limit = 64
+    # A deleted experiment waits for its timers (progress, resync) to stop. One caught mid-run
+    # is awaited this long, then looked at again every 2 s: kopf's default re-check is 60 s,
+    # which held `kubectl delete` of a finished experiment for a minute.
+    settings.background.instant_exit_timeout = 5.0
+    settings.background.cancellation_polling = 2.0
     runtime: Runtime = memo.runtime
     memo.sink_stop = asyncio.Event()
     memo.sink = asyncio.create_task(
@@ -70,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         ):
             queueing.register_queue_timer(plural, reconcile, settings.queue_seconds)
     runtime = Runtime(settings)
+    if settings.metrics_port:
+        serve_metrics(settings.metrics_port)
     asyncio.run(
         kopf.operator(
             standalone=True,

@@ -24,7 +24,7 @@ from tempotrain_workers.api import (
     workflow_id_for,
 )
 
-from tempotrain_operator import kube, lifecycle, queueing, suspension
+from tempotrain_operator import kube, lifecycle, metrics, queueing, run_events, suspension
 from tempotrain_operator.children import (
     Experiment,
     WorkerConfig,
@@ -116,6 +116,7 @@ async def _experiment_model(
     return run_id, StorageSpec(**volumes)
 
 
+@metrics.timed_reconcile("BatchInference")
 async def batchinference_reconcile(
     body: kopf.Body,
     spec: kopf.Spec,
@@ -306,6 +307,7 @@ def _wait_for_experiment(
 
 # Cancel the workflow; chunks already written stay and count for a later job.
 lifecycle.cancel_on_delete(PLURAL)
+run_events.register(PLURAL)
 
 
 async def batchinference_resync(

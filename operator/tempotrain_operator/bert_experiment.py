@@ -23,7 +23,7 @@ from tempotrain_workers.api import (
     workflow_id_for,
 )
 
-from tempotrain_operator import kube, lifecycle, queueing, suspension
+from tempotrain_operator import kube, lifecycle, metrics, queueing, run_events, suspension
 from tempotrain_operator.children import (
     Experiment,
     WorkerConfig,
@@ -81,6 +81,7 @@ def _validated(
     return (None, "; ".join(problems)) if problems else (model, "")
 
 
+@metrics.timed_reconcile("BertExperiment")
 async def bertexperiment_reconcile(
     body: kopf.Body,
     spec: kopf.Spec,
@@ -200,6 +201,7 @@ lifecycle.register_edit(PLURAL, KIND, _validated, _edited_deployments)
 
 # Cancel the workflow (the trainer saves a checkpoint on its way out), then let go.
 lifecycle.cancel_on_delete(PLURAL)
+run_events.register(PLURAL)
 
 
 async def bertexperiment_resync(

@@ -36,6 +36,7 @@ GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
 NON_ROOT_UID = 1000
 HEALTH_PORT = 8081  # the worker's /livez and /readyz
+METRICS_PORT = 9100  # the worker's /metrics (the chart's PodMonitor scrapes the port by name)
 # (cpu, memory) requests of the CPU-side workers. Evaluation runs the model in its pod; the
 # Ray driver only submits each scale to the Ray cluster and supervises it (the training and
 # the Ray Train driver run on the Ray pods), so it asks for little.
@@ -370,6 +371,8 @@ def _deployment(
             "tempotrain_workers",
             "--health-port",
             str(HEALTH_PORT),
+            "--metrics-port",
+            str(METRICS_PORT),
             "--queue",
             shape.queue,
             *shape.worker_args,
@@ -377,7 +380,10 @@ def _deployment(
         "resources": resources,
         "volumeMounts": mounts,
         "securityContext": copy.deepcopy(CONTAINER_SECURITY_CONTEXT),
-        "ports": [{"name": "health", "containerPort": HEALTH_PORT, "protocol": "TCP"}],
+        "ports": [
+            {"name": "health", "containerPort": HEALTH_PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+        ],
         # Ready once connected to Temporal and polling; restarted only when its event loop
         # has not answered for 3 minutes (a training step never holds it that long).
         "readinessProbe": {

@@ -21,7 +21,7 @@ from tempotrain_workers.api import (
     workflow_id_for,
 )
 
-from tempotrain_operator import compute, kube, lifecycle, queueing, suspension
+from tempotrain_operator import compute, kube, lifecycle, metrics, queueing, run_events, suspension
 from tempotrain_operator.children import (
     Experiment,
     WorkerConfig,
@@ -75,6 +75,7 @@ def _validated(
     return (None, "; ".join(problems)) if problems else (model, "")
 
 
+@metrics.timed_reconcile("Cifar10Scaling")
 async def cifar10scaling_reconcile(
     body: kopf.Body,
     spec: kopf.Spec,
@@ -274,6 +275,7 @@ lifecycle.register_edit(PLURAL, KIND, _validated, _edited_deployments)
 
 # Cancel the workflow (the driver stops Ray Train); the RayCluster goes by ownership.
 lifecycle.cancel_on_delete(PLURAL)
+run_events.register(PLURAL)
 
 
 async def cifar10scaling_resync(

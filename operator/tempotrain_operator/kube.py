@@ -17,7 +17,7 @@ from kr8s.asyncio.objects import (
 )
 from tempotrain_workers.api import API_VERSION, LABEL_PREFIX
 
-from tempotrain_operator import conditions
+from tempotrain_operator import conditions, metrics
 from tempotrain_operator.children import TEMPLATE_HASH
 
 BertExperimentResource = new_class(
@@ -73,6 +73,7 @@ async def create_children(owner: kopf.Body, children: list[dict[str, Any]]) -> N
             raise kopf.TemporaryError(f"cannot create {what}: {err}", delay=15) from err
         if created:
             kopf.info(owner, reason="Created", message=what)
+            metrics.CHILDREN_CREATED.labels(str(child["kind"])).inc()
             continue
         other = foreign_owner(dict(found.raw) if found else {}, owner_kind, owner_uid)
         if other is None:

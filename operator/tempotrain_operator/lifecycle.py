@@ -27,7 +27,7 @@ from tempotrain_workers.api import (
     workflow_id_for,
 )
 
-from tempotrain_operator import claims, compute, conditions, kube, suspension, worker_pods
+from tempotrain_operator import claims, compute, conditions, kube, metrics, suspension, worker_pods
 from tempotrain_operator.children import (
     Experiment,
     SpecT,
@@ -392,6 +392,7 @@ async def start_workflow_once(
     }
     await kube.patch_status(await kube.experiment_of(body), started)
     kopf.info(body, reason="WorkflowStarted", message=f"workflow {workflow_id}")
+    metrics.WORKFLOWS_STARTED.labels(str(body.get("kind"))).inc()
 
 
 async def apply_edit(

@@ -15,6 +15,7 @@ from tempotrain_workers.api import (
     TRAINING_QUEUE,
     PodSettings,
 )
+from tempotrain_workers.metrics import add_metrics_port_argument
 from tempotrain_workers.temporal_client import (
     TemporalConnection,
     add_connection_arguments,
@@ -55,6 +56,7 @@ class OperatorSettings:
     # label is ignored, and an event says so.
     kueue: bool = False
     queue_seconds: float = 2.0  # how often a queued experiment's Workload is looked at
+    metrics_port: int | None = None  # None: no /metrics
 
     def queues_for(self, uid: str) -> tuple[str, str]:
         """(training, eval) queues of one experiment. Per-experiment queues keep a worker pod
@@ -165,6 +167,7 @@ def parse_settings(argv: list[str] | None = None) -> OperatorSettings:
         default=float(_env("TEMPOTRAIN_QUEUE_SECONDS", "2") or 2),
         help="how often a queued experiment's Workload is looked at (admission, eviction)",
     )
+    add_metrics_port_argument(parser)
     args = parser.parse_args(argv)
     try:
         pod_defaults = PodSettings.model_validate_json(args.worker_pod_defaults)
@@ -190,4 +193,5 @@ def parse_settings(argv: list[str] | None = None) -> OperatorSettings:
         allowed_images=tuple(args.allowed_images or _env_list("TEMPOTRAIN_ALLOWED_IMAGES")),
         kueue=args.kueue,
         queue_seconds=args.queue_seconds,
+        metrics_port=args.metrics_port,
     )

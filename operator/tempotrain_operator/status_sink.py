@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from kr8s.asyncio.objects import APIObject
@@ -24,7 +25,7 @@ from tempotrain_workers.api import (
     StatusUpdate,
 )
 
-from tempotrain_operator import compute, conditions, kube, suspension
+from tempotrain_operator import compute, conditions, kube, metrics, suspension
 from tempotrain_operator.mapping import status_patch, trial_patch
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ TRIAL_TRIES = 8
 @activity.defn(name=PUBLISH_STATUS_ACTIVITY)
 async def publish_status(update: StatusUpdate) -> None:
     target = update.target
+    metrics.observe_push(target.kind, (datetime.now(UTC) - update.at).total_seconds())
     if target.kind not in kube.EXPERIMENT_KINDS:
         activity.logger.warning("status for unknown kind %s dropped", target.kind)
         return
@@ -73,6 +75,7 @@ async def publish_status(update: StatusUpdate) -> None:
     if patch:
         await kube.patch_status(experiment, patch)
     if finished and update.phase == Phase.FAILED:
+        metrics.WORKFLOWS_FAILED.labels(target.kind).inc()
         try:
             await kube.post_warning(raw, _failure_reason(update.message), update.message or "")
         except Exception as err:  # the status says it already; the event is a courtesy

@@ -4,6 +4,7 @@ values validation that fails with a readable message."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -152,6 +153,7 @@ def test_default_values_render_the_operator_rbac_crds_and_dev_server(
             ("ClusterRole", f"{FULLNAME}-kopf"),
             ("ClusterRoleBinding", f"{FULLNAME}-kopf"),
             ("Deployment", f"{FULLNAME}-operator"),
+            ("Service", f"{FULLNAME}-metrics"),
             ("Deployment", f"{FULLNAME}-temporal"),
             ("Service", f"{FULLNAME}-temporal"),
             ("PersistentVolumeClaim", f"{FULLNAME}-temporal-data"),
@@ -312,6 +314,7 @@ def test_operator_env_is_what_the_operator_reads(
     assert settings.ray_address == "local"
     assert settings.inference_queue == "tempotrain-inference"
     assert settings.resync_seconds == 30.0
+    assert settings.metrics_port == 9100
     assert settings.temporal.tls_ca == "/etc/tempotrain/temporal-tls/ca.crt"
     assert settings.temporal.tls_cert == "/etc/tempotrain/temporal-tls/tls.crt"
     assert settings.temporal.tls_key == "/etc/tempotrain/temporal-tls/tls.key"
@@ -334,6 +337,7 @@ def test_operator_env_is_what_the_operator_reads(
         for path in (
             "operator/tempotrain_operator/settings.py",
             "workers/tempotrain_workers/temporal_client.py",  # the shared connection flags
+            "workers/tempotrain_workers/metrics.py",  # the shared --metrics-port
         )
     )
     unknown = {n for n in chart_vars if f'"{n}"' not in operator_source}
@@ -472,7 +476,8 @@ def test_dev_server_objects_appear_only_when_enabled(helm: Helm, args: list[str]
         if o["metadata"].get("labels", {}).get("app.kubernetes.io/component")
         == "temporal-dev-server"
     ]
-    assert of_kind(objects, "Deployment") and not of_kind(objects, "Service")
+    services = [o["metadata"]["name"] for o in of_kind(objects, "Service")]
+    assert of_kind(objects, "Deployment") and services == [f"{FULLNAME}-metrics"]
     assert env_of(operator_container(objects))["TEMPORAL_ADDRESS"] != ""
 
 
@@ -759,3 +764,67 @@ def test_kueue_integration_adds_its_env_and_exactly_its_rbac(helm: Helm) -> None
     )
     # Off by default: no Kueue permission, no Kueue setting.
     assert "TEMPOTRAIN_KUEUE" not in env_of(operator_container(helm.objects()))
+
+
+def test_metrics_are_served_scraped_and_charted(helm: Helm) -> None:
+    """The operator's /metrics port behind a Service; a ServiceMonitor, a PodMonitor for the
+    worker pods' `metrics` port and the Grafana dashboard on request; every metric the
+    dashboard plots is one the operator or the workers export."""
+    from prometheus_client import REGISTRY
+    from tempotrain_operator import metrics as operator_metrics
+    from tempotrain_workers import metrics as worker_metrics
+
+    objects = helm.objects(
+        *(
+            "--set",
+            "metrics.serviceMonitor.enabled=true",
+            "--set",
+            "metrics.podMonitor.enabled=true",
+        ),
+        *(
+            "--set",
+            "metrics.dashboard.enabled=true",
+            "--set",
+            "metrics.serviceMonitor.labels.release=kps",
+        ),
+    )
+    container = operator_container(objects)
+    assert env_of(container)["TEMPOTRAIN_METRICS_PORT"] == "9100"
+    assert {"name": "metrics", "containerPort": 9100, "protocol": "TCP"} in container["ports"]
+    service = one(objects, "Service", f"{FULLNAME}-metrics")
+    assert service["spec"]["ports"][0]["targetPort"] == "metrics"
+    assert service["spec"]["selector"]["app.kubernetes.io/component"] == "operator"
+    monitor = one(objects, "ServiceMonitor", f"{FULLNAME}-operator")
+    assert monitor["metadata"]["labels"]["release"] == "kps"
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    pods = one(objects, "PodMonitor", f"{FULLNAME}-workers")
+    assert pods["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    assert pods["spec"]["namespaceSelector"] == {"any": True}
+    dashboard = one(objects, "ConfigMap", f"{FULLNAME}-dashboard")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    panels = json.loads(dashboard["data"]["tempotrain.json"])["panels"]
+    exported = {
+        sample.name
+        for family in REGISTRY.collect()
+        for sample in family.samples
+        if sample.name.startswith("tempotrain_")
+    } | {  # samples of labelled metrics appear once used: their names by declaration
+        f"{m._name}{suffix}"
+        for module in (operator_metrics, worker_metrics)
+        for m in vars(module).values()
+        if hasattr(m, "_name") and hasattr(m, "_type")
+        for suffix in ("", "_total", "_bucket", "_count", "_sum")
+    }
+    plotted = {
+        name
+        for panel in panels
+        for target in panel["targets"]
+        for name in re.findall(r"tempotrain_[a-z_]+", target["expr"])
+    }
+    assert len(plotted) >= 10 and plotted <= exported, plotted - exported
+
+    # Off: neither the port, nor the Service; the monitors and the dashboard are opt-in.
+    quiet = helm.objects("--set", "metrics.enabled=false")
+    assert "TEMPOTRAIN_METRICS_PORT" not in env_of(operator_container(quiet))
+    assert not [o for o in quiet if o["metadata"]["name"].endswith("-metrics")]
+    assert not of_kind(helm.objects(), "ServiceMonitor", "PodMonitor", "ConfigMap")

@@ -88,21 +88,24 @@ class Stack:
             ),
         )
 
-    def start_worker(self, name: str = "worker") -> None:
+    def start_worker(self, name: str = "worker", *extra: str) -> None:
         """A host worker on all the stack's queues; another `name` adds one beside it."""
         self._start(
             name,
-            worker_command(
-                self.temporal_address,
-                [
-                    self.queues.training,
-                    self.queues.eval,
-                    str(self.queues.ray),
-                    str(self.queues.inference),
-                ],
-                self.snapshots,
-                self.runs,
-            ),
+            [
+                *worker_command(
+                    self.temporal_address,
+                    [
+                        self.queues.training,
+                        self.queues.eval,
+                        str(self.queues.ray),
+                        str(self.queues.inference),
+                    ],
+                    self.snapshots,
+                    self.runs,
+                ),
+                *extra,
+            ],
         )
 
     def _start(self, name: str, argv: list[str]) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -135,6 +136,16 @@ async def test_experiment_trains_evaluates_and_reports_in_status(
     assert loss == f"{status['latestCheckpoint']['loss']:.4g}", table
     assert accuracy == f"{status['metrics']['evalAccuracy']:.4g}", table
     assert "CHECKPOINT" in cluster.kubectl("get", "tempotrain", "-n", ns, "-o", "wide")
+
+    # `kubectl describe` tells the story: each phase it went through, and its checkpoints.
+    async def story_told() -> str | None:
+        described = cluster.kubectl("describe", "bexp", "sentiment", "-n", ns)
+        return described if "→ Succeeded" in described else None
+
+    described = await eventually(story_told, within=30, what="the Succeeded event")
+    assert "PhaseChanged" in described and "new → Pending" in described, described
+    assert "→ Training" in described, described
+    assert re.search(r"CheckpointSaved .*step \d+ saved and verified", described), described
 
     await until_released(cluster, ns, RESOURCE, "sentiment")
     owner_uid = kube_json(cluster, ns, RESOURCE, "sentiment")["metadata"]["uid"]

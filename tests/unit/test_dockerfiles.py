@@ -151,7 +151,8 @@ def test_worker_pod_command_line_with_the_image_entrypoint() -> None:
     # Kubernetes: `command` replaces ENTRYPOINT; `args` replaces CMD and follows ENTRYPOINT.
     argv = [*container.get("command", entrypoint), *container.get("args", [])]
     assert argv == [
-        *("python", "-m", "tempotrain_workers", "--health-port", "8081", "--queue", "tq")
+        *("python", "-m", "tempotrain_workers", "--health-port", "8081"),
+        *("--metrics-port", "9100", "--queue", "tq"),
     ]
 
 

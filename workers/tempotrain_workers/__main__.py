@@ -14,6 +14,7 @@ from datetime import timedelta
 
 from temporalio.worker import Worker
 
+from tempotrain_workers import metrics
 from tempotrain_workers.activities import (
     BertActivities,
     InferenceActivities,
@@ -30,6 +31,8 @@ log = logging.getLogger("tempotrain_workers")
 
 
 async def run_workers(settings: WorkerSettings, stop: asyncio.Event) -> None:
+    if settings.metrics_port:
+        metrics.serve(settings.metrics_port)
     health = HealthServer(settings.health_port) if settings.health_port else None
     if health is not None:  # live from the start: connecting may take a while
         await health.start()
@@ -63,6 +66,7 @@ async def _run(settings: WorkerSettings, stop: asyncio.Event, health: HealthServ
             # so a deleted experiment stops (and checkpoints) promptly.
             max_heartbeat_throttle_interval=timedelta(seconds=5),
             default_heartbeat_throttle_interval=timedelta(seconds=5),
+            interceptors=[metrics.CountFailures()],
         )
         for queue in settings.queues
     ]

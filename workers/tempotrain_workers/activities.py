@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any
 
 from temporalio import activity
 
+from tempotrain_workers import metrics
 from tempotrain_workers.api import (
     BertEvalRequest,
     BertEvalResult,
@@ -140,7 +142,10 @@ class InferenceActivities:
     async def process_chunk(self, request: ChunkRequest) -> ChunkOutcome:
         from tempotrain_workers.inference.chunks import process_chunk
 
+        started = time.monotonic()
         outcome: ChunkOutcome = await heartbeating(process_chunk, request, self.roots)
+        if not outcome.skipped:
+            metrics.chunk_scored(request.job.job_id, outcome.rows, time.monotonic() - started)
         return outcome.model_copy(update={"attempt": activity.info().attempt})
 
     @activity.defn(name="merge_chunks")

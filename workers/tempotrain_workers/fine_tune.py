@@ -33,6 +33,7 @@ from tempotrain_workers.api import (
 from tempotrain_workers.checkpoints import latest_verified
 from tempotrain_workers.errors import non_retryable
 from tempotrain_workers.heartbeats import HEARTBEAT_SECONDS
+from tempotrain_workers.metrics import TrainingMeter
 from tempotrain_workers.ml_imports import ml_stack_ready
 from tempotrain_workers.model_names import resolve_model
 from tempotrain_workers.step_rate import StepRate
@@ -65,6 +66,14 @@ def trainer_command(job_file: Path) -> list[str]:
     return [sys.executable, *module]
 
 
+def _reached_step(run_dir: Path) -> int | None:
+    """The step the run's last attempt reported reaching (its progress.json), if any."""
+    try:
+        return Progress.model_validate_json((run_dir / "progress.json").read_text()).step
+    except (OSError, ValueError):
+        return None
+
+
 class TrainerSupervisor:
     """Progress goes out in heartbeat details (no workflow history); only a new checkpoint
     is signalled to the workflow."""
@@ -85,6 +94,7 @@ class TrainerSupervisor:
         self.rate = StepRate()
         self.error: dict[str, Any] | None = None
         self.stopped = False  # the trainer said it stopped on request (after its save)
+        self.meter = TrainingMeter(str(self.config.run_id), self.config.batch_size)
 
     async def run(self) -> BertFineTuneResult:
         # From the first moment: the resume scan (sha256 of every checkpoint file) and the
@@ -102,6 +112,7 @@ class TrainerSupervisor:
         resume = await asyncio.to_thread(latest_verified, self.run_dir, snapshot.snapshot_hash)
         self.latest = resume
         self.resumed_step = resume.step if resume else None
+        self.meter.started(self.resumed_step, _reached_step(self.run_dir))
         attempt = max(self.request.attempt, activity.info().attempt)
         job_file = self.run_dir / f".job-attempt-{attempt}.json"
         job = TrainerJob(
@@ -173,12 +184,15 @@ class TrainerSupervisor:
                     steps_per_second=self.progress.steps_per_second if self.progress else None,
                 )
                 activity.heartbeat(self._heartbeat_details())
+                checkpoint_dir = self.run_dir / Path(self.latest.path).name
+                self.meter.saved(self.latest.step, event.get("save_seconds"), checkpoint_dir)
                 await self._signal("update_checkpoint", self.latest)
             elif kind == "progress":
                 # Heartbeat details only: the SDK sends the latest at most every few seconds.
                 progress = Progress.model_validate(event)
                 rate = self.rate.add(progress.step)
                 self.progress = progress.model_copy(update={"steps_per_second": rate})
+                self.meter.progressed(progress.step, rate)
                 activity.heartbeat(self._heartbeat_details())
             elif kind == "evaluation":
                 await self._signal(EVALUATION_SIGNAL, Evaluation.model_validate(event))

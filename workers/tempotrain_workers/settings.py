@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tempotrain_workers.api import EVAL_QUEUE, TRAINING_QUEUE
+from tempotrain_workers.metrics import add_metrics_port_argument
 from tempotrain_workers.temporal_client import (
     TemporalConnection,
     add_connection_arguments,
@@ -25,6 +26,7 @@ class WorkerSettings:
     runs_root: Path
     max_concurrent_activities: int | None
     health_port: int | None = None  # None: no probe endpoint (a worker on a host)
+    metrics_port: int | None = None  # None: no /metrics
 
 
 def parse_worker_settings(argv: list[str] | None = None) -> WorkerSettings:
@@ -72,6 +74,7 @@ def parse_worker_settings(argv: list[str] | None = None) -> WorkerSettings:
         help="serve GET /livez and /readyz on this port for the pod's probes (env "
         "TEMPOTRAIN_HEALTH_PORT; default: none)",
     )
+    add_metrics_port_argument(parser)
     args = parser.parse_args(argv)
     queues = args.queues or [q for q in os.environ.get(ENV_QUEUES, "").split(",") if q]
     return WorkerSettings(
@@ -81,4 +84,5 @@ def parse_worker_settings(argv: list[str] | None = None) -> WorkerSettings:
         runs_root=args.runs_root,
         max_concurrent_activities=args.max_concurrent_activities,
         health_port=args.health_port,
+        metrics_port=args.metrics_port,
     )

@@ -198,8 +198,14 @@ def build_callback(job: TrainerJob) -> Any:
             self.checkpoints_saved += 1
             write_json_atomically(run_state_file, {"checkpoints_saved": self.checkpoints_saved})
             self.latest = json.loads(info.model_dump_json())
-            self.checkpoint_seconds += time.monotonic() - self.step_ended
-            emit("checkpoint", checkpoint=self.latest, total_steps=state.max_steps)
+            save_seconds = time.monotonic() - self.step_ended
+            self.checkpoint_seconds += save_seconds
+            emit(
+                "checkpoint",
+                checkpoint=self.latest,
+                total_steps=state.max_steps,
+                save_seconds=save_seconds,
+            )
 
     return CheckpointCallback()
 

@@ -1,0 +1,140 @@
+"""Prometheus metrics of a worker process, and the `/metrics` endpoint that the worker and
+the operator each serve on their `--metrics-port`.
+
+The trainer is a child process; what it does reaches these through its stdout events, which
+the worker's supervisor reads anyway (`fine_tune.TrainerSupervisor`). Labelled by `run` (the
+run id: an experiment, or a sweep's trial), which stays few per worker: one job at a time."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from temporalio import activity
+from temporalio.worker import (
+    ActivityInboundInterceptor,
+    ExecuteActivityInput,
+    Interceptor,
+)
+
+TRAINING_STEPS = Counter(
+    "tempotrain_training_steps", "Optimizer steps the trainer reported", ["run"]
+)
+STEPS_PER_SECOND = Gauge(
+    "tempotrain_training_steps_per_second", "The trainer's step rate over its last minute", ["run"]
+)
+SAMPLES_PER_SECOND = Gauge(
+    "tempotrain_training_samples_per_second",
+    "Training samples per second: steps/s x batch size x processes",
+    ["run"],
+)
+CHECKPOINTS_SAVED = Counter(
+    "tempotrain_checkpoints_saved", "Checkpoints saved and verified (marker written)", ["run"]
+)
+CHECKPOINT_SAVE_SECONDS = Histogram(
+    "tempotrain_checkpoint_save_seconds",
+    "From the end of the step to the checkpoint's marker on disk",
+    ["run"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)
+CHECKPOINT_BYTES = Gauge("tempotrain_checkpoint_bytes", "Size of the newest checkpoint", ["run"])
+RESUMES = Counter("tempotrain_resumes", "Training attempts that resumed from a checkpoint", ["run"])
+RECOMPUTED_STEPS = Counter(
+    "tempotrain_recomputed_steps",
+    "Steps an attempt trains again: the last one had reached them past its last checkpoint",
+    ["run"],
+)
+INFERENCE_ROWS = Counter("tempotrain_inference_rows", "Rows scored by batch inference", ["job"])
+INFERENCE_ROWS_PER_SECOND = Gauge(
+    "tempotrain_inference_rows_per_second", "Rows per second of the last chunk scored", ["job"]
+)
+ACTIVITY_FAILURES = Counter(
+    "tempotrain_activity_failures",
+    "Activity executions that failed, by activity and error type",
+    ["activity", "error_type"],
+)
+
+
+def serve(port: int, addr: str = "0.0.0.0") -> None:
+    """`GET /metrics` on `port`, from a thread of its own: a busy event loop still answers."""
+    start_http_server(port, addr)
+
+
+def directory_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def error_type(err: BaseException) -> str:
+    """An ApplicationError's own type (`ModelNotFound`, `HeartbeatTimeout`), else the class."""
+    found = getattr(err, "type", None)
+    return found if isinstance(found, str) and found else type(err).__name__
+
+
+class CountFailures(Interceptor):
+    """Counts every activity execution that raises, by its error type (a cancellation
+    included: on a worker that shuts down, it is how the trainer's save ended)."""
+
+    def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
+        return _CountingInbound(next)
+
+
+class _CountingInbound(ActivityInboundInterceptor):
+    async def execute_activity(self, input: ExecuteActivityInput) -> Any:
+        try:
+            return await super().execute_activity(input)
+        except BaseException as err:
+            ACTIVITY_FAILURES.labels(activity.info().activity_type, error_type(err)).inc()
+            raise
+
+
+class TrainingMeter:
+    """One training attempt's contribution to the metrics, fed by its supervisor."""
+
+    def __init__(self, run: str, samples_per_step: int) -> None:
+        self.run = run
+        self.samples_per_step = samples_per_step
+        self.counted_step: int | None = None
+
+    def started(self, resume_step: int | None, reached_before: int | None) -> None:
+        """The attempt starts from `resume_step` (None: from scratch); the one before it had
+        reached `reached_before`: what lies between is trained again."""
+        self.counted_step = resume_step or 0
+        if resume_step is not None:
+            RESUMES.labels(self.run).inc()
+        if reached_before is not None and reached_before > (resume_step or 0):
+            RECOMPUTED_STEPS.labels(self.run).inc(reached_before - (resume_step or 0))
+
+    def progressed(self, step: int, steps_per_second: float | None) -> None:
+        if self.counted_step is not None and step > self.counted_step:
+            TRAINING_STEPS.labels(self.run).inc(step - self.counted_step)
+            self.counted_step = step
+        if steps_per_second is not None:
+            STEPS_PER_SECOND.labels(self.run).set(steps_per_second)
+            SAMPLES_PER_SECOND.labels(self.run).set(steps_per_second * self.samples_per_step)
+
+    def saved(self, step: int, save_seconds: float | None, checkpoint: Path) -> None:
+        self.progressed(step, None)
+        CHECKPOINTS_SAVED.labels(self.run).inc()
+        if save_seconds is not None:
+            CHECKPOINT_SAVE_SECONDS.labels(self.run).observe(save_seconds)
+        CHECKPOINT_BYTES.labels(self.run).set(directory_bytes(checkpoint))
+
+
+def chunk_scored(job: str, rows: int, seconds: float) -> None:
+    INFERENCE_ROWS.labels(job).inc(rows)
+    if seconds > 0:
+        INFERENCE_ROWS_PER_SECOND.labels(job).set(rows / seconds)
+
+
+def add_metrics_port_argument(parser: argparse.ArgumentParser) -> None:
+    """`--metrics-port` (env TEMPOTRAIN_METRICS_PORT), shared by the worker and the operator."""
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(os.environ.get("TEMPOTRAIN_METRICS_PORT", "0")) or None,
+        help="serve Prometheus metrics at GET /metrics on this port (env "
+        "TEMPOTRAIN_METRICS_PORT; default: none)",
+    )
