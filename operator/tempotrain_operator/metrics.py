@@ -7,6 +7,7 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import ParamSpec, TypeVar
 
 from prometheus_client import Counter, Histogram
@@ -86,6 +87,10 @@ def count_kube_requests() -> None:
     httpx.addFilter(CountKubeRequests())
 
 
-def observe_push(kind: str, lag_seconds: float) -> None:
+def observe_push(kind: str, sent_at: datetime) -> None:
+    """A status push, and how long after the workflow made it (its time: UTC)."""
+    if sent_at.tzinfo is None:
+        sent_at = sent_at.replace(tzinfo=UTC)
     STATUS_PUSHES.labels(kind).inc()
-    STATUS_PUSH_LAG_SECONDS.labels(kind).observe(max(0.0, lag_seconds))
+    lag = (datetime.now(UTC) - sent_at).total_seconds()
+    STATUS_PUSH_LAG_SECONDS.labels(kind).observe(max(0.0, lag))

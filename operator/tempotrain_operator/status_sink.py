@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from kr8s.asyncio.objects import APIObject
@@ -38,7 +37,7 @@ TRIAL_TRIES = 8
 @activity.defn(name=PUBLISH_STATUS_ACTIVITY)
 async def publish_status(update: StatusUpdate) -> None:
     target = update.target
-    metrics.observe_push(target.kind, (datetime.now(UTC) - update.at).total_seconds())
+    metrics.observe_push(target.kind, update.at)
     if target.kind not in kube.EXPERIMENT_KINDS:
         activity.logger.warning("status for unknown kind %s dropped", target.kind)
         return

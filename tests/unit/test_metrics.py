@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import logging
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from prometheus_client import REGISTRY
 from temporalio.exceptions import ApplicationError
-from tempotrain_operator.metrics import CountKubeRequests
+from tempotrain_operator.metrics import CountKubeRequests, observe_push
 from tempotrain_workers.metrics import TrainingMeter, error_type
 
 
@@ -58,3 +59,13 @@ def test_httpx_request_lines_are_counted_and_kept_out_of_the_log() -> None:
     assert counting.filter(record("connection reset")) is True
     after = sample("tempotrain_operator_kube_requests_total", method="PATCH", code="409")
     assert after == before + 1
+
+
+def test_a_status_push_is_counted_with_its_lag_from_the_workflow_time() -> None:
+    kind = f"Kind{uuid.uuid4().hex[:6]}"
+    sent = datetime.now(UTC) - timedelta(seconds=3)
+    observe_push(kind, sent)
+    observe_push(kind, sent.replace(tzinfo=None))  # a naive time is UTC
+    assert sample("tempotrain_operator_status_pushes_total", kind=kind) == 2
+    lag = sample("tempotrain_operator_status_push_lag_seconds_sum", kind=kind) or 0
+    assert 6 <= lag < 20, lag
