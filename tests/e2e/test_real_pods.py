@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from temporalio.client import WorkflowExecutionStatus
 from tempotrain_dev.containerd import Ctr
+from tempotrain_dev.prometheus_server import LocalPrometheus
 from tempotrain_dev.provisioner import claim_directory
 from tempotrain_workers.checkpoints import latest_verified
 from tempotrain_workers.sample_data import write_sentiment_jsonl
@@ -101,6 +102,7 @@ async def test_experiment_trains_in_its_pods_through_a_pod_deletion_and_a_contai
     node_runtime: Ctr,
     temporal: TemporalHandle,
     minilm_path: Path,
+    prometheus: LocalPrometheus,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     ns = pod_stack.namespace
@@ -131,8 +133,28 @@ async def test_experiment_trains_in_its_pods_through_a_pod_deletion_and_a_contai
         return (status.get("latestCheckpoint") or {}).get("step")
 
     await eventually(checkpointed, within=300, what="a first checkpoint in status")
-    trainer_pod = training_pods(cluster, ns)[0]["metadata"]["name"]
+    trainer = training_pods(cluster, ns)[0]
+    trainer_pod = trainer["metadata"]["name"]
     assert "polling" in cluster.kubectl("logs", trainer_pod, "-n", ns)
+
+    # The training pod's /metrics (its port named `metrics`), scraped by the platform's
+    # Prometheus at the pod's own address: its steps and its saves are there.
+    port = next(p for p in trainer["spec"]["containers"][0]["ports"] if p["name"] == "metrics")
+    scrape = f"pod-{trainer_pod}"
+    address = f"{trainer['status']['podIP']}:{port['containerPort']}"
+    prometheus.add_targets(scrape, [address], {"pod": trainer_pod})
+    try:
+
+        async def scraped() -> list[dict[str, Any]] | None:
+            query = f'tempotrain_checkpoints_saved_total{{pod="{trainer_pod}"}} > 0'
+            return prometheus.query(query) or None
+
+        found = await eventually(scraped, within=60, what="the pod's checkpoint saves in PromQL")
+        assert found[0]["metric"]["run"] == "sentiment", found
+        steps = prometheus.query(f'tempotrain_training_steps_total{{pod="{trainer_pod}"}}')
+        assert steps and float(steps[0]["value"][1]) >= SAVE_STEPS, steps
+    finally:
+        prometheus.remove_targets(scrape)
 
     # 1. The pod deleted: SIGTERM, the trainer saves where it is, a new pod resumes there.
     cluster.kubectl("delete", "pod", trainer_pod, "-n", ns, "--wait=true", "--timeout=300s")
