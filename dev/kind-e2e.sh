@@ -252,10 +252,10 @@ log "helm upgrade --install $release charts/tempotrain (namespace $namespace)"
 "$helm" --kubeconfig "$kubeconfig" upgrade --install "$release" charts/tempotrain \
   --namespace "$namespace" --create-namespace --take-ownership \
   --set operator.image.repository="${operator_image%:*}" \
-  --set operator.image.tag="${operator_image##*:}" \
+  --set-string operator.image.tag="${operator_image##*:}" \
   --set operator.image.pullPolicy=IfNotPresent \
   --set workers.image.repository="${workers_image%:*}" \
-  --set workers.image.tag="${workers_image##*:}" \
+  --set-string workers.image.tag="${workers_image##*:}" \
   --set temporal.devServer.enabled=true \
   --set rbac.scope=namespaced \
   --set "watchNamespaces={$namespace}" \

@@ -29,7 +29,10 @@ class Seen:
     phase: str | None
     checkpoint_step: int | None
     checkpoint_told_at: float | None = None
-    untold: int = 0  # checkpoints seen since the last CheckpointSaved event
+    untold: int = 0  # checkpoint changes seen since the last CheckpointSaved event
+    # status.checkpointsSaved when that event was told: the saves between two watch events
+    # (the status sink coalesces its pushes) are counted from it, where the kind reports it.
+    saved_when_told: int | None = None
 
 
 @dataclass(frozen=True)
@@ -70,10 +73,15 @@ def what_happened(
     due = seen.checkpoint_told_at is None or now - seen.checkpoint_told_at >= every
     saved: list[Told] = []
     if now_seen.untold and step is not None and (due or ended):
-        others = now_seen.untold - 1
-        more = f" ({others} more since the last such event)" if others else ""
+        count = status.get("checkpointsSaved")
+        count = count if isinstance(count, int) else None
+        if count is not None and seen.saved_when_told is not None:
+            others = count - seen.saved_when_told - 1
+        else:
+            others = now_seen.untold - 1
+        more = f" ({others} more since the last such event)" if others > 0 else ""
         saved.append(Told("Normal", CHECKPOINT_SAVED, f"step {step} saved and verified{more}"))
-        now_seen = replace(now_seen, checkpoint_told_at=now, untold=0)
+        now_seen = replace(now_seen, checkpoint_told_at=now, untold=0, saved_when_told=count)
     # The story ends with the run's last checkpoint, then how it ended.
     told = saved + changed if ended else changed + saved
     return now_seen, told

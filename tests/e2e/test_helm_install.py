@@ -262,7 +262,13 @@ class ChartInstall:
             "queues.status": f"operator-{self.release}",  # no other test's worker pushes here
             **self.values,
         }
-        return [arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]
+        # --set-string for the tags: a content hash of digits only (438800149416) would
+        # otherwise reach the chart as a number, which its schema refuses.
+        return [
+            arg
+            for key, value in values.items()
+            for arg in ("--set-string" if key.endswith(".tag") else "--set", f"{key}={value}")
+        ]
 
 
 async def chart_trains_in_pods(

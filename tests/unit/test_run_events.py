@@ -14,10 +14,14 @@ from tempotrain_operator.run_events import (
 )
 
 
-def status(phase: str | None = None, step: int | None = None, message: str = "") -> dict[str, Any]:
+def status(
+    phase: str | None = None, step: int | None = None, message: str = "", saved: int | None = None
+) -> dict[str, Any]:
     found: dict[str, Any] = {"phase": phase, "message": message or None}
     if step is not None:
         found["latestCheckpoint"] = {"step": step, "path": f"checkpoint-{step}"}
+    if saved is not None:
+        found["checkpointsSaved"] = saved
     return found
 
 
@@ -72,3 +76,18 @@ def test_checkpoints_are_told_at_most_once_a_minute_and_the_last_when_it_ends() 
 def test_a_status_read_again_without_a_new_checkpoint_tells_nothing() -> None:
     told = replay([(0, status("Training", 8)), (100, status("Training", 8))])
     assert [t.reason for _, t in told] == [PHASE_CHANGED, CHECKPOINT_SAVED]
+
+
+def test_saves_between_two_watch_events_are_counted_from_checkpoints_saved() -> None:
+    # Pushes are coalesced: the status jumps from 1 save to 9 between two events.
+    told = replay([
+        (0, status("Training", 8, saved=1)),
+        (61, status("Training", 16, saved=2)),
+        (200, status("Training", 72, saved=9)),
+    ])  # fmt: skip
+    messages = [t.message for _, t in told if t.reason == CHECKPOINT_SAVED]
+    assert messages == [
+        "step 8 saved and verified",
+        "step 16 saved and verified",
+        "step 72 saved and verified (6 more since the last such event)",
+    ]
