@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import subprocess
 import tempfile
@@ -19,6 +18,7 @@ from temporalio.client import Client
 from tempotrain_dev.commands import worker_command
 from tempotrain_dev.temporal_server import LocalTemporal
 from tempotrain_workers.trainer_main import TrainerJob
+from tempotrain_workers.trainer_main import reached_step as trainer_reached_step
 
 
 @contextlib.contextmanager
@@ -68,10 +68,7 @@ def start_worker(address: str, queues: list[str], root: Path, log: Path) -> subp
 
 def reached_step(run_dir: Path) -> int:
     """The step a run's trainer last reported (progress.json); 0 before any."""
-    try:
-        return int(json.loads((run_dir / "progress.json").read_text())["step"])
-    except (FileNotFoundError, json.JSONDecodeError, KeyError):
-        return 0
+    return trainer_reached_step(run_dir) or 0
 
 
 def attempt_job(run_dir: Path, attempt: int) -> TrainerJob | None:

@@ -42,7 +42,7 @@ def unsupported_reason(install: bool = True) -> str | None:
         return "no cgroup v1 memory controller at /sys/fs/cgroup/memory (the node expects v1)"
     missing = missing_packages()
     if missing and install:
-        error = _apt_install(missing)
+        error = apt_install(missing, "real node")
         if error:
             return f"installing {', '.join(missing)} failed: {error}"
         missing = missing_packages()
@@ -60,9 +60,11 @@ def missing_packages() -> list[str]:
     return sorted(missing)
 
 
-def _apt_install(packages: list[str]) -> str | None:
+def apt_install(packages: list[str], purpose: str) -> str | None:
+    """Install Debian packages (apt-get update once if the first try fails); the error's
+    last line, or None."""
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    print(f"real node: installing Debian packages {' '.join(packages)}", flush=True)
+    print(f"{purpose}: installing Debian packages {' '.join(packages)}", flush=True)
     install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages]
     for argv in (install, ["apt-get", "update", "-qq"], install):
         result = subprocess.run(argv, capture_output=True, text=True, env=env)

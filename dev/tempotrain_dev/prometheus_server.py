@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tempotrain_dev.net import free_ports
+from tempotrain_dev.node_support import apt_install
 from tempotrain_dev.processes import ManagedProcess
 from tempotrain_dev.waiting import wait_for
 
@@ -27,11 +27,7 @@ def prometheus_binary(install: bool = True) -> Path | None:
     """The binary, installed from Debian's packages where missing and allowed (root)."""
     found = shutil.which("prometheus")
     if found is None and install and os.geteuid() == 0:
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        argv = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", PACKAGE]
-        for step in (argv, ["apt-get", "update", "-qq"], argv):
-            if subprocess.run(step, capture_output=True, env=env).returncode == 0 and step is argv:
-                break
+        apt_install([PACKAGE], "prometheus")
         found = shutil.which("prometheus")
     return Path(found) if found else None
 

@@ -16,6 +16,8 @@ from typing import Any
 import kopf
 from tempotrain_workers.api import GROUP, TERMINAL_PHASES, VERSION, Phase
 
+from tempotrain_operator.mapping import latest_step
+
 PHASE_CHANGED = "PhaseChanged"
 CHECKPOINT_SAVED = "CheckpointSaved"
 # One checkpoint event a minute per experiment; the last one is always told when it ends.
@@ -27,7 +29,7 @@ class Seen:
     """What the last watch event showed of one experiment, and what was told of it."""
 
     phase: str | None
-    checkpoint_step: int | None
+    checkpoint_step: int  # -1: none yet (`latest_step`)
     checkpoint_told_at: float | None = None
     untold: int = 0  # checkpoint changes seen since the last CheckpointSaved event
     # status.checkpointsSaved when that event was told: the saves between two watch events
@@ -42,11 +44,6 @@ class Told:
     message: str
 
 
-def _checkpoint_step(status: Mapping[str, Any]) -> int | None:
-    step = (status.get("latestCheckpoint") or {}).get("step")
-    return int(step) if step is not None else None
-
-
 def what_happened(
     seen: Seen | None,
     status: Mapping[str, Any],
@@ -56,11 +53,11 @@ def what_happened(
     """What to tell of `status`, given what was `seen` before (None: the first look since
     this operator started, which tells nothing: it cannot know what changed)."""
     phase = status.get("phase") or None
-    step = _checkpoint_step(status)
+    step = latest_step(status)
     if seen is None:
         return Seen(phase, step), []
     now_seen = replace(seen, phase=phase, checkpoint_step=step)
-    if step is not None and step != seen.checkpoint_step:
+    if step >= 0 and step != seen.checkpoint_step:
         now_seen = replace(now_seen, untold=seen.untold + 1)
     changed: list[Told] = []
     if phase is not None and phase != seen.phase:
@@ -72,7 +69,7 @@ def what_happened(
     ended = bool(changed) and phase in TERMINAL_PHASES
     due = seen.checkpoint_told_at is None or now - seen.checkpoint_told_at >= every
     saved: list[Told] = []
-    if now_seen.untold and step is not None and (due or ended):
+    if now_seen.untold and step >= 0 and (due or ended):
         count = status.get("checkpointsSaved")
         count = count if isinstance(count, int) else None
         if count is not None and seen.saved_when_told is not None:

@@ -27,7 +27,7 @@ def status(
 
 def replay(statuses: list[tuple[float, dict[str, Any]]]) -> list[tuple[float, Told]]:
     """Watch events at the given times, from an operator that saw the object created."""
-    seen: Seen | None = Seen(None, None)
+    seen: Seen | None = Seen(None, -1)
     told: list[tuple[float, Told]] = []
     for at, shown in statuses:
         seen, events = what_happened(seen, shown, at, every=60)

@@ -56,6 +56,12 @@ def write_marker(
     return info
 
 
+def marker_bytes(checkpoint_dir: Path) -> int:
+    """The checkpoint's size as its marker lists it: its files, the marker aside."""
+    marker = json.loads((checkpoint_dir / MARKER_FILE).read_text())
+    return sum(int(entry["size"]) for entry in marker["files"].values())
+
+
 def verify(checkpoint_dir: Path, snapshot_hash: str | None = None) -> CheckpointInfo | None:
     """The checkpoint's info if its marker verifies (and matches snapshot_hash), else None."""
     try:

@@ -38,7 +38,7 @@ from tempotrain_workers.ml_imports import ml_stack_ready
 from tempotrain_workers.model_names import resolve_model
 from tempotrain_workers.step_rate import StepRate
 from tempotrain_workers.subprocesses import die_with_parent
-from tempotrain_workers.trainer_main import EVENT_PREFIX, EXIT_STOPPED, TrainerJob
+from tempotrain_workers.trainer_main import EVENT_PREFIX, EXIT_STOPPED, TrainerJob, reached_step
 
 log = logging.getLogger(__name__)
 GRACEFUL_STOP_SECONDS = 120
@@ -64,14 +64,6 @@ def trainer_command(job_file: Path) -> list[str]:
             *module,
         ]
     return [sys.executable, *module]
-
-
-def _reached_step(run_dir: Path) -> int | None:
-    """The step the run's last attempt reported reaching (its progress.json), if any."""
-    try:
-        return Progress.model_validate_json((run_dir / "progress.json").read_text()).step
-    except (OSError, ValueError):
-        return None
 
 
 class TrainerSupervisor:
@@ -112,7 +104,7 @@ class TrainerSupervisor:
         resume = await asyncio.to_thread(latest_verified, self.run_dir, snapshot.snapshot_hash)
         self.latest = resume
         self.resumed_step = resume.step if resume else None
-        self.meter.started(self.resumed_step, _reached_step(self.run_dir))
+        self.meter.started(self.resumed_step, reached_step(self.run_dir))
         attempt = max(self.request.attempt, activity.info().attempt)
         job_file = self.run_dir / f".job-attempt-{attempt}.json"
         job = TrainerJob(

@@ -20,6 +20,8 @@ from temporalio.worker import (
     Interceptor,
 )
 
+from tempotrain_workers.checkpoints import marker_bytes
+
 TRAINING_STEPS = Counter(
     "tempotrain_training_steps", "Optimizer steps the trainer reported", ["run"]
 )
@@ -28,7 +30,7 @@ STEPS_PER_SECOND = Gauge(
 )
 SAMPLES_PER_SECOND = Gauge(
     "tempotrain_training_samples_per_second",
-    "Training samples per second: steps/s x batch size x processes",
+    "Training samples per second: steps/s x the configured batch size (one process's)",
     ["run"],
 )
 CHECKPOINTS_SAVED = Counter(
@@ -61,10 +63,6 @@ ACTIVITY_FAILURES = Counter(
 def serve(port: int, addr: str = "0.0.0.0") -> None:
     """`GET /metrics` on `port`, from a thread of its own: a busy event loop still answers."""
     start_http_server(port, addr)
-
-
-def directory_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def error_type(err: BaseException) -> str:
@@ -120,7 +118,7 @@ class TrainingMeter:
         CHECKPOINTS_SAVED.labels(self.run).inc()
         if save_seconds is not None:
             CHECKPOINT_SAVE_SECONDS.labels(self.run).observe(save_seconds)
-        CHECKPOINT_BYTES.labels(self.run).set(directory_bytes(checkpoint))
+        CHECKPOINT_BYTES.labels(self.run).set(marker_bytes(checkpoint))
 
 
 def chunk_scored(job: str, rows: int, seconds: float) -> None:

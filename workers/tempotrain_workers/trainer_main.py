@@ -35,6 +35,7 @@ from tempotrain_workers.model_names import model_not_found
 
 EVENT_PREFIX = "@tempotrain "
 EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped on request after saving; not a failure
+PROGRESS_FILE = "progress.json"  # the step reached, rewritten at the logging cadence
 EXIT_BAD_INPUT = 64  # EX_USAGE: an error event with a non-retryable type was emitted
 PROGRESS_EVERY_SECONDS = 2.0
 
@@ -47,6 +48,15 @@ class TrainerJob(BaseModel):
     schema_: DatasetSchema
     resume_from: str | None = None
     resumed_from_step: int | None = None
+
+
+def reached_step(run_dir: Path) -> int | None:
+    """The step the run's trainer last reported (its progress.json, written by
+    `report_progress`); None before any."""
+    try:
+        return int(json.loads((run_dir / PROGRESS_FILE).read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def global_rank_zero() -> bool:
@@ -171,7 +181,7 @@ def build_callback(job: TrainerJob) -> Any:
                 "epoch": state.epoch,
                 "loss": self.last_loss,
             }
-            write_json_atomically(run_dir / "progress.json", progress)
+            write_json_atomically(run_dir / PROGRESS_FILE, progress)
             emit("progress", **progress)
 
         def on_train_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
