@@ -1,22 +1,27 @@
 """What chunked, durable inference costs: BatchInferenceWorkflow vs a plain loop over one model.
 
-Prints (1) rows/s through the workflow / rows/s of a plain PyTorch loop over the same rows
-and the same model (goal >= 0.90) and (2) the per-chunk overhead in ms: (workflow wall -
-plain loop wall) / chunks.
+Prints, for each way of running the job, rows/s through the workflow / rows/s of a plain
+PyTorch loop over the same rows and the same model (goal >= 0.95 at default settings) and
+the per-chunk overhead in ms: (workflow wall - plain loop wall) / chunks. The ways:
+
+- default: no chunk size (the plan measures one: ~2 s of compute a chunk) and the chunks in
+  flight the operator gives one worker (api.worker_concurrency: one scored, the next
+  prepared meanwhile) — what a user gets without tuning anything;
+- tuned: `--chunk-size` rows a chunk, the same prefetch;
+- given, no prefetch: `--chunk-size` with one chunk in flight (the worker before prefetch).
 
     .venv/bin/python bench/batch_inference.py [--rows 4096] [--chunk-size 512] \
-        [--batch-size 64] [--max-seq-length 128] [--workers 1] [--repeats 3]
+        [--batch-size 64] [--max-seq-length 128] [--repeats 3]
 
-Both sides run in this process, their torch calls on one and the same pool thread (same
-torch threads, one OpenMP team): the workflow's activities run on an in-process Worker
+Both sides run in this process, their torch calls on one and the same thread (the worker's
+device thread: one OpenMP team): the workflow's activities run on an in-process Worker
 against a dev server of the bench's own (file-backed, as `tempotrain-dev` runs it). The
 model is MiniLM with a seeded 2-label head, saved once, so both sides load identical weights.
 
-The default chunk (512 rows, a multiple of the batch: no ragged last batch per chunk) takes
-~0.8 s on 2 CPU cores, and the per-chunk overhead is a fixed ~35 ms (one workflow task to
-schedule the next chunk, activity pickup, the marker and checksum), so the ratio mostly says
-how big a chunk is next to that fixed cost. Measured on 2 CPU cores: chunk 50 -> 0.60,
-192 -> 0.83, 512 -> 0.96, 1000 -> 0.96. Size real chunks for at least a second of compute.
+A chunk has a fixed cost of ~35 ms (one workflow task to schedule the next chunk, activity
+pickup, the marker and checksum), so with one chunk in flight the ratio says how big a chunk
+is next to it. Measured on 2 CPU cores before sizing and prefetch: chunk 50 -> 0.60 (the old
+default), 192 -> 0.83, 512 -> 0.96, 1000 -> 0.96.
 
 Timed, workflow: start_workflow to its result (plan, every chunk: tokenize, forward, Parquet,
 sha256, marker; the merge; every Temporal round trip). Timed, plain loop: tokenize, forward,
@@ -35,7 +40,6 @@ import sys
 import tempfile
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -49,10 +53,10 @@ from tempotrain_workers.api import (
     BatchInferenceInput,
     BatchInferenceResult,
     InferenceJob,
-    RowRange,
     RowSelection,
-    chunk_ranges,
+    worker_concurrency,
 )
+from tempotrain_workers.inference.chunks import DEVICES
 from tempotrain_workers.sample_data import write_sentiment_jsonl
 from tempotrain_workers.workflows import ALL_WORKFLOWS, BatchInferenceWorkflow
 
@@ -64,11 +68,19 @@ TIE_MARGIN = 1e-4
 @dataclass(frozen=True)
 class Settings:
     rows: int
-    chunk_size: int
+    chunk_size: int  # the tuned way's
     batch_size: int
     max_seq_length: int
-    workers: int
     repeats: int
+
+
+@dataclass(frozen=True)
+class Way:
+    """One way of running the job through the workflow."""
+
+    name: str
+    chunk_size: int | None  # None: measured by the plan
+    in_flight: int
 
 
 @dataclass(frozen=True)
@@ -154,7 +166,7 @@ class PlainLoop:
 
 
 def request_for(
-    settings: Settings, model_dir: Path, data: Path, output_dir: str, queue: str, rows: int
+    settings: Settings, way: Way, model_dir: Path, data: Path, output_dir: str, queue: str
 ) -> BatchInferenceInput:
     return BatchInferenceInput(
         job=InferenceJob(
@@ -166,9 +178,9 @@ def request_for(
             batch_size=settings.batch_size,
             max_seq_length=settings.max_seq_length,
         ),
-        range=RowSelection(start=0, end=rows),
-        chunk_size=settings.chunk_size,
-        workers=settings.workers,
+        range=RowSelection(start=0, end=settings.rows),
+        chunk_size=way.chunk_size,
+        workers=way.in_flight,
         retain_chunks=False,
         inference_queue=queue,
     )
@@ -215,110 +227,95 @@ def compare(plain: Path, durable: Path) -> tuple[int, int, float]:
 async def bench(root: Path, address: str, settings: Settings) -> int:
     import torch
 
-    # Every torch call runs on the loop's default executor (the chunk activity's work gets
-    # there through asyncio.to_thread), none in the main thread, and that executor has one
-    # thread per chunk in flight: each thread that runs torch gets an OpenMP team of its own,
-    # and on a small CPU box two teams slow each other by ~15 %, whichever side is timed. The
-    # stock executor would add a second thread when a chunk's successor is submitted before
-    # the finished thread counts itself idle, so its threads would take turns.
-    asyncio.get_running_loop().set_default_executor(
-        ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="bench-torch")
-    )
     model_dir = await asyncio.to_thread(save_classifier, root / "snapshots" / "minilm-classifier")
     data = write_sentiment_jsonl(root / "snapshots" / "rows.jsonl", settings.rows)
     texts = read_texts(data)
     plain = await asyncio.to_thread(PlainLoop, model_dir, settings)
-    chunks = len(chunk_ranges(RowRange(start=0, end=settings.rows), settings.chunk_size))
+    prefetching = worker_concurrency(torch.cuda.device_count())
+    given = settings.chunk_size
+    ways = [
+        Way("default (measured chunk size, prefetch)", None, prefetching),
+        Way(f"tuned ({given}-row chunks, prefetch)", given, prefetching),
+        Way(f"{given}-row chunks, no prefetch", given, 1),
+    ]
+
+    def plain_run(out: Path) -> float:  # on the device's thread, as the chunks are scored
+        def on_device(_device: str) -> float:
+            return plain.run(texts, out)
+
+        wall: float = DEVICES.run(on_device)
+        return wall
 
     client = await Client.connect(address, data_converter=pydantic_data_converter)
     queue = f"bench-binf-{uuid.uuid4().hex[:8]}"
     roots = StorageRoots(root / "snapshots", root / "runs")
     plain_walls: list[float] = []
-    runs: list[WorkflowRun] = []
+    runs: dict[str, list[WorkflowRun]] = {way.name: [] for way in ways}
     async with Worker(
         client,
         task_queue=queue,
         workflows=ALL_WORKFLOWS,
         activities=InferenceActivities(roots).all(),
-        max_concurrent_activities=settings.workers,
+        max_concurrent_activities=prefetching,
     ):
         # Warm-up, untimed: loads the worker's cached model and texts, the workflow sandbox's
         # imports and torch's first-forward costs; then the plain loop's own first forward.
-        warm_rows = min(settings.rows, settings.chunk_size)
         await through_workflow(
-            client, request_for(settings, model_dir, data, "warm-up", queue, warm_rows)
+            client, request_for(settings, ways[1], model_dir, data, "warm-up", queue)
         )
-        # In that pool thread too, like the activity's work: the Worker's event loop stays free.
-        await asyncio.to_thread(plain.run, texts[:warm_rows], root / "plain-warm-up.parquet")
-        # Interleaved, so drift (thermal, page cache, other load) hits both sides alike.
+        await asyncio.to_thread(plain_run, root / "plain-warm-up.parquet")
+        # Interleaved, so drift (thermal, page cache, other load) hits every way alike.
         for repeat in range(settings.repeats):
-            plain_walls.append(
-                await asyncio.to_thread(plain.run, texts, root / f"plain-{repeat}.parquet")
-            )
-            runs.append(
-                await through_workflow(
-                    client,
-                    request_for(
-                        settings, model_dir, data, f"workflow-{repeat}", queue, settings.rows
-                    ),
-                )
-            )
+            plain_walls.append(await asyncio.to_thread(plain_run, root / f"plain-{repeat}.parquet"))
+            for number, way in enumerate(ways):
+                output = f"workflow-{number}-{repeat}"  # its own: a re-run would skip it all
+                request = request_for(settings, way, model_dir, data, output, queue)
+                runs[way.name].append(await through_workflow(client, request))
 
-    for run in runs:
-        if run.result.tally.computed_rows != settings.rows:
-            print(f"FAIL: the workflow computed {run.result.tally.computed_rows} rows")
-            return 1
     best_plain = min(plain_walls)
-    best = min(runs, key=lambda r: r.wall)
     plain_rate = settings.rows / best_plain
-    durable_rate = settings.rows / best.wall
-    in_chunks = best.result.tally.compute_seconds  # process_chunk's own time, summed
-
     print(
-        f"rows: {settings.rows}, chunks: {chunks} x {settings.chunk_size}, "
-        f"batch: {settings.batch_size}, max_seq_length: {settings.max_seq_length}, "
-        f"workers: {settings.workers}, torch threads: {torch.get_num_threads()}, "
+        f"rows: {settings.rows}, batch: {settings.batch_size}, "
+        f"max_seq_length: {settings.max_seq_length}, torch threads: {torch.get_num_threads()}, "
         f"device: {plain.device}, best of {settings.repeats}"
     )
     print(
-        f"plain loop:            {best_plain:7.2f} s  {plain_rate:8.1f} rows/s  "
+        f"plain loop:  {best_plain:7.2f} s  {plain_rate:8.1f} rows/s  "
         f"(all: {', '.join(f'{w:.2f}' for w in plain_walls)} s)"
     )
-    print(
-        f"through the workflow:  {best.wall:7.2f} s  {durable_rate:8.1f} rows/s  "
-        f"(all: {', '.join(f'{r.wall:.2f}' for r in runs)} s)"
-    )
-    print(
-        f"  inside process_chunk: {in_chunks:6.2f} s  "
-        f"(predict, Parquet, sha256, marker; summed over chunks)"
-    )
-    if settings.workers == 1:  # chunks run one after another: the rest is between them
-        outside = best.wall - in_chunks
+    status = 0
+    for way in ways:
+        done = runs[way.name]
+        if any(run.result.tally.computed_rows != settings.rows for run in done):
+            print(f"FAIL: {way.name}: the workflow did not compute every row")
+            return 1
+        best = min(done, key=lambda r: r.wall)
+        chunks, size = best.result.chunks_total, best.result.chunk_size
+        ratio = settings.rows / best.wall / plain_rate
         print(
-            f"  outside the chunks:   {outside:6.2f} s  ({outside / chunks * 1000:.1f} ms a chunk: "
-            "Temporal round trips between chunks, plan, merge)"
+            f"{way.name}: {best.wall:7.2f} s  {settings.rows / best.wall:8.1f} rows/s  "
+            f"(all: {', '.join(f'{r.wall:.2f}' for r in done)} s); {chunks} chunks x {size} "
+            f"rows, {way.in_flight} in flight"
         )
-    ratio = durable_rate / plain_rate
-    print(f"throughput ratio workflow/plain: {ratio:.2f} (goal >= 0.90)")
-    print(
-        f"per-chunk overhead: {(best.wall - best_plain) / chunks * 1000:.1f} ms "
-        f"((workflow - plain) / {chunks} chunks; plan and merge included)"
-    )
+        print(
+            f"  throughput ratio workflow/plain: {ratio:.2f}; per-chunk overhead: "
+            f"{(best.wall - best_plain) / chunks * 1000:.1f} ms (plan and merge included)"
+        )
+        status |= check_outputs(root, plain_walls, best_plain, best, settings.rows)
+    return status
 
+
+def check_outputs(
+    root: Path, plain_walls: list[float], best_plain: float, best: WorkflowRun, rows: int
+) -> int:
     real, ties, worst = compare(
         root / f"plain-{plain_walls.index(best_plain)}.parquet", Path(best.result.output.path)
     )
     if real:
-        print(
-            f"outputs DISAGREE: {real} of {settings.rows} predictions differ "
-            f"(max |logit difference| {worst:.1e})"
-        )
+        print(f"  outputs DISAGREE: {real} of {rows} predictions differ (max |Δlogit| {worst:.1e})")
         return 1
     flipped = f"; {ties} near-tie(s) flipped by float noise" if ties else ""
-    print(
-        f"outputs agree: {settings.rows} predictions row by row "
-        f"(max |logit difference| {worst:.1e}{flipped})"
-    )
+    print(f"  outputs agree: {rows} predictions row by row (max |Δlogit| {worst:.1e}{flipped})")
     return 0
 
 
@@ -330,7 +327,6 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--max-seq-length", type=int, default=128)
-    parser.add_argument("--workers", type=int, default=1, help="chunks in flight at once")
     # Best of 3, interleaved: a shared 2-core machine's load swings more than the overhead.
     parser.add_argument("--repeats", type=int, default=3, help="runs per side; the best counts")
     args = parser.parse_args()
@@ -345,7 +341,6 @@ def main() -> None:
         chunk_size=args.chunk_size,
         batch_size=args.batch_size,
         max_seq_length=args.max_seq_length,
-        workers=args.workers,
         repeats=args.repeats,
     )
     with (

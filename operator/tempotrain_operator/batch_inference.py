@@ -357,6 +357,7 @@ async def derive_status(
         tally = result.tally
         progress = InferenceProgress(
             total=result.chunks_total,
+            chunk_size=result.chunk_size,
             completed=tally.completed,
             skipped=tally.skipped,
             failed=tally.failed,

@@ -23,6 +23,7 @@ from tempotrain_workers.api import (
     PodSettings,
     ReclaimPolicy,
     VolumeSpec,
+    worker_concurrency,
 )
 from tempotrain_workers.health import LIVE_PATH, READY_PATH
 from tempotrain_workers.temporal_client import SECRET_MOUNT, TemporalConnection
@@ -342,8 +343,12 @@ def build_inference_deployment(
         shared_memory=True,
         replicas=spec.workers,
         strategy="RollingUpdate",
-        # One chunk per GPU at a time: the worker spreads them over its GPUs.
-        worker_args=("--max-concurrent-activities", str(max(1, spec.gpus_per_worker))),
+        # One chunk per GPU at a time (the worker spreads them over its GPUs), and the next
+        # one prepared meanwhile.
+        worker_args=(
+            "--max-concurrent-activities",
+            str(worker_concurrency(spec.gpus_per_worker)),
+        ),
         settings=spec.image,
     )
     return _deployment(experiment, workers, "inference", shape)

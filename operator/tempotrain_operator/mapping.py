@@ -33,6 +33,7 @@ from tempotrain_workers.api import (
     SweepProgress,
     TrialParameters,
     trials_of,
+    worker_concurrency,
 )
 from tempotrain_workers.history import history_file
 
@@ -220,8 +221,9 @@ def inference_input(
         job=job,
         range=RowSelection(start=whole.start, end=whole.end),
         chunk_size=spec.chunk_size,
-        # Chunks in flight: one per GPU of every pod (one per pod without GPUs).
-        workers=spec.workers * max(1, spec.gpus_per_worker),
+        # Chunks in flight: one per GPU of every pod (the CPU of one without), and one more
+        # per pod being prepared meanwhile.
+        workers=spec.workers * worker_concurrency(spec.gpus_per_worker),
         retain_chunks=spec.retain_chunks,
         inference_queue=inference_queue,
         status_target=StatusTarget(
@@ -505,6 +507,7 @@ def inference_patch(progress: InferenceProgress, current: dict[str, Any]) -> dic
     known = current.get("chunks") or {}
     if done >= known.get("completed", 0) + known.get("skipped", 0):
         patch["chunks"] = {
+            **({"size": progress.chunk_size} if progress.chunk_size else {}),
             "total": progress.total,
             "completed": progress.completed,
             "skipped": progress.skipped,

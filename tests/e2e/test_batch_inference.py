@@ -36,6 +36,7 @@ def batch_inference(name: str, **spec: Any) -> dict[str, Any]:
         "maxSeqLength": 32,
     }
     body.update(spec)
+    body = {key: value for key, value in body.items() if value is not None}  # None: unset
     return {
         "apiVersion": "tempotrain.dev/v1alpha1",
         "kind": "BatchInference",
@@ -86,7 +87,7 @@ async def test_inference_waits_for_its_experiment_then_scores_and_a_second_job_s
 
     status = await _finished(cluster, ns, "scored", within=300)
     assert status["phase"] == "Succeeded", (status, stack.log("worker"))
-    assert status["chunks"] == {"total": 8, "completed": 8, "skipped": 0, "failed": 0}
+    assert status["chunks"] == {"size": 50, "total": 8, "completed": 8, "skipped": 0, "failed": 0}
     assert status["chunksDone"] == "8/8" and status["rowsPerSecond"] > 0
     output = status["output"]
     assert output["rows"] == 400
@@ -116,7 +117,8 @@ async def test_inference_waits_for_its_experiment_then_scores_and_a_second_job_s
     header = cluster.kubectl("get", "binf", "-n", ns).splitlines()[0].split()
     assert header == ["NAME", "PHASE", "CHUNKS", "SKIPPED", "ROWS/S", "SUSPEND", "AGE"]
 
-    # The same job under another name, over the same output path: nothing to compute.
+    # The same job under another name, over the same output path, leaving the chunk size to
+    # be measured: the size recorded with the output decides, and there is nothing to compute.
     started = time.monotonic()
     apply(
         cluster,
@@ -125,12 +127,13 @@ async def test_inference_waits_for_its_experiment_then_scores_and_a_second_job_s
             "rescored",
             model={"fromExperiment": "trained"},
             outputs={"path": "inference/scored", "activations": {"pooling": "mean"}},
+            chunkSize=None,
         ),
     )
     again = await _finished(cluster, ns, "rescored", within=60)
     took = time.monotonic() - started
     assert again["phase"] == "Succeeded", again
-    assert again["chunks"] == {"total": 8, "completed": 0, "skipped": 8, "failed": 0}
+    assert again["chunks"] == {"size": 50, "total": 8, "completed": 0, "skipped": 8, "failed": 0}
     assert again["output"] == output
     assert took < 20, f"a job with nothing to do took {took:.1f}s"
 

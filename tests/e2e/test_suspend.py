@@ -245,6 +245,12 @@ async def test_a_suspended_batch_inference_finishes_its_chunks_in_flight_then_ho
     status = await eventually(finished, within=300, what="paced to finish")
     assert status["phase"] == "Succeeded", status
     # Every chunk computed once: none twice across the suspension, none skipped.
-    assert status["chunks"] == {"total": 150, "completed": 150, "skipped": 0, "failed": 0}
+    assert status["chunks"] == {
+        "size": 20,
+        "total": 150,
+        "completed": 150,
+        "skipped": 0,
+        "failed": 0,
+    }
     assert status["output"]["rows"] == 3000
     assert conditions_by_type(status)["Suspended"]["reason"] == "Resumed"

@@ -52,7 +52,9 @@ def test_example_round_trips_through_the_model_into_a_workflow_input(example: Pa
     assert request.job.model_run == "run" and request.job.model_name is None
     assert request.job.output_dir == f"inference/{name}"
     assert request.range == RowSelection(start=0, end=None)  # every row
-    assert request.workers == manifest["spec"]["workers"]
+    # Chunks in flight: one scored per GPU of each pod, and one more per pod prepared.
+    pods, gpus = manifest["spec"]["workers"], manifest["spec"]["gpusPerWorker"]
+    assert request.workers == pods * (max(1, gpus) + 1)
     assert request.status_target is not None and request.status_target.kind == "BatchInference"
 
 
@@ -99,7 +101,8 @@ async def test_minimal_manifest_gets_defaults_and_the_columns_show(
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(_minimal("defaults")))
     stored = json.loads(cluster.kubectl("get", "binf", "defaults", "-n", namespace, "-o", "json"))
     spec = stored["spec"]
-    assert spec["chunkSize"] == 50 and spec["workers"] == 1 and spec["gpusPerWorker"] == 1
+    assert spec["workers"] == 1 and spec["gpusPerWorker"] == 1
+    assert "chunkSize" not in spec  # measured by the job's plan (and recorded with its output)
     assert spec["range"] == {"start": 0}
     assert spec["retainChunks"] is False
     assert spec["dataset"] == {"name": "imdb", "split": "train", "textField": "text"}

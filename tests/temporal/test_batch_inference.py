@@ -19,7 +19,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer, Worker
 from tempotrain_dev.commands import worker_command
 from tempotrain_workers.activities import InferenceActivities, StorageRoots
-from tempotrain_workers.api import BatchInferenceInput, InferenceJob, RowSelection
+from tempotrain_workers.api import BatchInferenceInput, ChunkSizing, InferenceJob, RowSelection
 from tempotrain_workers.sample_data import write_sentiment_jsonl
 from tempotrain_workers.workflows import ALL_WORKFLOWS, BatchInferenceWorkflow
 
@@ -46,6 +46,19 @@ def _job(model: Path, data: Path, out: Path, **overrides: object) -> InferenceJo
     return InferenceJob.model_validate(fields | overrides)
 
 
+def _worker(temporal: TemporalHandle, queue: str, tmp_path: Path, in_flight: int = 2) -> Worker:
+    """An in-process inference worker on `queue`, its volumes under tmp_path."""
+    return Worker(
+        temporal.client,
+        task_queue=queue,
+        workflows=ALL_WORKFLOWS,
+        activities=InferenceActivities(
+            StorageRoots(tmp_path / "snapshots", tmp_path / "runs")
+        ).all(),
+        max_concurrent_activities=in_flight,
+    )
+
+
 async def _run(temporal: TemporalHandle, request: BatchInferenceInput) -> object:
     return await temporal.client.execute_workflow(
         BatchInferenceWorkflow.run,
@@ -69,14 +82,7 @@ async def test_chunks_run_two_at_a_time_across_continue_as_new_and_a_rerun_skips
         inference_queue=queue,
         chunks_per_run=2,  # 5 chunks: two continue-as-new hand-overs
     )
-    roots = StorageRoots(tmp_path / "snapshots", tmp_path / "runs")
-    async with Worker(
-        temporal.client,
-        task_queue=queue,
-        workflows=ALL_WORKFLOWS,
-        activities=InferenceActivities(roots).all(),
-        max_concurrent_activities=2,
-    ):
+    async with _worker(temporal, queue, tmp_path):
         first_id = f"binf-{uuid.uuid4().hex[:8]}"
         first = await temporal.client.execute_workflow(
             BatchInferenceWorkflow.run,
@@ -110,6 +116,44 @@ async def test_chunks_run_two_at_a_time_across_continue_as_new_and_a_rerun_skips
     await replayer.replay_workflow(history)
     if os.environ.get("TEMPOTRAIN_RECORD_HISTORIES"):
         HISTORY.write_text(json.dumps(json.loads(history.to_json())))
+
+
+async def test_an_unset_chunk_size_is_measured_and_a_rerun_keeps_the_recorded_one(
+    temporal: TemporalHandle, tiny_bert: Path, sentiment_file: Path, tmp_path: Path
+) -> None:
+    queue = f"inference-{uuid.uuid4().hex[:8]}"
+    measured_out, given_out = tmp_path / "measured", tmp_path / "given"
+    unset = BatchInferenceInput(
+        job=_job(tiny_bert, sentiment_file, measured_out),
+        range=RowSelection(start=0, end=200),
+        workers=2,
+        retain_chunks=True,
+        inference_queue=queue,
+    )
+    given = unset.model_copy(
+        update={"job": _job(tiny_bert, sentiment_file, given_out), "chunk_size": 40}
+    )
+    async with _worker(temporal, queue, tmp_path):
+        measured = await _run(temporal, unset)
+        # A job that gave 40, then its output merged away: the same job without a size
+        # cuts the recorded 40-row chunks again, so every finished chunk is reused.
+        first = await _run(temporal, given)
+        Path(first.output.path).unlink()  # type: ignore[attr-defined]
+        again = await _run(temporal, given.model_copy(update={"chunk_size": None}))
+
+    sizing = ChunkSizing.model_validate_json((measured_out / "chunking.json").read_text())
+    assert sizing.measured and sizing.device == "cpu"
+    assert sizing.rows_per_second is not None and sizing.rows_per_second > 0
+    # tiny BERT scores far more than 2 s worth of rows: capped at a half for each slot.
+    assert measured.chunk_size == sizing.chunk_size == 100  # type: ignore[attr-defined]
+    assert measured.chunks_total == 2  # type: ignore[attr-defined]
+    assert pq.read_table(measured.output.path).column("row").to_pylist() == list(range(200))  # type: ignore[attr-defined]
+    recorded = ChunkSizing.model_validate_json((given_out / "chunking.json").read_text())
+    assert (recorded.chunk_size, recorded.measured) == (40, False)
+    assert again.chunk_size == 40  # type: ignore[attr-defined]
+    tally = again.tally  # type: ignore[attr-defined]
+    assert (tally.completed, tally.skipped) == (0, 5)
+    assert again.output.sha256 == first.output.sha256  # type: ignore[attr-defined]
 
 
 async def test_committed_batch_inference_history_still_replays() -> None:

@@ -63,8 +63,8 @@ def test_one_pod_per_worker_each_with_its_gpus_on_the_job_queue() -> None:
     pod = deployment["spec"]["template"]["spec"]
     container = pod["containers"][0]
     assert container["image"] == "mine:2"
-    # Two GPUs per pod: two chunks at a time, one on each.
-    assert container["command"][-4:] == ["--queue", "iq", "--max-concurrent-activities", "2"]
+    # Two GPUs per pod: two chunks scored at a time, one on each, and a third prepared.
+    assert container["command"][-4:] == ["--queue", "iq", "--max-concurrent-activities", "3"]
     assert container["resources"]["limits"] == {"nvidia.com/gpu": "2"}
     assert container["resources"]["requests"]["memory"] == "24Gi"
     assert pod["nodeSelector"] == {"pool": "l4"}
@@ -83,11 +83,11 @@ def test_a_cpu_job_asks_for_no_gpu_and_tolerates_no_gpu_taint() -> None:
     pod = build_inference_deployment(_job(gpusPerWorker=0), WORKERS)["spec"]["template"]["spec"]
     assert "limits" not in pod["containers"][0]["resources"]
     assert "tolerations" not in pod
-    assert pod["containers"][0]["command"][-1] == "1"  # one chunk at a time
+    assert pod["containers"][0]["command"][-1] == "2"  # one chunk scored, one prepared
 
 
-def test_chunks_in_flight_are_one_per_gpu_of_every_pod() -> None:
-    for gpus, in_flight in ((0, 3), (1, 3), (4, 12)):
+def test_chunks_in_flight_are_one_per_gpu_of_every_pod_and_one_prepared_per_pod() -> None:
+    for gpus, in_flight in ((0, 6), (1, 6), (4, 15)):
         spec = _job(workers=3, gpusPerWorker=gpus).spec
         assert inference_input("job", "ns", "uid", spec, None, "op", "iq").workers == in_flight
 
@@ -117,8 +117,20 @@ def test_each_chunk_thread_gets_a_gpu_of_its_own_and_waits_for_a_free_one() -> N
         assert not third_started.wait(timeout=0.2)  # both GPUs busy: it must wait
     assert third_started.wait(timeout=5)  # a GPU came free
     waiting.join(timeout=5)
-    with DevicePool([]).device() as device:
-        assert device == "cpu"  # no CUDA: every chunk shares the CPU
+
+
+def test_without_cuda_the_cpu_is_one_device_and_each_device_runs_work_on_its_own_thread() -> None:
+    pool = DevicePool([])
+    with pool.device() as device:
+        assert device == "cpu"
+        second = threading.Thread(target=pool.run, args=(lambda _: None,))
+        second.start()
+        second.join(timeout=0.2)
+        assert second.is_alive()  # two forwards at once on the CPU only slow each other
+    second.join(timeout=5)
+    assert not second.is_alive()
+    threads = {pool.run(lambda d: (d, threading.current_thread().name)) for _ in range(3)}
+    assert threads == {("cpu", "model-cpu_0")}, threads  # one thread: one OpenMP team
 
 
 def test_per_experiment_queues_give_each_job_its_own_inference_queue() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from prometheus_client import REGISTRY
 from temporalio.exceptions import ApplicationError
 from tempotrain_operator.metrics import CountKubeRequests, observe_push
-from tempotrain_workers.checkpoints import write_marker
+from tempotrain_workers.checkpoints import marker_bytes, write_marker
 from tempotrain_workers.metrics import TrainingMeter, error_type
 
 
@@ -29,7 +29,7 @@ def test_a_resumed_attempt_counts_its_steps_and_what_it_trains_again(tmp_path: P
     checkpoint.mkdir()
     (checkpoint / "model.safetensors").write_bytes(b"x" * 1000)
     write_marker(checkpoint, step=40, epoch=1.0, loss=0.5, snapshot_hash="sha")
-    first.saved(40, save_seconds=0.25, checkpoint=checkpoint)
+    first.saved(40, save_seconds=0.25, size_bytes=marker_bytes(checkpoint))
     first.progressed(47, steps_per_second=2.0)
     # The second resumes from 40: steps 41..47 are trained again, and counted again.
     second = TrainingMeter(run, samples_per_step=16)

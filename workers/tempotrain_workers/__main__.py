@@ -21,7 +21,12 @@ from tempotrain_workers.activities import (
     RayScalingActivities,
     StorageRoots,
 )
-from tempotrain_workers.api import INFERENCE_QUEUE, RAY_QUEUE, TRAINING_QUEUE
+from tempotrain_workers.api import (
+    INFERENCE_QUEUE,
+    RAY_QUEUE,
+    TRAINING_QUEUE,
+    worker_concurrency,
+)
 from tempotrain_workers.health import HealthServer
 from tempotrain_workers.ml_imports import import_ml_stack
 from tempotrain_workers.settings import WorkerSettings, parse_worker_settings
@@ -43,6 +48,12 @@ async def run_workers(settings: WorkerSettings, stop: asyncio.Event) -> None:
             await health.stop()
 
 
+def default_concurrency(queue: str) -> int:
+    if queue.startswith(INFERENCE_QUEUE):
+        return worker_concurrency(1)  # a host worker's one device (the operator's pods: --max-…)
+    return 1 if queue.startswith((TRAINING_QUEUE, RAY_QUEUE)) else 8
+
+
 async def _run(settings: WorkerSettings, stop: asyncio.Event, health: HealthServer | None) -> None:
     client = await settings.temporal.connect()
     settings.snapshots_root.mkdir(parents=True, exist_ok=True)
@@ -60,7 +71,7 @@ async def _run(settings: WorkerSettings, stop: asyncio.Event, health: HealthServ
             workflows=ALL_WORKFLOWS,
             activities=activities,
             max_concurrent_activities=settings.max_concurrent_activities
-            or (1 if queue.startswith((TRAINING_QUEUE, RAY_QUEUE, INFERENCE_QUEUE)) else 8),
+            or default_concurrency(queue),
             graceful_shutdown_timeout=timedelta(seconds=0),
             # Cancellation reaches an activity on a heartbeat reply: keep that within seconds,
             # so a deleted experiment stops (and checkpoints) promptly.

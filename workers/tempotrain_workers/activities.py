@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,10 +141,9 @@ class InferenceActivities:
     async def process_chunk(self, request: ChunkRequest) -> ChunkOutcome:
         from tempotrain_workers.inference.chunks import process_chunk
 
-        started = time.monotonic()
         outcome: ChunkOutcome = await heartbeating(process_chunk, request, self.roots)
-        if not outcome.skipped:
-            metrics.chunk_scored(request.job.job_id, outcome.rows, time.monotonic() - started)
+        if not outcome.skipped:  # its own seconds: not those it waited for the device
+            metrics.chunk_scored(request.job.job_id, outcome.rows, outcome.seconds)
         return outcome.model_copy(update={"attempt": activity.info().attempt})
 
     @activity.defn(name="merge_chunks")

@@ -176,8 +176,9 @@ class TrainerSupervisor:
                     steps_per_second=self.progress.steps_per_second if self.progress else None,
                 )
                 activity.heartbeat(self._heartbeat_details())
-                checkpoint_dir = self.run_dir / Path(self.latest.path).name
-                self.meter.saved(self.latest.step, event.get("save_seconds"), checkpoint_dir)
+                self.meter.saved(
+                    self.latest.step, event.get("save_seconds"), event.get("checkpoint_bytes")
+                )
                 await self._signal("update_checkpoint", self.latest)
             elif kind == "progress":
                 # Heartbeat details only: the SDK sends the latest at most every few seconds.

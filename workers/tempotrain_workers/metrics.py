@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
@@ -19,8 +18,6 @@ from temporalio.worker import (
     ExecuteActivityInput,
     Interceptor,
 )
-
-from tempotrain_workers.checkpoints import marker_bytes
 
 TRAINING_STEPS = Counter(
     "tempotrain_training_steps", "Optimizer steps the trainer reported", ["run"]
@@ -113,12 +110,16 @@ class TrainingMeter:
             STEPS_PER_SECOND.labels(self.run).set(steps_per_second)
             SAMPLES_PER_SECOND.labels(self.run).set(steps_per_second * self.samples_per_step)
 
-    def saved(self, step: int, save_seconds: float | None, checkpoint: Path) -> None:
+    def saved(self, step: int, save_seconds: float | None, size_bytes: int | None) -> None:
+        """Both figures as the trainer's event carries them: by the time the event is read
+        the checkpoint may be rotated away already (a fast trainer keeping few), so nothing
+        here reads the disk."""
         self.progressed(step, None)
         CHECKPOINTS_SAVED.labels(self.run).inc()
         if save_seconds is not None:
             CHECKPOINT_SAVE_SECONDS.labels(self.run).observe(save_seconds)
-        CHECKPOINT_BYTES.labels(self.run).set(marker_bytes(checkpoint))
+        if size_bytes is not None:
+            CHECKPOINT_BYTES.labels(self.run).set(size_bytes)
 
 
 def chunk_scored(job: str, rows: int, seconds: float) -> None:

@@ -64,8 +64,8 @@ def parse_worker_settings(argv: list[str] | None = None) -> WorkerSettings:
         "--max-concurrent-activities",
         type=int,
         default=None,
-        help="default: 1 on the training, Ray and inference queues (one job per GPU set or "
-        "Ray cluster, one chunk per inference pod), else 8",
+        help="default: 1 on the training and Ray queues (one job per GPU set or Ray "
+        "cluster), 2 on the inference queue (one chunk scored, the next one prepared), else 8",
     )
     parser.add_argument(
         "--health-port",

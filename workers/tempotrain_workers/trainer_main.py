@@ -29,7 +29,7 @@ from tempotrain_workers.api import (
     DatasetSchema,
     ErrorType,
 )
-from tempotrain_workers.checkpoints import write_marker
+from tempotrain_workers.checkpoints import marker_bytes, write_marker
 from tempotrain_workers.files import write_json_atomically
 from tempotrain_workers.model_names import model_not_found
 
@@ -215,6 +215,7 @@ def build_callback(job: TrainerJob) -> Any:
                 checkpoint=self.latest,
                 total_steps=state.max_steps,
                 save_seconds=save_seconds,
+                checkpoint_bytes=marker_bytes(checkpoint),
             )
 
     return CheckpointCallback()

@@ -24,6 +24,21 @@ from tempotrain_workers.api.base import (
 )
 
 INFERENCE_QUEUE = "tempotrain-inference"
+# An unset chunk size aims for this much compute per chunk: the fixed cost of a chunk (a
+# workflow task, the activity's pickup, Parquet, sha256, marker: ~35 ms) stays ~2 % of it,
+# while a crash still loses only seconds.
+CHUNK_TARGET_SECONDS = 2.0
+DEFAULT_CHUNK_SIZE = 50  # only where a worker older than measured chunk sizes planned the job
+# Chunks a worker takes beyond its devices: one is prepared (rows read, tokenized) while the
+# others are scored, and writes its output while the next one is scored.
+PREFETCH_CHUNKS = 1
+
+
+def worker_concurrency(devices: int) -> int:
+    """Chunks one inference worker takes at once: one per device (the CPU is one) + prefetch."""
+    return max(1, devices) + PREFETCH_CHUNKS
+
+
 MERGED_NAME = "output"  # <output_dir>/output.parquet and its marker output.json
 
 
@@ -130,11 +145,28 @@ class MergeResult(Contract):
 class PlanRequest(Contract):
     job: InferenceJob
     range: RowSelection = RowSelection()
+    chunk_size: int | None = Field(default=None, ge=1)  # None: measured (see ChunkSizing)
+    in_flight: int = Field(default=1, ge=1)  # chunks at once: every one of them gets work
+
+
+class ChunkSizing(Contract):
+    """How the chunk size was chosen; `<output>/chunking.json` keeps it with the job's output,
+    so a re-run of the job (a retry, a second BatchInference over the same path) cuts the
+    same chunks and reuses every finished one, whatever a new probe would measure."""
+
+    fingerprint: str
+    range: RowRange
+    chunk_size: int = Field(ge=1)
+    measured: bool  # False: the spec gave it
+    rows_per_second: float | None = None  # the probe's, on `device`
+    device: str | None = None
 
 
 class InferencePlan(Contract):
     range: RowRange  # the selection resolved against the split's length
     existing: MergeResult | None = None  # this job's merged output, already there and verified
+    # None only from a worker older than the measured chunk size: the request's then.
+    chunk_size: int | None = Field(default=None, ge=1)
 
 
 class ChunkRequest(Contract):
@@ -180,7 +212,8 @@ class ChunkTally(Contract):
 class BatchInferenceInput(Contract):
     job: InferenceJob
     range: RowSelection = RowSelection()
-    chunk_size: int = Field(default=50, ge=1, le=1_000_000)
+    # None: the plan measures it (and keeps it with the output); set after the first run.
+    chunk_size: int | None = Field(default=None, ge=1, le=1_000_000)
     workers: int = Field(default=1, ge=1, le=1024, description="chunks in flight at once")
     retain_chunks: bool = False
     inference_queue: str = INFERENCE_QUEUE
@@ -199,6 +232,7 @@ class InferenceProgress(Contract):
     """What a BatchInference's `.status` shows; pushed through `publish_status`."""
 
     total: int = Field(ge=0)
+    chunk_size: int | None = None
     completed: int = Field(default=0, ge=0)
     skipped: int = Field(default=0, ge=0)
     failed: int = Field(default=0, ge=0)
@@ -209,4 +243,5 @@ class InferenceProgress(Contract):
 class BatchInferenceResult(Contract):
     output: MergeResult
     chunks_total: int
+    chunk_size: int | None = None
     tally: ChunkTally

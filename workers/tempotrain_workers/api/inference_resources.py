@@ -12,7 +12,7 @@ from tempotrain_workers.api.base import (
     cel,
     model_name_field,
 )
-from tempotrain_workers.api.inference import Pooling
+from tempotrain_workers.api.inference import CHUNK_TARGET_SECONDS, Pooling
 from tempotrain_workers.api.resources import (
     SUSPEND_DESCRIPTION,
     ExperimentStatus,
@@ -112,8 +112,14 @@ class BatchInferenceSpec(WireModel):
     model: InferenceModelSpec = Field(json_schema_extra=immutable("model"))
     dataset: InferenceDatasetSpec = Field(json_schema_extra=immutable("dataset"))
     range: RangeSpec = Field(default_factory=RangeSpec, json_schema_extra=immutable("range"))
-    chunk_size: int = Field(
-        default=50, ge=1, le=1_000_000, json_schema_extra=immutable("chunkSize")
+    chunk_size: int | None = Field(
+        default=None,
+        ge=1,
+        le=1_000_000,
+        description="rows per chunk; unset: sized from a short measured probe for about "
+        f"{CHUNK_TARGET_SECONDS:g} s of compute each, and recorded with the output so a re-run "
+        "keeps the same chunks",
+        json_schema_extra=immutable("chunkSize"),
     )
     workers: int = Field(default=1, ge=1, le=256, description="parallel inference workers")
     gpus_per_worker: int = Field(default=1, ge=0, le=16, description="nvidia.com/gpu per pod")
@@ -145,6 +151,7 @@ class BatchInferenceSpec(WireModel):
 
 
 class ChunksStatus(WireModel):
+    size: int | None = Field(default=None, description="rows per chunk (given or measured)")
     total: int = 0
     completed: int = 0
     skipped: int = 0

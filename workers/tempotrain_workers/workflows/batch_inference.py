@@ -18,6 +18,7 @@ from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from tempotrain_workers.api import (
+        DEFAULT_CHUNK_SIZE,
         NON_RETRYABLE_ERRORS,
         SUSPEND_SIGNAL,
         BatchInferenceInput,
@@ -70,12 +71,16 @@ class BatchInferenceWorkflow:
             )
         try:
             plan = await self._plan(request)
-            ranges = chunk_ranges(plan.range, request.chunk_size)
+            # The plan's size: the spec's, or the one recorded with the output, or measured.
+            # (None only from a worker that predates measuring: the spec's then.)
+            chunk_size = plan.chunk_size or request.chunk_size or DEFAULT_CHUNK_SIZE
+            request = request.model_copy(update={"chunk_size": chunk_size})
+            ranges = chunk_ranges(plan.range, chunk_size)
             if plan.existing is not None:  # this exact output is already there: nothing to do
                 tally = tally.model_copy(
                     update={"skipped": len(ranges), "rows": plan.existing.rows}
                 )
-                return await self._finish(status, ranges, tally, plan.existing)
+                return await self._finish(status, request, ranges, tally, plan.existing)
             status.update(phase=Phase.RUNNING, inference=self._report(ranges, tally))
             stop = min(len(ranges), tally.next_index + request.chunks_per_run)
             tally = await self._process(
@@ -99,7 +104,7 @@ class BatchInferenceWorkflow:
                 MergeRequest(
                     job=request.job,
                     range=plan.range,
-                    chunk_size=request.chunk_size,
+                    chunk_size=chunk_size,
                     retain_chunks=request.retain_chunks,
                 ),
                 result_type=MergeResult,
@@ -108,7 +113,7 @@ class BatchInferenceWorkflow:
                 heartbeat_timeout=timedelta(seconds=request.heartbeat_timeout_seconds),
                 retry_policy=CHUNK_RETRY,
             )
-            return await self._finish(status, ranges, tally, merged)
+            return await self._finish(status, request, ranges, tally, merged)
         except ActivityError as err:
             status.update(phase=ended_phase(err), message=root_message(err))
             await status.flush()
@@ -117,7 +122,12 @@ class BatchInferenceWorkflow:
     async def _plan(self, request: BatchInferenceInput) -> InferencePlan:
         plan: InferencePlan = await workflow.execute_activity(
             "plan_inference",
-            PlanRequest(job=request.job, range=request.range),
+            PlanRequest(
+                job=request.job,
+                range=request.range,
+                chunk_size=request.chunk_size,
+                in_flight=request.workers,
+            ),
             result_type=InferencePlan,
             task_queue=request.inference_queue,
             start_to_close_timeout=timedelta(hours=1),
@@ -129,6 +139,7 @@ class BatchInferenceWorkflow:
     async def _finish(
         self,
         status: StatusReporter,
+        request: BatchInferenceInput,
         ranges: list[RowRange],
         tally: ChunkTally,
         output: MergeResult,
@@ -137,7 +148,9 @@ class BatchInferenceWorkflow:
         self._progress = progress
         status.update(phase=Phase.SUCCEEDED, inference=progress)
         await status.flush()
-        return BatchInferenceResult(output=output, chunks_total=len(ranges), tally=tally)
+        return BatchInferenceResult(
+            output=output, chunks_total=len(ranges), chunk_size=request.chunk_size, tally=tally
+        )
 
     async def _process(
         self,
@@ -185,6 +198,7 @@ class BatchInferenceWorkflow:
         elapsed = (workflow.now() - tally.started_at).total_seconds() if tally.started_at else 0
         progress = InferenceProgress(
             total=len(ranges),
+            chunk_size=ranges[0].end - ranges[0].start if ranges else None,
             completed=tally.completed,
             skipped=tally.skipped,
             failed=tally.failed,
