@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY
 from temporalio.exceptions import ApplicationError
 from tempotrain_operator.metrics import CountKubeRequests, observe_push
 from tempotrain_workers.checkpoints import marker_bytes, write_marker
-from tempotrain_workers.metrics import TrainingMeter, error_type
+from tempotrain_workers.metrics import TrainingMeter, error_type, scale_progressed
 
 
 def sample(name: str, **labels: str) -> float | None:
@@ -43,6 +43,27 @@ def test_a_resumed_attempt_counts_its_steps_and_what_it_trains_again(tmp_path: P
     assert sample("tempotrain_checkpoints_saved_total", run=run) == 1
     assert sample("tempotrain_checkpoint_save_seconds_sum", run=run) == 0.25
     assert sample("tempotrain_checkpoint_bytes", run=run) == 1000
+
+
+def test_a_ray_scale_reports_its_images_per_second_through_the_worker_driving_it() -> None:
+    run = f"cifar-{uuid.uuid4().hex[:6]}"
+    scale_progressed(run, "scale-1-2w", 2, {})  # the driver has written no progress yet
+    assert (
+        sample("tempotrain_scale_images_per_second", run=run, scale="scale-1-2w", workers="2")
+        is None
+    )
+    scale_progressed(run, "scale-1-2w", 2, {"epoch": 1, "images_per_second": 0.0})
+    assert sample("tempotrain_scale_epochs_done", run=run, scale="scale-1-2w") == 1
+    assert (
+        sample("tempotrain_scale_images_per_second", run=run, scale="scale-1-2w", workers="2")
+        is None
+    )
+    scale_progressed(run, "scale-1-2w", 2, {"epoch": 2, "images_per_second": 812.5})
+    assert (
+        sample("tempotrain_scale_images_per_second", run=run, scale="scale-1-2w", workers="2")
+        == 812.5
+    )
+    assert sample("tempotrain_scale_epochs_done", run=run, scale="scale-1-2w") == 2
 
 
 def test_an_error_is_counted_by_its_type() -> None:

@@ -50,6 +50,17 @@ INFERENCE_ROWS = Counter("tempotrain_inference_rows", "Rows scored by batch infe
 INFERENCE_ROWS_PER_SECOND = Gauge(
     "tempotrain_inference_rows_per_second", "Rows per second of the last chunk scored", ["job"]
 )
+# Ray Train's figures, from the progress file its rank 0 writes each epoch: the worker that
+# drives the Ray job reports them (the Ray workers themselves serve no TempoTrain metrics).
+SCALE_IMAGES_PER_SECOND = Gauge(
+    "tempotrain_scale_images_per_second",
+    "Images per second of a Cifar10Scaling scale, all of its Ray workers together, inside "
+    "the training loops (what its speedup is computed from)",
+    ["run", "scale", "workers"],
+)
+SCALE_EPOCHS = Gauge(
+    "tempotrain_scale_epochs_done", "Epochs a Cifar10Scaling scale has finished", ["run", "scale"]
+)
 ACTIVITY_FAILURES = Counter(
     "tempotrain_activity_failures",
     "Activity executions that failed, by activity and error type",
@@ -126,6 +137,15 @@ def chunk_scored(job: str, rows: int, seconds: float) -> None:
     INFERENCE_ROWS.labels(job).inc(rows)
     if seconds > 0:
         INFERENCE_ROWS_PER_SECOND.labels(job).set(rows / seconds)
+
+
+def scale_progressed(run: str, scale: str, workers: int, progress: dict[str, Any]) -> None:
+    """A scale's latest figures: its progress file's (any of them may be missing yet)."""
+    rate, epoch = progress.get("images_per_second"), progress.get("epoch")
+    if isinstance(rate, int | float) and rate > 0:
+        SCALE_IMAGES_PER_SECOND.labels(run, scale, str(workers)).set(rate)
+    if isinstance(epoch, int):
+        SCALE_EPOCHS.labels(run, scale).set(epoch)
 
 
 def add_metrics_port_argument(parser: argparse.ArgumentParser) -> None:

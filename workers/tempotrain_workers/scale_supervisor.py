@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from tempotrain_workers import metrics
 from tempotrain_workers.api import ErrorType, ScaleTrainRequest, ScaleTrainResult
 from tempotrain_workers.cifar.driver import EXIT_DEPENDENCY, EXIT_RAY_UNAVAILABLE
 from tempotrain_workers.cifar.layout import ScaleLayout
@@ -227,12 +228,22 @@ class ScaleSupervisor:
         interval = max(1.0, min(POLL_SECONDS, self.request.heartbeat_timeout_seconds / 4))
         try:
             while (code := await driver.wait(interval)) is None:
-                activity.heartbeat(self._progress())
+                progress = self._progress()
+                self._meter(progress)
+                activity.heartbeat(progress)
         except asyncio.CancelledError:
             activity.logger.info("cancelled: stopping the Ray Train driver")
             await driver.stop()
             raise
-        return self._outcome(code, driver.log_tail())
+        outcome = self._outcome(code, driver.log_tail())
+        self._meter({"images_per_second": outcome.images_per_second, "epoch": outcome.epochs})
+        return outcome
+
+    def _meter(self, progress: dict[str, Any]) -> None:
+        request = self.request
+        metrics.scale_progressed(
+            str(request.run_id), request.scale_name, request.scale.workers, progress
+        )
 
     async def _start(self, attempt: int) -> DriverRun:
         address = self.request.ray_address
