@@ -465,20 +465,22 @@ def _model_path(job: InferenceJob, volumes: Volumes) -> str:
 
 
 def _model_of(job: InferenceJob, volumes: Volumes, device: str) -> Any:
-    """The job's model on `device`; what was looked for where when it does not load."""
-    name = _model_path(job, volumes)
-    try:
-        return _model(name, job.activations is not None, device)
-    except OSError as err:  # not a folder, not on the Hub (or offline without it cached)
-        message = model_not_found(str(job.model_name or name), volumes.snapshots, err)
-        raise non_retryable(ErrorType.MODEL_NOT_FOUND, message) from err
+    """The job's model on `device`."""
+    return _from_model_folder(
+        job, volumes, lambda name: _model(name, job.activations is not None, device)
+    )
 
 
 def _tokenizer_of(job: InferenceJob, volumes: Volumes) -> Any:
+    return _from_model_folder(job, volumes, _tokenizer)
+
+
+def _from_model_folder(job: InferenceJob, volumes: Volumes, load: Callable[[str], T]) -> T:
+    """`load` of the job's model path; what was looked for where when it does not load."""
     name = _model_path(job, volumes)
     try:
-        return _tokenizer(name)
-    except OSError as err:
+        return load(name)
+    except OSError as err:  # not a folder, not on the Hub (or offline without it cached)
         message = model_not_found(str(job.model_name or name), volumes.snapshots, err)
         raise non_retryable(ErrorType.MODEL_NOT_FOUND, message) from err
 

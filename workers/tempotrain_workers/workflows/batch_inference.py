@@ -80,7 +80,7 @@ class BatchInferenceWorkflow:
                 tally = tally.model_copy(
                     update={"skipped": len(ranges), "rows": plan.existing.rows}
                 )
-                return await self._finish(status, request, ranges, tally, plan.existing)
+                return await self._finish(status, ranges, tally, plan.existing)
             status.update(phase=Phase.RUNNING, inference=self._report(ranges, tally))
             stop = min(len(ranges), tally.next_index + request.chunks_per_run)
             tally = await self._process(
@@ -113,7 +113,7 @@ class BatchInferenceWorkflow:
                 heartbeat_timeout=timedelta(seconds=request.heartbeat_timeout_seconds),
                 retry_policy=CHUNK_RETRY,
             )
-            return await self._finish(status, request, ranges, tally, merged)
+            return await self._finish(status, ranges, tally, merged)
         except ActivityError as err:
             status.update(phase=ended_phase(err), message=root_message(err))
             await status.flush()
@@ -139,7 +139,6 @@ class BatchInferenceWorkflow:
     async def _finish(
         self,
         status: StatusReporter,
-        request: BatchInferenceInput,
         ranges: list[RowRange],
         tally: ChunkTally,
         output: MergeResult,
@@ -149,7 +148,7 @@ class BatchInferenceWorkflow:
         status.update(phase=Phase.SUCCEEDED, inference=progress)
         await status.flush()
         return BatchInferenceResult(
-            output=output, chunks_total=len(ranges), chunk_size=request.chunk_size, tally=tally
+            output=output, chunks_total=len(ranges), chunk_size=progress.chunk_size, tally=tally
         )
 
     async def _process(
