@@ -57,12 +57,14 @@ async def wait_until_polled(client: Client, queue: str, within: float = 120) -> 
         await asyncio.sleep(0.2)
 
 
-def start_worker(address: str, queues: list[str], root: Path, log: Path) -> subprocess.Popen[bytes]:
+def start_worker(
+    address: str, queues: list[str], root: Path, log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         worker_command(address, queues, root / "snapshots", root / "runs"),
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
     )
 
 

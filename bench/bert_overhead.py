@@ -1,9 +1,12 @@
 """What durability costs: the same fine-tune through the workflow vs a plain HF Trainer script.
 
-Prints (a) wall-time ratio workflow / plain (goal <= 1.05) and (b) the share of training time
-spent saving checkpoints at the default cadence (save_steps=500; goal <= 5 %).
+Prints, for the workflow with its checkpoints written in the background (the default) and with
+synchronous saves (TEMPOTRAIN_SYNC_CHECKPOINTS=1): (a) the wall-time ratio workflow / plain
+(goal <= 1.05), the train-loop ratio (goal <= 1.01) and (b) the share of training time the loop
+was held by saves (goal <= 1 %). The plain script saves at the same cadence, synchronously, as
+the Trainer does.
 
-    .venv/bin/python bench/bert_overhead.py [--rows 4000] [--epochs 1]
+    .venv/bin/python bench/bert_overhead.py [--rows 4000] [--save-steps 500] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from tempotrain_workers.api import (
     BertFineTuneConfig,
+    BertFineTuneResult,
     CoordinatorWorkflowConfig,
     CoordinatorWorkflowInput,
 )
@@ -95,10 +99,10 @@ def plain_trainer(config: BertFineTuneConfig, data: Path, out: Path) -> float:
 
 
 async def through_workflow(
-    address: str, config: BertFineTuneConfig, root: Path
-) -> tuple[float, object]:
+    address: str, config: BertFineTuneConfig, root: Path, env: dict[str, str]
+) -> tuple[float, BertFineTuneResult]:
     queue = f"bench-{uuid.uuid4().hex[:8]}"
-    worker = start_worker(address, [queue], root, root / "worker.log")
+    worker = start_worker(address, [queue], root, root / "worker.log", env)
     try:
         client = await Client.connect(address, data_converter=pydantic_data_converter)
         await wait_until_polled(client, queue)
@@ -113,7 +117,9 @@ async def through_workflow(
             id=f"bench-{uuid.uuid4().hex[:8]}",
             task_queue=queue,
         )
-        return time.monotonic() - started, result
+        training = result.runs[0].training
+        assert training is not None
+        return time.monotonic() - started, training
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=60)
@@ -124,6 +130,10 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=4000)
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument(
+        "--save-steps", type=int, default=500, help="a save every N steps (500: the default)"
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="rounds; the best of each way")
     parser.add_argument(
         "--plain-job", nargs=3, metavar=("CONFIG", "DATA", "OUT"), help=argparse.SUPPRESS
     )  # internal: the plain script's own process
@@ -145,32 +155,43 @@ def main() -> None:
             num_epochs=args.epochs,
             batch_size=args.batch_size,
             learning_rate=5e-5,
-            max_seq_length=32,  # save_steps: the default cadence (500)
+            max_seq_length=32,
+            save_steps=args.save_steps,
         )
-        plain, plain_train = plain_script(config, data, root / "plain")
-        durable, result = asyncio.run(through_workflow(address, config, root))
-        training = result.runs[0].training  # type: ignore[attr-defined]
-        print(
-            f"steps: {training.global_step}, checkpoints: {training.checkpoints_saved}, "
-            f"device: {training.device}"
-        )
-        print(f"plain HF Trainer script:      {plain:8.1f} s  (train loop {plain_train:.1f} s)")
-        print(
-            f"through the workflow:         {durable:8.1f} s  "
-            f"(train loop {training.train_seconds:.1f} s)"
-        )
-        print(f"(a) workflow / plain ratio:   {durable / plain:8.3f}   (goal <= 1.05)")
-        print(
-            f"    train-loop ratio:         {training.train_seconds / plain_train:8.3f}   "
-            "(steady state: markers, heartbeats, progress)"
-        )
-        fixed = durable - plain - (training.train_seconds - plain_train)
-        print(
-            f"    fixed cost per job:       {fixed:8.1f} s "
-            "(snapshot, eval child, Temporal round trips; independent of run length)"
-        )
-        share = training.checkpoint_seconds / training.train_seconds
-        print(f"(b) checkpoint-save share:    {share:8.1%}   (goal <= 5 %, save_steps=500)")
+        # Best of N, each way run in turn within a round: on a shared 2-core machine the
+        # same script's train loop varies by ±5 % from run to run, more than what is measured.
+        plains: list[tuple[float, float]] = []
+        runs: dict[str, list[tuple[float, BertFineTuneResult]]] = {way: [] for way in WAYS}
+        for round_ in range(args.repeats):
+            plains.append(plain_script(config, data, root / f"plain-{round_}"))
+            for way, env in WAYS.items():
+                run = config.model_copy(update={"run_id": f"bench-{way.split()[0]}-{round_}"})
+                runs[way].append(asyncio.run(through_workflow(address, run, root, env)))
+        plain, plain_train = min(p[0] for p in plains), min(p[1] for p in plains)
+        print(f"best of {args.repeats} rounds")
+        print(f"plain HF Trainer script:  {plain:7.1f} s  (train loop {plain_train:.1f} s)")
+        for way, results in runs.items():
+            durable = min(wall for wall, _ in results)
+            training = min((t for _, t in results), key=lambda t: t.train_seconds)
+            share = training.checkpoint_seconds / training.train_seconds
+            print(
+                f"{way}: {durable:7.1f} s  (train loop {training.train_seconds:.1f} s; "
+                f"{training.global_step} steps, {training.checkpoints_saved} checkpoints, "
+                f"{training.device})\n"
+                f"  (a) workflow / plain:    {durable / plain:6.3f}   (goal <= 1.05)\n"
+                f"      train-loop ratio:    {training.train_seconds / plain_train:6.3f}   "
+                "(goal <= 1.01)\n"
+                f"  (b) checkpoint-save share: {share:6.2%} of the train loop (goal <= 1 %); "
+                f"{training.checkpoint_seconds / training.checkpoints_saved:.3f} s held "
+                f"per save, {training.checkpoint_write_seconds:.1f} s written in the background"
+            )
+
+
+# The workflow's two ways of saving: the env of its worker (the trainer inherits it).
+WAYS = {
+    "background saves (default)": {},
+    "synchronous saves         ": {"TEMPOTRAIN_SYNC_CHECKPOINTS": "1"},
+}
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ def test_a_resumed_attempt_counts_its_steps_and_what_it_trains_again(tmp_path: P
     checkpoint.mkdir()
     (checkpoint / "model.safetensors").write_bytes(b"x" * 1000)
     write_marker(checkpoint, step=40, epoch=1.0, loss=0.5, snapshot_hash="sha")
-    first.saved(40, save_seconds=0.25, size_bytes=marker_bytes(checkpoint))
+    first.saved(40, save_seconds=0.25, size_bytes=marker_bytes(checkpoint), write_seconds=1.5)
     first.progressed(47, steps_per_second=2.0)
     # The second resumes from 40: steps 41..47 are trained again, and counted again.
     second = TrainingMeter(run, samples_per_step=16)
@@ -42,6 +42,7 @@ def test_a_resumed_attempt_counts_its_steps_and_what_it_trains_again(tmp_path: P
     assert sample("tempotrain_training_samples_per_second", run=run) == 64
     assert sample("tempotrain_checkpoints_saved_total", run=run) == 1
     assert sample("tempotrain_checkpoint_save_seconds_sum", run=run) == 0.25
+    assert sample("tempotrain_checkpoint_write_seconds_sum", run=run) == 1.5
     assert sample("tempotrain_checkpoint_bytes", run=run) == 1000
 
 

@@ -30,14 +30,31 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+def fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_marker(
     checkpoint_dir: Path, *, step: int, epoch: float, loss: float | None, snapshot_hash: str
 ) -> CheckpointInfo:
-    files = {
-        str(p.relative_to(checkpoint_dir)): {"size": p.stat().st_size, "sha256": file_digest(p)}
-        for p in sorted(checkpoint_dir.rglob("*"))
-        if p.is_file() and p.name != MARKER_FILE and not p.name.startswith(".")
-    }
+    """The marker, once every file it lists is on stable storage (fsynced, directories too):
+    it must never describe bytes that a power cut can still take back."""
+    files: dict[str, dict[str, object]] = {}
+    directories = {checkpoint_dir}
+    for p in sorted(checkpoint_dir.rglob("*")):
+        if p.is_file() and p.name != MARKER_FILE and not p.name.startswith("."):
+            fsync_path(p)
+            directories.add(p.parent)
+            files[str(p.relative_to(checkpoint_dir))] = {
+                "size": p.stat().st_size,
+                "sha256": file_digest(p),
+            }
+    for directory in directories:
+        fsync_path(directory)
     info = CheckpointInfo(
         step=step,
         epoch=epoch,
@@ -53,6 +70,7 @@ def write_marker(
         f.flush()
         os.fsync(f.fileno())
     staging.rename(checkpoint_dir / MARKER_FILE)
+    fsync_path(checkpoint_dir)  # the rename itself
     return info
 
 

@@ -177,7 +177,10 @@ class TrainerSupervisor:
                 )
                 activity.heartbeat(self._heartbeat_details())
                 self.meter.saved(
-                    self.latest.step, event.get("save_seconds"), event.get("checkpoint_bytes")
+                    self.latest.step,
+                    event.get("save_seconds"),
+                    event.get("checkpoint_bytes"),
+                    event.get("write_seconds"),
                 )
                 await self._signal("update_checkpoint", self.latest)
             elif kind == "progress":

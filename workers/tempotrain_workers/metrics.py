@@ -33,11 +33,19 @@ SAMPLES_PER_SECOND = Gauge(
 CHECKPOINTS_SAVED = Counter(
     "tempotrain_checkpoints_saved", "Checkpoints saved and verified (marker written)", ["run"]
 )
+_SAVE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 CHECKPOINT_SAVE_SECONDS = Histogram(
     "tempotrain_checkpoint_save_seconds",
-    "From the end of the step to the checkpoint's marker on disk",
+    "How long a save held the training loop: the copy of its state to host memory (a "
+    "synchronous save: the whole write and marker)",
     ["run"],
-    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+    buckets=_SAVE_BUCKETS,
+)
+CHECKPOINT_WRITE_SECONDS = Histogram(
+    "tempotrain_checkpoint_write_seconds",
+    "A checkpoint written in the background, overlapped with training: files, fsync, marker",
+    ["run"],
+    buckets=_SAVE_BUCKETS,
 )
 CHECKPOINT_BYTES = Gauge("tempotrain_checkpoint_bytes", "Size of the newest checkpoint", ["run"])
 RESUMES = Counter("tempotrain_resumes", "Training attempts that resumed from a checkpoint", ["run"])
@@ -121,14 +129,22 @@ class TrainingMeter:
             STEPS_PER_SECOND.labels(self.run).set(steps_per_second)
             SAMPLES_PER_SECOND.labels(self.run).set(steps_per_second * self.samples_per_step)
 
-    def saved(self, step: int, save_seconds: float | None, size_bytes: int | None) -> None:
-        """Both figures as the trainer's event carries them: by the time the event is read
+    def saved(
+        self,
+        step: int,
+        save_seconds: float | None,
+        size_bytes: int | None,
+        write_seconds: float | None = None,
+    ) -> None:
+        """The figures as the trainer's event carries them: by the time the event is read
         the checkpoint may be rotated away already (a fast trainer keeping few), so nothing
         here reads the disk."""
         self.progressed(step, None)
         CHECKPOINTS_SAVED.labels(self.run).inc()
         if save_seconds is not None:
             CHECKPOINT_SAVE_SECONDS.labels(self.run).observe(save_seconds)
+        if write_seconds:  # 0: a synchronous save, counted in save_seconds
+            CHECKPOINT_WRITE_SECONDS.labels(self.run).observe(write_seconds)
         if size_bytes is not None:
             CHECKPOINT_BYTES.labels(self.run).set(size_bytes)
 

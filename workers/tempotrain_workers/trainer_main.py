@@ -16,9 +16,10 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
@@ -30,6 +31,9 @@ from tempotrain_workers.api import (
     ErrorType,
 )
 from tempotrain_workers.checkpoints import marker_bytes, write_marker
+
+if TYPE_CHECKING:
+    from tempotrain_workers.async_checkpoints import CheckpointWrite
 from tempotrain_workers.files import write_json_atomically
 from tempotrain_workers.model_names import model_not_found
 
@@ -65,11 +69,16 @@ def global_rank_zero() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+_stdout = threading.Lock()  # the checkpoint writer's thread emits too: one line at a time
+
+
 def emit(event: str, **fields: Any) -> None:
     if not global_rank_zero():
         return
-    sys.stdout.write(EVENT_PREFIX + json.dumps({"event": event, **fields}, default=str) + "\n")
-    sys.stdout.flush()
+    line = EVENT_PREFIX + json.dumps({"event": event, **fields}, default=str) + "\n"
+    with _stdout:
+        sys.stdout.write(line)
+        sys.stdout.flush()
 
 
 def pick_device() -> str:
@@ -118,8 +127,9 @@ def build_callback(job: TrainerJob) -> Any:
             state = json.loads(run_state_file.read_text()) if run_state_file.exists() else {}
             self.checkpoints_saved = int(state.get("checkpoints_saved", 0))
             self.latest: dict[str, Any] | None = None
-            self.step_ended = time.monotonic()
+            self.total_steps = 0
             self.checkpoint_seconds = 0.0
+            self.checkpoint_write_seconds = 0.0
             self.history = run_dir / history.HISTORY_FILE
             self.ended = False
             self.board: Any = None
@@ -154,8 +164,10 @@ def build_callback(job: TrainerJob) -> Any:
                             self.board.add_scalar(board_tag(key), value, step)
                     self.board.flush()
 
+        def on_train_begin(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            self.total_steps = state.max_steps
+
         def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
-            self.step_ended = time.monotonic()  # the Trainer saves right after this hook
             # The supervising worker died: stop, don't orphan.
             stop = self.stop_requested or os.getppid() != self.parent
             timed = bool(interval) and time.monotonic() - self.last_save >= interval
@@ -192,30 +204,39 @@ def build_callback(job: TrainerJob) -> Any:
 
         def on_save(self, args: Any, state: Any, control: Any, **_: Any) -> None:
             self.last_save = time.monotonic()
-            # One marker per checkpoint, by the global rank 0 only (as `emit` decides): two
-            # ranks writing it race on its staging file.
-            if not state.is_world_process_zero or not global_rank_zero():
+            if state.is_world_process_zero:
+                self.report_progress(state)  # a reader sees the step this checkpoint holds
+
+        def written(self, save: CheckpointWrite) -> None:
+            """Every file of a checkpoint is written: its marker, by the global rank 0 only
+            (as `emit` decides; two ranks writing it race on its staging file). On the
+            checkpoint writer's thread when saves are asynchronous."""
+            if not global_rank_zero():
                 return
-            self.report_progress(state)  # a reader sees the step this checkpoint holds
-            checkpoint = run_dir / f"checkpoint-{state.global_step}"
+            marking = time.monotonic()
             info = write_marker(
-                checkpoint,
-                step=state.global_step,
-                epoch=state.epoch or 0.0,
-                loss=self.last_loss,
+                save.directory,
+                step=save.step,
+                epoch=save.epoch,
+                loss=save.loss,
                 snapshot_hash=job.snapshot_hash,
             )
+            if save.in_background:
+                save.write_seconds += time.monotonic() - marking
+            else:  # the loop waited for the marker too
+                save.stall_seconds += time.monotonic() - marking
             self.checkpoints_saved += 1
             write_json_atomically(run_state_file, {"checkpoints_saved": self.checkpoints_saved})
             self.latest = json.loads(info.model_dump_json())
-            save_seconds = time.monotonic() - self.step_ended
-            self.checkpoint_seconds += save_seconds
+            self.checkpoint_seconds += save.stall_seconds
+            self.checkpoint_write_seconds += save.write_seconds
             emit(
                 "checkpoint",
                 checkpoint=self.latest,
-                total_steps=state.max_steps,
-                save_seconds=save_seconds,
-                checkpoint_bytes=marker_bytes(checkpoint),
+                total_steps=self.total_steps,
+                save_seconds=save.stall_seconds,
+                write_seconds=save.write_seconds,
+                checkpoint_bytes=marker_bytes(save.directory),
             )
 
     return CheckpointCallback()
@@ -281,8 +302,9 @@ def load_model(
 
 
 def run(job: TrainerJob) -> int:
-    from transformers import Trainer, TrainingArguments, set_seed
+    from transformers import TrainingArguments, set_seed
 
+    from tempotrain_workers.async_checkpoints import AsyncCheckpointTrainer
     from tempotrain_workers.snapshots import read_split
 
     config = job.config
@@ -319,7 +341,8 @@ def run(job: TrainerJob) -> int:
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
-    trainer = Trainer(
+    trainer = AsyncCheckpointTrainer(
+        written=callback.written,
         model=model,
         args=args,
         train_dataset=train,
@@ -329,9 +352,14 @@ def run(job: TrainerJob) -> int:
         callbacks=[callback],
     )
     started = time.monotonic()
-    output = trainer.train(resume_from_checkpoint=job.resume_from)
+    try:
+        output = trainer.train(resume_from_checkpoint=job.resume_from)
+    except BaseException:
+        trainer.finish_saves()  # a save in flight is a good checkpoint: let it land
+        raise
     train_seconds = time.monotonic() - started
     if callback.stop_requested:
+        trainer.finish_saves()  # the save the stop asked for, marker and event included
         emit("stopped", step=trainer.state.global_step)
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             # Under torchrun a rank that exits non-zero gets the others SIGTERMed, maybe mid
@@ -339,8 +367,10 @@ def run(job: TrainerJob) -> int:
             return 0
         return EXIT_STOPPED
 
+    # The final weights and the evaluation overlap the last checkpoint's write.
     trainer.save_model(job.run_dir)  # final weights + tokenizer at the run root
     metrics = trainer.evaluate() if len(evaluation) else {}
+    trainer.finish_saves()
     if callback.board is not None:
         callback.board.close()
     if trainer.is_world_process_zero():
@@ -362,6 +392,7 @@ def run(job: TrainerJob) -> int:
             device=pick_device(),
             train_seconds=train_seconds,
             checkpoint_seconds=callback.checkpoint_seconds,
+            checkpoint_write_seconds=callback.checkpoint_write_seconds,
         )
         write_json_atomically(
             Path(job.run_dir) / "result.json", json.loads(result.model_dump_json(by_alias=True))
