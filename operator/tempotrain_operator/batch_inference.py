@@ -214,7 +214,7 @@ async def batchinference_reconcile(
         await kube.scale(namespace, worker_deployment_names(name, KIND), model.workers)
     if not status.get("startTime"):
         # Written now: the workflow's own updates may land before this handler returns.
-        obj = await kube.BatchInferenceResource(dict(body))
+        obj = await kube.experiment_of(body)
         await kube.patch_status(obj, {"phase": Phase.PENDING.value, "startTime": now()})
 
     await start_workflow_once(

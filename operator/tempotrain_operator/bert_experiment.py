@@ -129,7 +129,7 @@ async def bertexperiment_reconcile(
     if not status.get("startTime"):
         # Written now, not with the handler's patch: the workflow's own updates (Snapshotting,
         # Training, a trial's row) may land before the handler returns, and must not go back.
-        obj = await kube.BertExperimentResource(dict(body))  # the body kopf handed us: no GET
+        obj = await kube.experiment_of(body)  # the body kopf handed us: no GET
         await kube.patch_status(obj, {"phase": Phase.PENDING.value, "startTime": now()} | first)
     elif first:  # started before it was reported: no workflow update can race with it
         patch.status.update(first)

@@ -129,7 +129,7 @@ async def cifar10scaling_reconcile(
         await kube.scale(namespace, worker_deployment_names(name, KIND), 1)
     if not status.get("startTime"):
         # Written now: the workflow's own updates may land before this handler returns.
-        obj = await kube.Cifar10ScalingResource(dict(body))
+        obj = await kube.experiment_of(body)
         pending = {
             "phase": Phase.PENDING.value,
             "startTime": now(),

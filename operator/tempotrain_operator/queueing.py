@@ -306,7 +306,11 @@ def workload_name_of(body: Mapping[str, Any]) -> str:
 async def workload_of(body: Mapping[str, Any]) -> dict[str, Any] | None:
     """The experiment's Workload as it is now; None when it has none."""
     try:
-        found = await Workload.get(workload_name_of(body), namespace=body["metadata"]["namespace"])
+        found = await Workload.get(
+            workload_name_of(body),
+            namespace=body["metadata"]["namespace"],
+            api=await kube.client(),
+        )
     except kr8s.NotFoundError:
         return None
     return dict(found.raw)
@@ -319,7 +323,7 @@ async def priority_of(meta: Mapping[str, Any]) -> tuple[str, int] | None:
     if not name:
         return None
     try:
-        found = await WorkloadPriorityClass.get(name)
+        found = await WorkloadPriorityClass.get(name, api=await kube.client())
     except kr8s.NotFoundError as err:
         raise LookupError(
             f"WorkloadPriorityClass {name} (label {PRIORITY_LABEL}) not found"
@@ -341,10 +345,10 @@ async def ensure_workload(
             return existing
         await drop_finalizer(existing)
         with contextlib.suppress(kr8s.NotFoundError):
-            await (await Workload(existing)).delete()
+            await (await kube.bind(Workload, existing)).delete()
         return None
     manifest = build_workload(body, pod_sets(manifests, meta["name"]), await priority_of(meta))
-    workload = await Workload(manifest)
+    workload = await kube.bind(Workload, manifest)
     try:
         await workload.create()
     except kr8s.ServerError as err:
@@ -361,7 +365,7 @@ async def flavors_of(assignments: list[dict[str, Any]]) -> dict[str, dict[str, A
     names = {f for a in assignments for f in (a.get("flavors") or {}).values()}
     found: dict[str, dict[str, Any]] = {}
     for name in sorted(names):
-        flavor = await ResourceFlavor.get(name)
+        flavor = await ResourceFlavor.get(name, api=await kube.client())
         found[name] = dict(flavor.raw)
     return found
 
@@ -372,7 +376,7 @@ async def release_reservation(workload: Mapping[str, Any]) -> bool:
     status = workload.get("status") or {}
     if not (conditions.is_true(status, "Evicted") and status.get("admission")):
         return False
-    obj = await Workload(dict(workload))
+    obj = await kube.bind(Workload, dict(workload))
     await obj.patch(release_patch(workload), subresource="status", type="merge")
     return True
 
@@ -380,7 +384,7 @@ async def release_reservation(workload: Mapping[str, Any]) -> bool:
 async def finish(workload: Mapping[str, Any], phase: str, message: str) -> None:
     """Finished, then without our finalizer (Kueue frees the quota on Finished; the
     finalizer only kept the Workload while the experiment could still use it)."""
-    obj = await Workload(dict(workload))
+    obj = await kube.bind(Workload, dict(workload))
     if not conditions.is_true(workload.get("status"), "Finished"):
         await obj.patch(finish_patch(workload, phase, message), subresource="status", type="merge")
         await obj.refresh()
@@ -392,7 +396,7 @@ async def drop_finalizer(workload: Mapping[str, Any]) -> None:
     if WORKLOAD_FINALIZER not in finalizers:
         return
     kept = [f for f in finalizers if f != WORKLOAD_FINALIZER]
-    obj = await Workload(dict(workload))
+    obj = await kube.bind(Workload, dict(workload))
     patch = {
         "metadata": {
             "finalizers": kept,

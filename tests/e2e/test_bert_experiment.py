@@ -146,6 +146,14 @@ async def test_experiment_trains_evaluates_and_reports_in_status(
     assert "PhaseChanged" in described and "new → Pending" in described, described
     assert "→ Training" in described, described
     assert re.search(r"CheckpointSaved .*step \d+ saved and verified", described), described
+    # Its children in one event (an apiserver write each, under a burst of experiments).
+    selector = "involvedObject.name=sentiment,reason=Created"
+    created = json.loads(
+        cluster.kubectl("get", "events", "-n", ns, f"--field-selector={selector}", "-ojson")
+    )["items"]
+    assert len(created) == 1, created
+    assert created[0]["message"].count("PersistentVolumeClaim ") == 2, created[0]["message"]
+    assert created[0]["message"].count("Deployment ") == 2, created[0]["message"]
 
     await until_released(cluster, ns, RESOURCE, "sentiment")
     owner_uid = kube_json(cluster, ns, RESOURCE, "sentiment")["metadata"]["uid"]

@@ -299,7 +299,9 @@ async def test_a_preempted_experiment_checkpoints_waits_and_resumes_recomputing_
         data = await data_volume(cluster, ns, minilm_path)
         # Training 500m + eval 1 CPU each: two experiments never fit in 2 CPUs.
         queue = create_queue(cluster, kueue_queue, ns, {"cpu": "2", "memory": "8Gi"})
-        apply(cluster, ns, queued(pod_experiment("first", epochs=4), queue, f"{queue}-low"))
+        # Long enough to be preempted mid-run (checkpoints in the background made 4 epochs
+        # a 20-second run here).
+        apply(cluster, ns, queued(pod_experiment("first", epochs=10), queue, f"{queue}-low"))
         run_dir = claim_directory(cluster.kubectl, ns, "first-runs") / "first"
 
         async def training_with_checkpoint() -> bool:
@@ -321,6 +323,8 @@ async def test_a_preempted_experiment_checkpoints_waits_and_resumes_recomputing_
         held = conditions_by_type(status)["Suspended"]
         assert (held["status"], held["reason"]) == ("True", "Preempted"), held
         stopped_at = reached_step(run_dir)
+        total_steps = json.loads((run_dir / "progress.json").read_text())["total_steps"]
+        assert stopped_at < total_steps, "first ended before it was preempted"
         verified = latest_verified(run_dir, snapshot_hash(data))
         assert verified is not None and verified.step == stopped_at, (verified, stopped_at)
 

@@ -108,7 +108,9 @@ async def test_experiment_trains_in_its_pods_through_a_pod_deletion_and_a_contai
     ns = pod_stack.namespace
     data = await data_volume(cluster, ns, minilm_path)
     probe = {"name": "TEMPOTRAIN_PROBE", "value": "from-the-experiment"}
-    apply(cluster, ns, pod_experiment("sentiment", epochs=8, workers={"env": [probe]}))
+    # Long enough for three interruptions mid-run: with checkpoints written in the
+    # background the trainer no longer waits a second or so per save.
+    apply(cluster, ns, pod_experiment("sentiment", epochs=14, workers={"env": [probe]}))
 
     async def both_ready() -> list[dict[str, Any]] | None:
         """Running, and Ready: their readiness probes say they poll Temporal."""

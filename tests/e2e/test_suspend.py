@@ -72,7 +72,9 @@ async def test_a_suspended_experiment_saves_frees_its_pods_and_resumes_recomputi
 ) -> None:
     ns = pod_stack.namespace
     data = await data_volume(cluster, ns, minilm_path)
-    apply(cluster, ns, pod_experiment("paused", epochs=4))
+    # Long enough that the suspension lands mid-run: with checkpoints written in the
+    # background a 4-epoch run here ended (20 s) before the suspension reached it.
+    apply(cluster, ns, pod_experiment("paused", epochs=10))
     run_dir = claim_directory(cluster.kubectl, ns, "paused-runs") / "paused"
 
     async def training_with_checkpoint() -> bool:
@@ -111,6 +113,8 @@ async def test_a_suspended_experiment_saves_frees_its_pods_and_resumes_recomputi
         assert deployment["spec"]["replicas"] == 0
     # It stopped where it was, with a verified checkpoint at that very step.
     stopped_at = reached_step(run_dir)
+    total_steps = json.loads((run_dir / "progress.json").read_text())["total_steps"]
+    assert stopped_at < total_steps, "the run ended before the suspension reached it"
     verified = latest_verified(run_dir, snapshot_hash(data))
     assert verified is not None and verified.step == stopped_at, (verified, stopped_at)
     assert status["latestCheckpoint"]["step"] == stopped_at
