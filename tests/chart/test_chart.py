@@ -36,19 +36,19 @@ RBAC_KINDS = {"Role", "ClusterRole"}
 # operator.
 OPERATOR_PERMISSIONS = {
     ("", "events"): {"create", "list"},
-    ("tempotrain.dev", "bertexperiments"): {"list", "watch", "patch"},
-    ("tempotrain.dev", "cifar10scalings"): {"list", "watch", "patch"},
-    ("tempotrain.dev", "batchinferences"): {"list", "watch", "patch"},
+    ("tempotrain.dev", "bertexperiments"): {"get", "list", "watch", "patch"},
+    ("tempotrain.dev", "cifar10scalings"): {"get", "list", "watch", "patch"},
+    ("tempotrain.dev", "batchinferences"): {"get", "list", "watch", "patch"},
     ("tempotrain.dev", "bertexperiments/status"): {"patch"},
     ("tempotrain.dev", "cifar10scalings/status"): {"patch"},
     ("tempotrain.dev", "batchinferences/status"): {"patch"},
     ("tempotrain.dev", "bertexperiments/finalizers"): {"update"},
     ("tempotrain.dev", "cifar10scalings/finalizers"): {"update"},
     ("tempotrain.dev", "batchinferences/finalizers"): {"update"},
-    ("", "persistentvolumeclaims"): {"create", "list"},
+    ("", "persistentvolumeclaims"): {"create", "get"},
     ("", "pods"): {"list"},
     ("apps", "deployments"): {"get", "list", "create", "patch"},
-    ("ray.io", "rayclusters"): {"list", "create", "delete"},
+    ("ray.io", "rayclusters"): {"get", "create", "delete"},
 }
 # kopf's cluster-scoped reads (rbac.frameworkClusterReads), never application rules.
 FRAMEWORK_CLUSTER_PERMISSIONS = {

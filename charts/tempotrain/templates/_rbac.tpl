@@ -1,8 +1,9 @@
 {{/*
 The operator's rules in the watched namespaces (all of them with rbac.scope=cluster, in a
 ClusterRole; each of watchNamespaces with rbac.scope=namespaced, in a Role). Exactly the calls
-the operator makes; no wildcards. kr8s' `get(name)` is a LIST with a fieldSelector on the
-name, hence `list` wherever the operator looks an object up.
+the operator makes; no wildcards. The operator reads an object by name with a GET
+(`kube.get_object`); kr8s' own `get(name)`, a LIST with a fieldSelector on the name, remains
+for scaling Deployments and for Workloads, hence `list` there.
 */}}
 {{- define "tempotrain.operatorRules" -}}
 # Framework (kopf): posting the events of handlers' progress and errors, and of
@@ -14,10 +15,10 @@ name, hence `list` wherever the operator looks an object up.
   verbs: [create, list]
 # Framework (kopf) + application: watching the experiments (kopf list/watch), patching their
 # finalizer and kopf's progress annotations (kopf), reading one by name for the status sink
-# (kr8s list by field selector).
+# (a GET).
 - apiGroups: [tempotrain.dev]
   resources: [bertexperiments, cifar10scalings, batchinferences]
-  verbs: [list, watch, patch]
+  verbs: [get, list, watch, patch]
 # Framework (kopf) + application: status writes go through the status subresource only
 # (kopf's handler patches and the status sink's merge patches).
 - apiGroups: [tempotrain.dev]
@@ -30,14 +31,14 @@ name, hence `list` wherever the operator looks an object up.
   resources: [bertexperiments/finalizers, cifar10scalings/finalizers, batchinferences/finalizers]
   verbs: [update]
 # Application: each experiment's snapshots and runs volumes, created if absent, and read
-# (a LIST by name) to say why one stays Pending (condition StorageReady); never updated or
-# deleted by the operator: Retain data outlives the experiment.
+# (a GET) to say why one stays Pending (condition StorageReady); never updated or deleted by
+# the operator: Retain data outlives the experiment.
 - apiGroups: [""]
   resources: [persistentvolumeclaims]
-  verbs: [create, list]
+  verbs: [create, get]
 # Application: the worker Deployments, created if absent and scaled to 0 when the experiment
-# finishes (kr8s scale = GET + PATCH of spec.replicas, then GET until it reads back; the
-# lookup by name is a LIST).
+# finishes (kr8s scale = GET + PATCH of spec.replicas, then GET until it reads back; its
+# lookup by name is a LIST); an existing one read (a GET) to bring it to the spec.
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [get, list, create, patch]
@@ -50,7 +51,7 @@ name, hence `list` wherever the operator looks an object up.
 # deleted when the experiment finishes (spec.ray.onCompletion: Delete).
 - apiGroups: [ray.io]
   resources: [rayclusters]
-  verbs: [list, create, delete]
+  verbs: [get, create, delete]
 {{- if .Values.kueue.enabled }}
 # Application (kueue.enabled): each queued experiment's Workload, created if absent and read
 # by name (a LIST); its finalizer removed once the experiment is over (patch).
