@@ -227,9 +227,8 @@ async def warning_events(namespace: str, kind: str, name: str) -> list[dict[str,
 async def scale(namespace: str, names: list[str], replicas: int) -> None:
     """Each Deployment that exists to `replicas` (missing ones are left to the reconcile)."""
     for name in names:
-        try:
-            deployment = await Deployment.get(name, namespace=namespace, api=await client())
-        except kr8s.NotFoundError:
+        deployment = await get_object("Deployment", namespace, name)
+        if deployment is None:
             continue
         if deployment.raw["spec"].get("replicas", 1) != replicas:
             await deployment.scale(replicas)

@@ -47,7 +47,7 @@ OPERATOR_PERMISSIONS = {
     ("tempotrain.dev", "batchinferences/finalizers"): {"update"},
     ("", "persistentvolumeclaims"): {"create", "get"},
     ("", "pods"): {"list"},
-    ("apps", "deployments"): {"get", "list", "create", "patch"},
+    ("apps", "deployments"): {"get", "create", "patch"},
     ("ray.io", "rayclusters"): {"get", "create", "delete"},
 }
 # kopf's cluster-scoped reads (rbac.frameworkClusterReads), never application rules.

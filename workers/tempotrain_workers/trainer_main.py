@@ -31,11 +31,11 @@ from tempotrain_workers.api import (
     ErrorType,
 )
 from tempotrain_workers.checkpoints import marker_bytes, write_marker
-
-if TYPE_CHECKING:
-    from tempotrain_workers.async_checkpoints import CheckpointWrite
 from tempotrain_workers.files import write_json_atomically
 from tempotrain_workers.model_names import model_not_found
+
+if TYPE_CHECKING:  # imported by `run` only: it imports torch and transformers
+    from tempotrain_workers.async_checkpoints import CheckpointWrite
 
 EVENT_PREFIX = "@tempotrain "
 EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped on request after saving; not a failure

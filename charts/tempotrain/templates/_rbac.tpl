@@ -3,7 +3,7 @@ The operator's rules in the watched namespaces (all of them with rbac.scope=clus
 ClusterRole; each of watchNamespaces with rbac.scope=namespaced, in a Role). Exactly the calls
 the operator makes; no wildcards. The operator reads an object by name with a GET
 (`kube.get_object`); kr8s' own `get(name)`, a LIST with a fieldSelector on the name, remains
-for scaling Deployments and for Workloads, hence `list` there.
+for Workloads, hence `list` there.
 */}}
 {{- define "tempotrain.operatorRules" -}}
 # Framework (kopf): posting the events of handlers' progress and errors, and of
@@ -37,11 +37,11 @@ for scaling Deployments and for Workloads, hence `list` there.
   resources: [persistentvolumeclaims]
   verbs: [create, get]
 # Application: the worker Deployments, created if absent and scaled to 0 when the experiment
-# finishes (kr8s scale = GET + PATCH of spec.replicas, then GET until it reads back; its
-# lookup by name is a LIST); an existing one read (a GET) to bring it to the spec.
+# finishes (read by name, a GET; kr8s scale = GET + PATCH of spec.replicas, then GET until it
+# reads back); an existing one brought to the spec (a GET, a PATCH).
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, list, create, patch]
+  verbs: [get, create, patch]
 # Application: the experiments' worker pods, listed by label to say on the experiment why one
 # cannot start or keeps crashing (condition WorkersReady).
 - apiGroups: [""]
