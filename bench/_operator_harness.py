@@ -42,8 +42,8 @@ class Bench:
     def env(self) -> dict[str, str]:
         return {**os.environ, "KUBECONFIG": str(self.kubeconfig), "HF_HUB_OFFLINE": "1"}
 
-    def start_operator(self, *extra: str) -> subprocess.Popen[bytes]:
-        log = self.root / "operator.log"
+    def start_operator(self, *extra: str, name: str = "operator") -> subprocess.Popen[bytes]:
+        log = self.root / f"{name}.log"
         process = subprocess.Popen(
             operator_command(self.namespace, self.temporal_address, self.queues, *extra),
             stdout=log.open("ab"),

@@ -2,9 +2,10 @@
 WorkflowStarted and its four children, the operator's peak RSS, and apiserver requests per CR:
 all clients', the operator handlers' own, and the most frequent by verb and resource (goals:
 all within 60 s, RSS < 300 MB, <= 15 requests per CR). `--profile FILE`: py-spy the operator
-through the burst (a speedscope file; `pip install py-spy`).
+through the burst (a speedscope file; `pip install py-spy`). `--replicas N`: N operators
+sharing the burst (`--sharded`); RSS is the largest replica's.
 
-    .venv/bin/python bench/operator_scale.py [--experiments 1000] [--profile op.json]
+    .venv/bin/python bench/operator_scale.py [--experiments 1000] [--replicas 2] [--profile op.json]
 """
 
 from __future__ import annotations
@@ -98,10 +99,21 @@ def main() -> None:
     parser.add_argument(
         "--profile", type=Path, help="py-spy the operator through the burst: a speedscope file"
     )
+    parser.add_argument("--replicas", type=int, default=1, help="operators sharing the burst")
     args = parser.parse_args()
     with bench_platform("operator-scale-") as bench:
-        (metrics_port,) = free_ports(1)
-        operator = bench.start_operator("--metrics-port", str(metrics_port))
+        ports = free_ports(args.replicas)
+        if args.replicas == 1:
+            operators = [bench.start_operator("--metrics-port", str(ports[0]))]
+        else:
+            operators = [
+                bench.start_operator(
+                    *("--metrics-port", str(port), "--sharded", "--identity", f"replica-{i}"),
+                    name=f"replica-{i}",
+                )
+                for i, port in enumerate(ports)
+            ]
+        operator = operators[0]
         spy = None
         if args.profile:
             spy = subprocess.Popen(
@@ -135,16 +147,19 @@ def main() -> None:
             elapsed = time.monotonic() - started
             requests = apiserver_requests(bench)
             requests.subtract(before)
-            rss = peak_rss_mb(operator.pid)
-            own = operator_requests(metrics_port)
+            rss = max(peak_rss_mb(process.pid) for process in operators)
+            own = sum(operator_requests(port) for port in ports)
             if spy is not None:
                 spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
                 spy.wait(timeout=60)
         finally:
-            operator.send_signal(signal.SIGTERM)
-            operator.wait(timeout=60)
+            for process in operators:
+                process.send_signal(signal.SIGTERM)
+            for process in operators:
+                process.wait(timeout=60)
     print(
-        f"{args.experiments} experiments reconciled in {elapsed:.1f} s "
+        f"{args.experiments} experiments reconciled by {args.replicas} operator(s) "
+        f"in {elapsed:.1f} s "
         f"(goal 60 s for 1,000: ratio {elapsed / 60 * 1000 / args.experiments:.2f})"
     )
     print(f"operator peak RSS {rss:.0f} MB (goal 300 MB: ratio {rss / 300:.2f})")

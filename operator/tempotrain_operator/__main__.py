@@ -12,7 +12,16 @@ from tempotrain_workers.api import FINALIZER, GROUP
 from tempotrain_workers.metrics import serve as serve_metrics
 
 # Importing the handler modules registers their handlers.
-from tempotrain_operator import batch_inference, bert_experiment, cifar10_scaling, metrics, queueing
+from tempotrain_operator import (
+    batch_inference,
+    bert_experiment,
+    cifar10_scaling,
+    lifecycle,
+    metrics,
+    queueing,
+    run_events,
+    sharding,
+)
 from tempotrain_operator.runtime import Runtime
 from tempotrain_operator.settings import parse_settings
 from tempotrain_operator.status_sink import run_status_sink
@@ -20,11 +29,13 @@ from tempotrain_operator.status_sink import run_status_sink
 
 class QuietTimers(logging.Filter):
     """kopf logs every timer run at INFO; the progress (5 s) and resync timers would fill
-    the log with one line per experiment per tick. Their failures still show."""
+    the log with one line per experiment per tick; and every run of the event handler that
+    turns phase changes into Events (each watch event). Their failures still show."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        return not (message.startswith("Timer '") and message.endswith("' succeeded."))
+        timer = message.startswith("Timer '") and message.endswith("' succeeded.")
+        return not (timer or message == f"Handler '{run_events.HANDLER_ID}' succeeded.")
 
 
 logging.getLogger("kopf.objects").addFilter(QuietTimers())
@@ -39,7 +50,14 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration"
     )
+    runtime: Runtime = memo.runtime
     settings.persistence.finalizer = FINALIZER
+    if runtime.settings.sharded:
+        # Before kopf handles anything: which experiments are this replica's.
+        settings.persistence.finalizer = sharding.finalizer_for(runtime.settings.identity)
+        sharding.current = await start_shard(runtime)
+    else:
+        await adopt_orphans(runtime)
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 300
     settings.batching.worker_limit = 64
@@ -48,22 +66,61 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # which held `kubectl delete` of a finished experiment for a minute.
     settings.background.instant_exit_timeout = 5.0
     settings.background.cancellation_polling = 2.0
-    runtime: Runtime = memo.runtime
     memo.sink_stop = asyncio.Event()
     memo.sink = asyncio.create_task(
         run_status_sink(runtime.client, runtime.settings.status_queue, memo.sink_stop)
     )
 
 
+def cancel_for(runtime: Runtime) -> sharding.Cancel:
+    """Cancels the workflow of an experiment being deleted whose operator died before it
+    could (bounded: `lifecycle.cancel_workflow`)."""
+    log = logging.getLogger("tempotrain_operator.sharding")
+
+    async def cancel(experiment: dict[str, Any]) -> None:
+        workflow_id = (experiment.get("status") or {}).get("workflowId")
+        if workflow_id:
+            await lifecycle.cancel_workflow(workflow_id, runtime, log)
+
+    return cancel
+
+
+async def adopt_orphans(runtime: Runtime) -> None:
+    """Replicas ran before this single operator: their finalizers, which no one would take
+    off, would hold deleted experiments forever."""
+    try:
+        adopted = await sharding.adopt_orphans(runtime.settings.namespaces, cancel_for(runtime))
+    except Exception as err:  # never a reason not to start
+        logging.getLogger(__name__).warning("replicas' finalizers not looked for: %s", err)
+        return
+    if adopted:
+        logging.getLogger(__name__).info("took over %d experiment(s) from replicas", adopted)
+
+
+async def start_shard(runtime: Runtime) -> sharding.Shard:
+    shard = sharding.Shard(
+        identity=runtime.settings.identity,
+        lease_namespace=runtime.settings.lease_namespace,
+        namespaces=runtime.settings.namespaces,
+        lease_seconds=runtime.settings.lease_seconds,
+        cancel=cancel_for(runtime),
+    )
+    await shard.start()
+    return shard
+
+
 @kopf.on.cleanup()
 async def stop_sink(memo: kopf.Memo, **_: Any) -> None:
     memo.sink_stop.set()
     await asyncio.wait_for(memo.sink, timeout=30)
+    if sharding.current is not None:  # the others take over now, not a lease later
+        await sharding.current.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
     settings = parse_settings(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # kopf's formatter: each line about an experiment says which ("[namespace/name] ...").
+    kopf.configure(log_format=kopf.LogFormat.FULL, log_prefix=True)
     bert_experiment.register_resync(settings.resync_seconds)
     bert_experiment.register_progress(settings.progress_seconds)
     cifar10_scaling.register_resync(settings.resync_seconds)

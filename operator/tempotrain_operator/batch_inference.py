@@ -24,7 +24,7 @@ from tempotrain_workers.api import (
     workflow_id_for,
 )
 
-from tempotrain_operator import kube, lifecycle, metrics, queueing, run_events, suspension
+from tempotrain_operator import kube, lifecycle, metrics, queueing, run_events, sharding, suspension
 from tempotrain_operator.children import (
     Experiment,
     WorkerConfig,
@@ -245,8 +245,8 @@ async def batchinference_reconcile(
 
 # Registered as plain calls: the name stays the typed function, which register_resync
 # hands to the resync timer to start a lost workflow again.
-kopf.on.resume(GROUP, VERSION, PLURAL)(batchinference_reconcile)
-kopf.on.create(GROUP, VERSION, PLURAL)(batchinference_reconcile)
+kopf.on.resume(GROUP, VERSION, PLURAL, when=sharding.owned)(batchinference_reconcile)
+kopf.on.create(GROUP, VERSION, PLURAL, when=sharding.owned)(batchinference_reconcile)
 lifecycle.register_retry(PLURAL, batchinference_reconcile)
 lifecycle.register_suspend(PLURAL, batchinference_reconcile)
 

@@ -23,7 +23,7 @@ from tempotrain_workers.api import (
     workflow_id_for,
 )
 
-from tempotrain_operator import kube, lifecycle, metrics, queueing, run_events, suspension
+from tempotrain_operator import kube, lifecycle, metrics, queueing, run_events, sharding, suspension
 from tempotrain_operator.children import (
     Experiment,
     WorkerConfig,
@@ -165,8 +165,8 @@ async def bertexperiment_reconcile(
 
 # Registered as plain calls: the name stays the typed function, which register_resync
 # hands to the resync timer to start a lost workflow again.
-kopf.on.resume(GROUP, VERSION, PLURAL)(bertexperiment_reconcile)
-kopf.on.create(GROUP, VERSION, PLURAL)(bertexperiment_reconcile)
+kopf.on.resume(GROUP, VERSION, PLURAL, when=sharding.owned)(bertexperiment_reconcile)
+kopf.on.create(GROUP, VERSION, PLURAL, when=sharding.owned)(bertexperiment_reconcile)
 lifecycle.register_retry(PLURAL, bertexperiment_reconcile)
 lifecycle.register_suspend(PLURAL, bertexperiment_reconcile)
 
@@ -288,9 +288,9 @@ async def _live_progress(
 
 
 def register_progress(interval: float) -> None:
-    kopf.timer(GROUP, VERSION, PLURAL, interval=interval, initial_delay=interval)(
-        bertexperiment_progress
-    )
+    kopf.timer(
+        GROUP, VERSION, PLURAL, interval=interval, initial_delay=interval, when=sharding.owned
+    )(bertexperiment_progress)
 
 
 async def training_heartbeat(

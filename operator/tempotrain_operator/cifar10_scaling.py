@@ -21,7 +21,16 @@ from tempotrain_workers.api import (
     workflow_id_for,
 )
 
-from tempotrain_operator import compute, kube, lifecycle, metrics, queueing, run_events, suspension
+from tempotrain_operator import (
+    compute,
+    kube,
+    lifecycle,
+    metrics,
+    queueing,
+    run_events,
+    sharding,
+    suspension,
+)
 from tempotrain_operator.children import (
     Experiment,
     WorkerConfig,
@@ -171,8 +180,8 @@ async def cifar10scaling_reconcile(
 
 # Registered as plain calls: the name stays the typed function, which register_resync
 # hands to the resync timer to start a lost workflow again.
-kopf.on.resume(GROUP, VERSION, PLURAL)(cifar10scaling_reconcile)
-kopf.on.create(GROUP, VERSION, PLURAL)(cifar10scaling_reconcile)
+kopf.on.resume(GROUP, VERSION, PLURAL, when=sharding.owned)(cifar10scaling_reconcile)
+kopf.on.create(GROUP, VERSION, PLURAL, when=sharding.owned)(cifar10scaling_reconcile)
 lifecycle.register_retry(PLURAL, cifar10scaling_reconcile)
 lifecycle.register_suspend(PLURAL, cifar10scaling_reconcile)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import weakref
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -349,3 +350,35 @@ async def patch_status(
             raise Conflict(str(err)) from err
         raise
     return True
+
+
+async def list_experiments(namespaces: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Every experiment of every kind, in `namespaces` (empty: all), as plain dicts with
+    their kind (a list's items carry none)."""
+    api, found = await client(), []
+    for kind, cls in EXPERIMENT_KINDS.items():
+        for namespace in namespaces or [kr8s.ALL]:
+            async for item in api.async_get(cls, namespace=namespace, raw=True):
+                found.append(dict(item) | {"kind": kind, "apiVersion": API_VERSION})
+    return found
+
+
+async def patch_experiment(experiment: dict[str, Any], patch: dict[str, Any]) -> None:
+    """Merge-patch an experiment (not its status); Conflict when `patch` names a
+    metadata.resourceVersion the object has moved on from."""
+    cls, meta = EXPERIMENT_KINDS[str(experiment["kind"])], experiment["metadata"]
+    api = await client()
+    try:
+        async with api.call_api(
+            "PATCH",
+            version=cls.version,
+            url=f"{cls.endpoint}/{meta['name']}",
+            namespace=meta["namespace"],
+            content=json.dumps(patch),
+            headers={"Content-Type": "application/merge-patch+json"},
+        ):
+            pass
+    except kr8s.ServerError as err:
+        if err.response is not None and err.response.status_code == 409:
+            raise Conflict(str(err)) from err
+        raise

@@ -27,7 +27,16 @@ from tempotrain_workers.api import (
     workflow_id_for,
 )
 
-from tempotrain_operator import claims, compute, conditions, kube, metrics, suspension, worker_pods
+from tempotrain_operator import (
+    claims,
+    compute,
+    conditions,
+    kube,
+    metrics,
+    sharding,
+    suspension,
+    worker_pods,
+)
 from tempotrain_operator.children import (
     Experiment,
     SpecT,
@@ -291,6 +300,7 @@ def register_resync(
         interval=interval,
         initial_delay=interval / 2,
         idle=min(10.0, interval),
+        when=sharding.owned,
     )(resync)
 
 
@@ -329,7 +339,9 @@ def register_suspend(plural: str, reconcile: Callable[..., Awaitable[None]]) -> 
             return
         await reconcile(body=body, status=status, **kwargs)
 
-    kopf.on.field(GROUP, VERSION, plural, id="suspend", field="spec.suspend")(suspend_changed)
+    kopf.on.field(GROUP, VERSION, plural, id="suspend", field="spec.suspend", when=sharding.owned)(
+        suspend_changed
+    )
 
 
 def reject_spec(
@@ -385,6 +397,7 @@ async def start_workflow_once(
             f"cannot start {workflow_id}: {err}",
         )
         raise kopf.TemporaryError(f"Temporal unavailable: {err}", delay=10) from err
+    sharding.mark(meta, patch)
     set_condition(patch, status, meta, "SpecValid", True, "Valid", "spec accepted")
     set_condition(
         patch,
@@ -473,7 +486,7 @@ def register_edit(
 
         await apply_edit(body, status, patch, meta, problem, built)
 
-    kopf.on.update(GROUP, VERSION, plural, id="edit", field="spec")(edit)
+    kopf.on.update(GROUP, VERSION, plural, id="edit", field="spec", when=sharding.owned)(edit)
 
 
 # What a retried experiment's last run said that no longer holds.
@@ -511,7 +524,9 @@ def register_retry(plural: str, reconcile: Callable[..., Awaitable[None]]) -> No
             await reset_for_retry(body, status, kwargs["patch"])
         await reconcile(body=body, status=status, rerun=True, **kwargs)
 
-    kopf.on.field(GROUP, VERSION, plural, id="retry", field="spec.retryGeneration")(retry)
+    kopf.on.field(
+        GROUP, VERSION, plural, id="retry", field="spec.retryGeneration", when=sharding.owned
+    )(retry)
 
 
 async def reset_for_retry(body: kopf.Body, status: kopf.Status, patch: kopf.Patch) -> None:
@@ -540,7 +555,9 @@ def cancel_on_delete(plural: str) -> None:
     whose workers are gone would never finish cancelling."""
     # An explicit id: kopf keeps a retried handler's progress in an annotation named after
     # it, and annotation names may not start with "_".
-    kopf.on.delete(GROUP, VERSION, plural, id="cancel-workflow")(_cancel_on_delete)
+    kopf.on.delete(GROUP, VERSION, plural, id="cancel-workflow", when=sharding.owned)(
+        _cancel_on_delete
+    )
 
 
 async def _cancel_on_delete(

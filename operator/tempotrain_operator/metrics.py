@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import ParamSpec, TypeVar
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -46,6 +46,14 @@ KUBE_REQUESTS = Counter(
     "apiserver requests of the operator's handlers (kr8s), by method and status code; "
     "kopf's own watch streams and handler-result patches are not counted",
     ["method", "code"],
+)
+REPLICAS = Gauge(
+    "tempotrain_operator_replicas",
+    "Live operator replicas this one sees (--sharded; 1 for a single operator)",
+)
+HANDOVERS = Counter(
+    "tempotrain_operator_handovers",
+    "Experiments this replica handed over, or took over from a dead one (--sharded)",
 )
 
 

@@ -38,7 +38,7 @@ from tempotrain_workers.api import (
     Phase,
 )
 
-from tempotrain_operator import conditions, kube, lifecycle, suspension
+from tempotrain_operator import conditions, kube, lifecycle, sharding, suspension
 from tempotrain_operator.children import TEMPLATE_HASH, template_hash
 from tempotrain_operator.runtime import Runtime
 
@@ -553,7 +553,12 @@ def register_queue_timer(
         await forget(body)
 
     kopf.on.delete(
-        GROUP, VERSION, plural, id="finish-workload", labels={QUEUE_LABEL: kopf.PRESENT}
+        GROUP,
+        VERSION,
+        plural,
+        id="finish-workload",
+        labels={QUEUE_LABEL: kopf.PRESENT},
+        when=sharding.owned,
     )(finish_on_delete)
     kopf.timer(
         GROUP,
@@ -563,7 +568,7 @@ def register_queue_timer(
         interval=interval,
         initial_delay=interval,
         labels={QUEUE_LABEL: kopf.PRESENT},
-        when=lambda status, **_: not workload_finished(status),
+        when=lambda status, uid, **_: sharding.owned(uid) and not workload_finished(status),
     )(follow_queue)
 
 

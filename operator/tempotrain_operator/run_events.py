@@ -16,7 +16,10 @@ from typing import Any
 import kopf
 from tempotrain_workers.api import GROUP, TERMINAL_PHASES, VERSION, Phase
 
+from tempotrain_operator import sharding
 from tempotrain_operator.mapping import latest_step
+
+HANDLER_ID = "run-events"
 
 PHASE_CHANGED = "PhaseChanged"
 CHECKPOINT_SAVED = "CheckpointSaved"
@@ -85,7 +88,7 @@ def what_happened(
 
 
 def register(plural: str) -> None:
-    kopf.on.event(GROUP, VERSION, plural, id="run-events")(_tell)
+    kopf.on.event(GROUP, VERSION, plural, id=HANDLER_ID, when=sharding.owned)(_tell)
 
 
 async def _tell(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import socket
 from dataclasses import dataclass, field
 
 from pydantic import ValidationError
@@ -23,6 +25,8 @@ from tempotrain_workers.temporal_client import (
 )
 
 DEFAULT_WORKER_IMAGE = "ghcr.io/tempotrain/workers:0.1.0"
+# A replica's name (--identity) is a DNS label: it is part of its Lease's and finalizer's names.
+IDENTITY_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,11 @@ class OperatorSettings:
     kueue: bool = False
     queue_seconds: float = 2.0  # how often a queued experiment's Workload is looked at
     metrics_port: int | None = None  # None: no /metrics
+    # Replicas share the experiments (`sharding`): this one's name and where the leases are.
+    sharded: bool = False
+    identity: str = ""
+    lease_namespace: str = "default"
+    lease_seconds: float = 15.0
 
     def queues_for(self, uid: str) -> tuple[str, str]:
         """(training, eval) queues of one experiment. Per-experiment queues keep a worker pod
@@ -167,6 +176,7 @@ def parse_settings(argv: list[str] | None = None) -> OperatorSettings:
         default=float(_env("TEMPOTRAIN_QUEUE_SECONDS", "2") or 2),
         help="how often a queued experiment's Workload is looked at (admission, eviction)",
     )
+    add_sharding_arguments(parser)
     add_metrics_port_argument(parser)
     args = parser.parse_args(argv)
     try:
@@ -174,6 +184,14 @@ def parse_settings(argv: list[str] | None = None) -> OperatorSettings:
     except ValidationError as err:  # at startup, in one message: never a pod built half-right
         parser.error(f"--worker-pod-defaults / TEMPOTRAIN_WORKER_POD_DEFAULTS: {err}")
     namespaces = args.namespaces or _env_list("TEMPOTRAIN_NAMESPACES")
+    identity = args.identity.lower()
+    if args.sharded and not IDENTITY_PATTERN.match(identity):
+        parser.error(
+            f"--identity / TEMPOTRAIN_OPERATOR_IDENTITY: {identity!r} must be a DNS label "
+            "(lowercase letters, digits and '-'; it names this replica's Lease and finalizer)"
+        )
+    if args.lease_seconds < 3:
+        parser.error("--lease-seconds must be at least 3 (the lease is renewed every third)")
     return OperatorSettings(
         namespaces=namespaces,
         temporal=connection_from(args),
@@ -194,4 +212,43 @@ def parse_settings(argv: list[str] | None = None) -> OperatorSettings:
         kueue=args.kueue,
         queue_seconds=args.queue_seconds,
         metrics_port=args.metrics_port,
+        sharded=args.sharded,
+        identity=identity,
+        lease_namespace=args.lease_namespace or (namespaces[0] if namespaces else "default"),
+        lease_seconds=args.lease_seconds,
     )
+
+
+def add_sharding_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--sharded",
+        action="store_true",
+        default=_env("TEMPOTRAIN_SHARDED", "") == "true",
+        help="run as one of several replicas: each experiment is handled by one live replica "
+        "(by a hash of its uid), and a dead replica's go to the others (env "
+        "TEMPOTRAIN_SHARDED=true)",
+    )
+    parser.add_argument(
+        "--identity",
+        default=_env("TEMPOTRAIN_OPERATOR_IDENTITY") or _env("POD_NAME") or _host_identity(),
+        help="this replica's name, unique among the replicas (env TEMPOTRAIN_OPERATOR_IDENTITY, "
+        "else POD_NAME; default: host name and process id)",
+    )
+    parser.add_argument(
+        "--lease-namespace",
+        default=_env("TEMPOTRAIN_LEASE_NAMESPACE") or _env("POD_NAMESPACE"),
+        help="where the replicas' Leases are (env TEMPOTRAIN_LEASE_NAMESPACE, else "
+        "POD_NAMESPACE; default: the first watched namespace, or default)",
+    )
+    parser.add_argument(
+        "--lease-seconds",
+        type=float,
+        default=float(_env("TEMPOTRAIN_LEASE_SECONDS", "15") or 15),
+        help="a replica that has not renewed its Lease for this long is taken for dead and "
+        "its experiments go to the others",
+    )
+
+
+def _host_identity() -> str:
+    host = "".join(c if c.isalnum() else "-" for c in socket.gethostname().lower())
+    return f"{host.strip('-')[:40]}-{os.getpid()}"

@@ -297,6 +297,39 @@ def test_operator_runs_the_module_with_probes_on_its_liveness_endpoint(
         assert ports[http["port"]] == 8080, probe
 
 
+def test_replicas_share_the_experiments_with_a_lease_each(
+    helm: Helm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    objects = helm.objects("--set", "operator.replicas=3", "--set", "operator.leaseSeconds=20")
+    deployment = one(objects, "Deployment", f"{FULLNAME}-operator")
+    assert deployment["spec"]["replicas"] == 3
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}  # never beside unsharded ones
+    container = operator_container(objects)
+    env = {e["name"]: e for e in container["env"]}
+    assert env["TEMPOTRAIN_SHARDED"]["value"] == "true"
+    assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    plain = {name: e["value"] for name, e in env.items() if "value" in e}
+    pod = {"POD_NAME": "tempotrain-operator-5f7c9d8b6d-x2k4p", "POD_NAMESPACE": NAMESPACE}
+    for name, value in (plain | pod).items():  # the operator's parser, on what the pod gets
+        monkeypatch.setenv(name, value)
+    settings = parse_settings(container["args"])
+    assert settings.sharded and settings.identity == pod["POD_NAME"]
+    assert settings.lease_namespace == NAMESPACE and settings.lease_seconds == 20
+    # Exactly the lease calls `sharding` makes, in the release's namespace only.
+    role = one(objects, "Role", f"{FULLNAME}-replicas")
+    assert role["metadata"]["namespace"] == NAMESPACE
+    assert permissions(role) == {
+        ("coordination.k8s.io", "leases"): {"list", "create", "patch", "delete"}
+    }
+    binding = one(objects, "RoleBinding", f"{FULLNAME}-replicas")
+    assert binding["roleRef"]["name"] == f"{FULLNAME}-replicas"
+    # One replica: unsharded, no lease, no Role.
+    single = helm.objects()
+    assert "TEMPOTRAIN_SHARDED" not in env_of(operator_container(single))
+    assert not of_kind(single, "Role")
+
+
 def test_operator_env_is_what_the_operator_reads(
     ci_objects: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -564,11 +597,12 @@ def test_rbac_create_false_renders_no_rbac(helm: Helm) -> None:
         # fields that a schema cannot state.
         (
             ["--skip-schema-validation", "--set", "operator.replicas=-1"],
-            "operator.replicas must be 1 (or 0 to pause the operator), not -1",
+            "operator.replicas must be 0 (to pause the operator) or more, not -1",
         ),
+        (["--set", "operator.leaseSeconds=1"], "at '/operator/leaseSeconds': minimum: got 1"),
         (
-            ["--skip-schema-validation", "--set", "operator.replicas=2"],
-            "kopf runs standalone (no peering)",
+            ["--skip-schema-validation", "--set", "operator.leaseSeconds=1"],
+            "operator.leaseSeconds must be at least 3",
         ),
         (
             ["--skip-schema-validation", "--set", "temporal.tls.mode=ssl"],

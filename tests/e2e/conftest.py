@@ -74,9 +74,12 @@ class Stack:
     def _env(self) -> dict[str, str]:
         return {**os.environ, "KUBECONFIG": str(self.kubeconfig), "HF_HUB_OFFLINE": "1"}
 
-    def start_operator(self, temporal_address: str | None = None) -> None:
+    def start_operator(
+        self, temporal_address: str | None = None, name: str = "operator", *extra: str
+    ) -> None:
+        """The operator; another `name` (and `extra` arguments) adds a replica beside it."""
         self._start(
-            "operator",
+            name,
             operator_command(
                 self.namespace,
                 temporal_address or self.temporal_address,
@@ -85,6 +88,7 @@ class Stack:
                 self.worker_image,
                 *(("--ray-address", self.ray_address) if self.ray_address else ()),
                 *self.operator_args,
+                *extra,
             ),
         )
 
@@ -118,6 +122,12 @@ class Stack:
         process = self.processes.pop(name)
         process.send_signal(signal.SIGKILL)
         process.wait()
+
+    def stop(self, name: str) -> None:
+        """SIGTERM, and wait for it to exit."""
+        process = self.processes.pop(name)
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
 
     def alive(self, name: str) -> bool:
         return name in self.processes and self.processes[name].poll() is None

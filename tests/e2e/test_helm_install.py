@@ -188,9 +188,10 @@ async def test_helm_installed_operator_runs_in_its_pod_and_trains_an_experiment_
     worker_image: str,
     minilm_path: Path,
 ) -> None:
-    """What a user installs: the chart with its images, the operator in its pod under the
-    chart's ServiceAccount (in-cluster config, namespaced RBAC), and a BertExperiment trained
-    and evaluated in pods that operator made."""
+    """What a user installs: the chart with its images, the operator in its pods under the
+    chart's ServiceAccount (in-cluster config, namespaced RBAC), two replicas sharing the
+    experiments (each holding a Lease), and a BertExperiment trained and evaluated in pods
+    that the replica owning it made."""
     install = ChartInstall(
         release=f"tt-{uuid.uuid4().hex[:6]}",
         namespace=pod_namespace,
@@ -198,7 +199,11 @@ async def test_helm_installed_operator_runs_in_its_pod_and_trains_an_experiment_
         worker_image=worker_image,
         temporal_address=temporal_address,
         # A Role in the one namespace it watches; this test's queue: no other operator's.
-        values={"rbac.scope": "namespaced", "watchNamespaces": f"{{{pod_namespace}}}"},
+        values={
+            "rbac.scope": "namespaced",
+            "watchNamespaces": f"{{{pod_namespace}}}",
+            "operator.replicas": "2",
+        },
     )
     await chart_trains_in_pods(cluster, tools, install, pod_namespace, real_node, minilm_path)
 
@@ -287,14 +292,16 @@ async def chart_trains_in_pods(
     helm(tools, cluster, "install", install.release, str(CHART), "-n", install.namespace,
          "--take-ownership", "--wait", "--timeout", "180s", *install.set_args())  # fmt: skip
     try:
-        [operator_pod] = [
+        operator_pods = [
             p
             for p in kube_json(cluster, install.namespace, "pods")["items"]
             if p["metadata"]["labels"].get("app.kubernetes.io/component") == "operator"
         ]
-        assert operator_pod["spec"]["nodeName"] == node
-        assert operator_pod["spec"]["containers"][0]["image"] == install.operator_image
-        operator_name = operator_pod["metadata"]["name"]
+        assert len(operator_pods) == int(install.values.get("operator.replicas", "1"))
+        for operator_pod in operator_pods:
+            assert operator_pod["spec"]["nodeName"] == node
+            assert operator_pod["spec"]["containers"][0]["image"] == install.operator_image
+        operator_names = sorted(p["metadata"]["name"] for p in operator_pods)
         for crd in CRD_NAMES:  # installed by the chart where they were not yet
             cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s")
 
@@ -310,8 +317,11 @@ async def chart_trains_in_pods(
         status = await eventually(succeeded, within=420, what="the experiment to succeed")
         assert 0.0 <= status["metrics"]["evalAccuracy"] <= 1.0, status
         assert (data_volume / "datasets" / "sentiment.jsonl").exists()
-        log = cluster.kubectl("logs", operator_name, "-n", install.namespace)
-        assert "forbidden" not in log.lower(), log[-3000:]  # RBAC sufficed, as this account
+        for operator_name in operator_names:
+            log = cluster.kubectl("logs", operator_name, "-n", install.namespace)
+            assert "forbidden" not in log.lower(), log[-3000:]  # RBAC sufficed, as this account
+            if len(operator_names) > 1:  # each replica saw the others, by its Lease
+                assert f"live operator replicas: {', '.join(operator_names)}" in log, log[-3000:]
 
         # The experiment goes first (its operator removes the finalizer), then the chart.
         cluster.kubectl("delete", "bertexperiment", "sentiment", "-n", namespace, "--timeout=120s")

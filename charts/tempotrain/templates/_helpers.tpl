@@ -128,10 +128,10 @@ matter (for `--skip-schema-validation`) and add the rules across fields a schema
 {{- $v := .Values }}
 {{- $replicas := int $v.operator.replicas }}
 {{- if lt $replicas 0 }}
-{{- fail (printf "operator.replicas must be 1 (or 0 to pause the operator), not %d" $replicas) }}
+{{- fail (printf "operator.replicas must be 0 (to pause the operator) or more, not %d" $replicas) }}
 {{- end }}
-{{- if gt $replicas 1 }}
-{{- fail (printf "operator.replicas must be 1 (or 0 to pause the operator), not %d: kopf runs standalone (no peering), so every replica would reconcile every experiment" $replicas) }}
+{{- if lt (float64 $v.operator.leaseSeconds) 3.0 }}
+{{- fail (printf "operator.leaseSeconds must be at least 3 (a replica renews its Lease every third of it), not %v" $v.operator.leaseSeconds) }}
 {{- end }}
 {{- if le (float64 $v.operator.resyncSeconds) 0.0 }}
 {{- fail (printf "operator.resyncSeconds must be greater than 0, not %v" $v.operator.resyncSeconds) }}
