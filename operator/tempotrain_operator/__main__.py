@@ -58,7 +58,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         sharding.current = await start_shard(runtime)
     else:
         await adopt_orphans(runtime)
-    settings.posting.level = logging.INFO
+    # Events for warnings and errors only: the operator's own Normal events (`kube.tell`,
+    # `run_events`) tell a run's story; kopf's "Handler ... succeeded" lines were most of
+    # the events a creation posted.
+    settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     settings.batching.worker_limit = 64
     # A deleted experiment waits for its timers (progress, resync) to stop. One caught mid-run
@@ -137,6 +140,10 @@ def main(argv: list[str] | None = None) -> int:
         serve_metrics(settings.metrics_port)
     asyncio.run(
         kopf.operator(
+            # Every handler a cause calls for in one cycle, one patch of their outcomes: kopf's
+            # default (asap) runs one per cycle, and a creation's three handlers cost three
+            # patches of the object, three of its status and three watch events to process.
+            lifecycle=kopf.lifecycles.all_at_once,
             standalone=True,
             clusterwide=not settings.namespaces,
             namespaces=settings.namespaces,

@@ -93,6 +93,14 @@ async def create_if_absent(manifest: dict[str, Any]) -> bool:
     return True
 
 
+def tell(obj: kopf.Body, *, reason: str, message: str) -> None:
+    """A Normal event about the experiment. Through kopf.event, which posts it whatever
+    kopf's posting level: that level is WARNING (`__main__`), because kopf's own INFO lines
+    ("Handler ... succeeded", "Creation is processed") were four of the seven events an
+    experiment's creation posted, each an apiserver write."""
+    kopf.event(obj, type="Normal", reason=reason, message=message)
+
+
 async def create_children(owner: kopf.Body, children: list[dict[str, Any]]) -> None:
     """Create each child that does not exist yet; an API error retries the handler. One that
     exists must be this experiment's: another kind's of the same name (a BertExperiment and
@@ -107,7 +115,7 @@ async def create_children(owner: kopf.Body, children: list[dict[str, Any]]) -> N
                 created_now.append(f"{child['kind']} {child['metadata']['name']}")
     finally:
         if created_now:  # one event for all of them: an apiserver write per event
-            kopf.info(owner, reason="Created", message=", ".join(created_now))
+            tell(owner, reason="Created", message=", ".join(created_now))
 
 
 async def _create_child(

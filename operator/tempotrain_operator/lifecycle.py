@@ -335,7 +335,7 @@ def register_suspend(plural: str, reconcile: Callable[..., Awaitable[None]]) -> 
         if phase in TERMINAL_PHASES:
             verb = "suspend" if new else "resume"
             message = f"the run is over ({phase}): there is nothing to {verb}"
-            kopf.info(body, reason="SuspendIgnored", message=message)
+            kube.tell(body, reason="SuspendIgnored", message=message)
             return
         await reconcile(body=body, status=status, **kwargs)
 
@@ -417,7 +417,7 @@ async def start_workflow_once(
         "conditions": patch.status["conditions"],
     }
     await kube.patch_status(await kube.experiment_of(body), started)
-    kopf.info(body, reason="WorkflowStarted", message=f"workflow {workflow_id}")
+    kube.tell(body, reason="WorkflowStarted", message=f"workflow {workflow_id}")
     metrics.WORKFLOWS_STARTED.labels(str(body.get("kind"))).inc()
 
 
@@ -441,11 +441,11 @@ async def apply_edit(
         kopf.warn(body, reason="InvalidEdit", message=message)
         return
     if status.get("phase") in TERMINAL_PHASES:
-        kopf.info(body, reason="EditIgnored", message="the run is over: nothing to roll out")
+        kube.tell(body, reason="EditIgnored", message="the run is over: nothing to roll out")
     else:
         changed = await kube.roll_out(await deployments())
         if changed:
-            kopf.info(
+            kube.tell(
                 body, reason="RolledOut", message=f"spec edit applied to {', '.join(changed)}"
             )
         set_condition(patch, status, meta, "SpecValid", True, "Valid", "spec accepted")
@@ -512,10 +512,10 @@ def register_retry(plural: str, reconcile: Callable[..., Awaitable[None]]) -> No
         resuming = kwargs.get("retry", 0) > 0 and phase == Phase.PENDING
         if phase != Phase.FAILED and not resuming:
             message = f"only a Failed experiment is retried; this one is {phase}"
-            kopf.info(body, reason="RetryIgnored", message=message)
+            kube.tell(body, reason="RetryIgnored", message=message)
             return
         if not resuming:
-            kopf.info(
+            kube.tell(
                 body,
                 reason="Retrying",
                 message=f"retry {new}: the run starts again from where it got (its last "

@@ -164,7 +164,7 @@ async def suspend(
                 "conditions": _with_condition(patch, status, meta, True, hold.not_started, message),
             },
         )
-        kopf.info(body, reason=hold.not_started, message=message)
+        kube.tell(body, reason=hold.not_started, message=message)
         return True
     requested = status.get(REQUESTED_AT)
     acknowledged = phase == Phase.SUSPENDED
@@ -186,7 +186,7 @@ async def suspend(
                 "conditions": _with_condition(patch, status, meta, False, SUSPENDING, message),
             },
         )
-        kopf.info(body, reason=SUSPENDING, message=message)
+        kube.tell(body, reason=SUSPENDING, message=message)
     if not acknowledged and _seconds_since(requested) < GIVE_UP_SECONDS:
         if not waiting:
             return False
@@ -217,7 +217,7 @@ async def suspend(
             "conditions": _with_condition(patch, status, meta, True, reason, message),
         },
     )
-    kopf.info(body, reason=reason, message=message)
+    kube.tell(body, reason=reason, message=message)
     return True
 
 
@@ -248,4 +248,4 @@ async def resume(
         fields["phase"] = Phase.PENDING.value
     await _write(body, patch, fields)
     await _signal(runtime, workflow_id, False)
-    kopf.info(body, reason="Resumed", message=message)
+    kube.tell(body, reason="Resumed", message=message)
