@@ -81,9 +81,7 @@ def cancel_for(runtime: Runtime) -> sharding.Cancel:
     log = logging.getLogger("tempotrain_operator.sharding")
 
     async def cancel(experiment: dict[str, Any]) -> None:
-        workflow_id = (experiment.get("status") or {}).get("workflowId")
-        if workflow_id:
-            await lifecycle.cancel_workflow(workflow_id, runtime, log)
+        await lifecycle.cancel_workflow(lifecycle.workflow_of(experiment), runtime, log)
 
     return cancel
 

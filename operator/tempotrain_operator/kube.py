@@ -302,7 +302,7 @@ async def get_object(
         ) as response:
             return cls(response.json(), api=api)
     except kr8s.ServerError as err:
-        if err.response is not None and err.response.status_code == 404:
+        if is_not_found(err):
             return None
         raise
 
@@ -339,13 +339,26 @@ async def patch_status(
     body: dict[str, Any] = {"status": status}
     if resource_version is not None:
         body["metadata"] = {"resourceVersion": resource_version}
+    url = f"{obj.endpoint}/{obj.name}/status"
+    return await merge_patch(obj.version, url, obj.namespace, body, api=obj.api)
+
+
+async def merge_patch(
+    version: str,
+    url: str,
+    namespace: str | None,
+    body: dict[str, Any],
+    api: kr8s.asyncio.Api | None = None,
+) -> bool:
+    """A merge patch (on `api`, else the held client); False when the object is gone,
+    Conflict when `body` names a metadata.resourceVersion the object has moved on from. A
+    plain PATCH (see create_if_absent): the answer, the whole object, is not read."""
     try:
-        # A plain PATCH (see create_if_absent): the answer, the whole object, is not read.
-        async with obj.api.call_api(
+        async with (api or await client()).call_api(
             "PATCH",
-            version=obj.version,
-            url=f"{obj.endpoint}/{obj.name}/status",
-            namespace=obj.namespace,
+            version=version,
+            url=url,
+            namespace=namespace,
             content=json.dumps(body),
             headers={"Content-Type": "application/merge-patch+json"},
         ):
@@ -371,22 +384,9 @@ async def list_experiments(namespaces: Sequence[str] = ()) -> list[dict[str, Any
     return found
 
 
-async def patch_experiment(experiment: dict[str, Any], patch: dict[str, Any]) -> None:
-    """Merge-patch an experiment (not its status); Conflict when `patch` names a
-    metadata.resourceVersion the object has moved on from."""
+async def patch_experiment(experiment: dict[str, Any], patch: dict[str, Any]) -> bool:
+    """Merge-patch an experiment (not its status): `merge_patch`."""
     cls, meta = EXPERIMENT_KINDS[str(experiment["kind"])], experiment["metadata"]
-    api = await client()
-    try:
-        async with api.call_api(
-            "PATCH",
-            version=cls.version,
-            url=f"{cls.endpoint}/{meta['name']}",
-            namespace=meta["namespace"],
-            content=json.dumps(patch),
-            headers={"Content-Type": "application/merge-patch+json"},
-        ):
-            pass
-    except kr8s.ServerError as err:
-        if err.response is not None and err.response.status_code == 409:
-            raise Conflict(str(err)) from err
-        raise
+    return await merge_patch(
+        cls.version, f"{cls.endpoint}/{meta['name']}", meta["namespace"], patch
+    )

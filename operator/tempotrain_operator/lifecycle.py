@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import fnmatch
 import functools
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -573,9 +573,7 @@ async def _cancel_on_delete(
     **_: Any,
 ) -> None:
     namespace = namespaced(namespace, "experiment")
-    # From the object, not from .status: a crash between the start and the status patch
-    # must not leave a workflow behind.
-    workflow_id = workflow_id_for(str(body.get("kind")), namespace, name, uid)
+    workflow_id = workflow_of(body)
     finished = status.get("phase") in TERMINAL_PHASES
     if not finished and status.get("phase") != Phase.TERMINATING:
         # Being deleted, never "Failed": written now, before the cancellation, so that what
@@ -605,6 +603,14 @@ async def _cancel_on_delete(
     with contextlib.suppress(Exception):
         handle = (await memo.runtime.client()).get_workflow_handle(workflow_id)
         await handle.terminate(reason=f"its custom resource was deleted; {why}")
+
+
+def workflow_of(experiment: Mapping[str, Any]) -> str:
+    """The id of an experiment's workflow, from the object, not from .status: a crash
+    between the start and the status patch must not leave a workflow behind."""
+    meta = experiment["metadata"]
+    kind, namespace = str(experiment["kind"]), str(meta["namespace"])
+    return workflow_id_for(kind, namespace, str(meta["name"]), str(meta["uid"]))
 
 
 async def _workers_running(name: str, namespace: str) -> bool:

@@ -33,7 +33,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kopf
-import kr8s
 from tempotrain_workers.api import FINALIZER, LABEL_PREFIX
 
 from tempotrain_operator import kube, metrics
@@ -188,17 +187,12 @@ async def adopt(
             await cancel(obj)
         patch = handover_patch(obj, new_owner, own_finalizer, live_finalizers, datetime.now(UTC))
         try:
-            await kube.patch_experiment(obj, patch)
-            return 1
+            return 1 if await kube.patch_experiment(obj, patch) else 0
         except kube.Conflict:
             fresh = await kube.get_experiment(meta["namespace"], meta["name"], obj["kind"])
             if fresh is None:
                 return 0
-            obj = dict(fresh.raw) | {"kind": obj["kind"]}
-        except kr8s.ServerError as err:
-            if kube.is_not_found(err):
-                return 0
-            raise
+            obj = dict(fresh.raw)
     return 0
 
 
@@ -308,13 +302,8 @@ class Shard:
             "leaseDurationSeconds": max(1, round(self.lease_seconds)),
             "renewTime": now,
         }
-        try:
-            await _lease_call(
-                "PATCH", self.lease_namespace, self.lease_name, {"spec": spec}, merge=True
-            )
-        except kr8s.ServerError as err:
-            if not kube.is_not_found(err):
-                raise
+        url = f"{_LEASES_URL}/{self.lease_name}"
+        if not await kube.merge_patch(_LEASE_VERSION, url, self.lease_namespace, {"spec": spec}):
             lease = {
                 "apiVersion": _LEASE_VERSION,
                 "kind": "Lease",
@@ -357,17 +346,15 @@ async def _lease_call(
     namespace: str,
     name: str | None,
     body: dict[str, Any] | None = None,
-    merge: bool = False,
 ) -> None:
+    """A POST (no `name`) or DELETE of a lease (its PATCH: `kube.merge_patch`)."""
     api = await kube.client()
-    headers = {"Content-Type": "application/merge-patch+json"} if merge else None
     async with api.call_api(
         method,
         version=_LEASE_VERSION,
         url=f"{_LEASES_URL}/{name}" if name else _LEASES_URL,
         namespace=namespace,
         content=json.dumps(body) if body is not None else None,
-        headers=headers,
     ):
         pass
 
