@@ -109,3 +109,39 @@ def _established(bench: Bench) -> bool:
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def cpu_seconds_by_process() -> dict[str, float]:
+    """CPU seconds (user + system) that the processes below this one have used so far, by
+    command name; a python process by the module it runs (`-m tempotrain_operator`)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, int] = {}
+    usage: dict[int, tuple[str, float]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # gone meanwhile
+            continue
+        # "pid (comm) state ppid ... utime stime" — comm may hold spaces and parentheses.
+        comm = text[text.index("(") + 1 : text.rindex(")")]
+        fields = text[text.rindex(")") + 2 :].split()
+        pid = int(stat.parent.name)
+        parents[pid] = int(fields[1])
+        usage[pid] = (comm, (int(fields[11]) + int(fields[12])) / ticks)
+    me, totals = os.getpid(), dict[str, float]()
+    for pid, (comm, seconds) in usage.items():
+        ancestor = parents.get(pid, 0)
+        while ancestor not in (0, 1, me):
+            ancestor = parents.get(ancestor, 0)
+        if ancestor == me:
+            name = _python_module(pid) if comm.startswith("python") else comm
+            totals[name] = totals.get(name, 0.0) + seconds
+    return totals
+
+
+def _python_module(pid: int) -> str:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    except OSError:
+        return "python"
+    return argv[argv.index("-m") + 1] if "-m" in argv[:-1] else "python"

@@ -17,7 +17,6 @@ from kr8s.asyncio.objects import (
     Deployment,
     Event,
     PersistentVolumeClaim,
-    Pod,
     new_class,
 )
 from tempotrain_workers.api import API_VERSION, LABEL_PREFIX
@@ -179,17 +178,6 @@ def foreign_owner(existing: dict[str, Any], owner_kind: str, owner_uid: str) -> 
 async def _existing(manifest: dict[str, Any]) -> APIObject | None:
     meta = manifest["metadata"]
     return await get_object(manifest["kind"], meta["namespace"], meta["name"])
-
-
-async def list_pods(namespace: str, labels: dict[str, str]) -> list[dict[str, Any]]:
-    # By class, not by name ("pods"): kr8s resolves a name through API discovery, several
-    # requests per call; raw: plain dicts, not kr8s objects (a Box conversion each).
-    return [
-        dict(pod)  # raw=True: each is a dict already
-        async for pod in (await client()).async_get(
-            Pod, namespace=namespace, label_selector=labels, raw=True
-        )
-    ]
 
 
 async def post_warning(experiment: dict[str, Any], reason: str, message: str) -> None:

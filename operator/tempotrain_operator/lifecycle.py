@@ -19,7 +19,6 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 from tempotrain_workers.api import (
     GROUP,
-    LABEL_PREFIX,
     TERMINAL_PHASES,
     VERSION,
     Phase,
@@ -33,6 +32,7 @@ from tempotrain_operator import (
     conditions,
     kube,
     metrics,
+    pod_index,
     sharding,
     suspension,
     worker_pods,
@@ -628,7 +628,7 @@ async def _worker_pods_health(
 ) -> tuple[list[dict[str, Any]], conditions.Verdict | None]:
     """The experiment's worker pods, and what their status says, or failing that, what the
     kubelet said of the volumes of one stuck being created."""
-    pods = await kube.list_pods(namespace, {f"{LABEL_PREFIX}experiment": name})
+    pods = pod_index.pods_of(namespace, name)
     health = worker_pods.workers_health(pods)
     if health is None:
         for pod_name in worker_pods.stuck_creating(pods, datetime.now(UTC)):

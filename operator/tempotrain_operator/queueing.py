@@ -32,13 +32,12 @@ from kr8s.asyncio.objects import new_class
 from tempotrain_workers.api import (
     API_VERSION,
     GROUP,
-    LABEL_PREFIX,
     TERMINAL_PHASES,
     VERSION,
     Phase,
 )
 
-from tempotrain_operator import conditions, kube, lifecycle, sharding, suspension
+from tempotrain_operator import conditions, kube, lifecycle, pod_index, sharding, suspension
 from tempotrain_operator.children import TEMPLATE_HASH, template_hash
 from tempotrain_operator.runtime import Runtime
 
@@ -484,7 +483,7 @@ async def after_hold(queue: Gate | None, namespace: str, name: str) -> None:
     wrote meanwhile), the queue timer's next look does it."""
     if queue is None or queue.workload is None or not queue.admission.evicted:
         return
-    pods = await kube.list_pods(namespace, {f"{LABEL_PREFIX}experiment": name})
+    pods = pod_index.pods_of(namespace, name)
     if any((pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed") for pod in pods):
         return
     with contextlib.suppress(kr8s.ServerError):

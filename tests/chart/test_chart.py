@@ -31,7 +31,7 @@ RBAC_KINDS = {"Role", "ClusterRole"}
 # What the operator does to which resource (operator/tempotrain_operator: kopf watching and
 # patching the experiments and their /status and posting events; kr8s creating PVCs,
 # Deployments and RayClusters, looking them up by name (a LIST with a field selector),
-# scaling Deployments (GET + PATCH), deleting RayClusters and listing the worker pods). The
+# scaling Deployments (GET + PATCH), deleting RayClusters and watching the worker pods). The
 # chart must grant exactly this in each watched namespace: more is too broad, less breaks the
 # operator.
 OPERATOR_PERMISSIONS = {
@@ -46,7 +46,7 @@ OPERATOR_PERMISSIONS = {
     ("tempotrain.dev", "cifar10scalings/finalizers"): {"update"},
     ("tempotrain.dev", "batchinferences/finalizers"): {"update"},
     ("", "persistentvolumeclaims"): {"create", "get"},
-    ("", "pods"): {"list"},
+    ("", "pods"): {"list", "watch"},
     ("apps", "deployments"): {"get", "create", "patch"},
     ("ray.io", "rayclusters"): {"get", "create", "delete"},
 }

@@ -6,6 +6,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import kopf
+from tempotrain_operator import pod_index
 from tempotrain_operator.worker_pods import mount_problem, stuck_creating, workers_health
 
 
@@ -132,3 +134,34 @@ def test_the_newest_mount_failure_says_why_a_pod_is_stuck() -> None:
     assert health.reason == "VolumeNotMounted"
     assert 'secret "creds" not found' in health.message
     assert mount_problem("p", events[2:]) is None
+
+
+def test_the_indexed_pod_keeps_what_the_verdicts_read() -> None:
+    """The operator keeps a slim copy of each worker pod (`pod_index`): every verdict on it
+    is the one on the pod the watch gave, spec and managed fields and all."""
+    scheduled = {
+        "type": "PodScheduled",
+        "status": "True",
+        "lastTransitionTime": "2026-12-01T11:59:00Z",
+    }
+    full_pods = [
+        _running_ready("exp-eval-1"),
+        _pod("exp-training-1", containerStatuses=[_waiting("CrashLoopBackOff", "back-off")]),
+        _pod("exp-training-2", conditions=[scheduled]),
+        _pod(
+            "exp-training-3",
+            initContainerStatuses=[_waiting("ErrImagePull", "pull access denied")],
+        ),
+        {**_running_ready("exp-gone"), "metadata": {"name": "exp-gone"}},
+    ]
+    full_pods[-1]["metadata"]["deletionTimestamp"] = "2026-12-01T12:00:00Z"
+    for pod in full_pods:
+        pod["metadata"].update(uid="u", managedFields=[{"manager": "kubelet"}], labels={"a": "b"})
+        pod["spec"] = {"containers": [{"name": "worker", "image": "img"}]}
+    now = datetime(2026, 12, 1, 12, 0, 30, tzinfo=UTC)
+    for some in ([p] for p in full_pods):
+        slim = [pod_index.slim(kopf.Body(pod)) for pod in some]
+        assert "spec" not in slim[0] and "uid" not in slim[0]["metadata"]
+        assert workers_health(slim) == workers_health(some)
+        assert stuck_creating(slim, now) == stuck_creating(some, now)
+    assert stuck_creating([pod_index.slim(kopf.Body(full_pods[2]))], now) == ["exp-training-2"]

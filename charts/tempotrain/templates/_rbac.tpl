@@ -42,11 +42,12 @@ for Workloads, hence `list` there.
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [get, create, patch]
-# Application: the experiments' worker pods, listed by label to say on the experiment why one
-# cannot start or keeps crashing (condition WorkersReady).
+# Application: the experiments' worker pods, watched (those with the experiment label: a
+# server-side selector) to say on the experiment why one cannot start or keeps crashing
+# (condition WorkersReady), and whether any still runs.
 - apiGroups: [""]
   resources: [pods]
-  verbs: [list]
+  verbs: [list, watch]
 # Application: a Cifar10Scaling's KubeRay cluster, created if absent, read for its state,
 # deleted when the experiment finishes (spec.ray.onCompletion: Delete).
 - apiGroups: [ray.io]
