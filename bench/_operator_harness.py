@@ -14,16 +14,21 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tempotrain_dev.cluster import kwok_namespace
+from tempotrain_dev.cluster import AUDIT_LOG_ENV, kwok_namespace
 from tempotrain_dev.commands import Queues, operator_command, worker_command
 from tempotrain_dev.platform import Platform
 from tempotrain_dev.tools import REPO_ROOT
 from tempotrain_dev.waiting import wait_for
 
+# The operator's own user (in system:masters, as admin is): the apiserver's audit log tells
+# its requests from the controllers', kwok's and kubectl's.
+OPERATOR_USER = "tempotrain-operator"
+
 
 @dataclass
 class Bench:
     kubeconfig: Path
+    operator_kubeconfig: Path
     temporal_address: str
     kubectl_path: Path
     root: Path
@@ -48,7 +53,7 @@ class Bench:
             operator_command(self.namespace, self.temporal_address, self.queues, *extra),
             stdout=log.open("ab"),
             stderr=subprocess.STDOUT,
-            env=self.env(),
+            env={**self.env(), "KUBECONFIG": str(self.operator_kubeconfig)},
         )
         wait_for(
             lambda: b"status sink polling" in log.read_bytes(),
@@ -73,16 +78,25 @@ class Bench:
 
 
 @contextlib.contextmanager
-def bench_platform(prefix: str) -> Iterator[Bench]:
+def bench_platform(prefix: str, *, audit: bool = False) -> Iterator[Bench]:
+    """`audit`: the apiserver writes a line per request to `audit_log(bench)`."""
     # SIGTERM (timeout, pkill) must still run the `finally` that stops the platform.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         platform = Platform(Path(tmp) / "platform")
+        if audit:
+            os.environ[AUDIT_LOG_ENV] = str(Path(tmp) / "audit.log")
         try:
             platform.up(real_node=False, log=lambda _: None)
+            cluster = platform.cluster
+            cluster.pki.ensure({OPERATOR_USER: "system:masters"})
+            operator_kubeconfig = cluster.pki.write_kubeconfig(
+                Path(tmp) / "operator.kubeconfig", cluster.server(), OPERATOR_USER
+            )
             suffix = uuid.uuid4().hex[:8]
             bench = Bench(
                 kubeconfig=platform.cluster.kubeconfig,
+                operator_kubeconfig=operator_kubeconfig,
                 temporal_address=platform.temporal.address,
                 kubectl_path=platform.cluster.tools.kubectl,
                 root=Path(tmp),
@@ -97,7 +111,12 @@ def bench_platform(prefix: str) -> Iterator[Bench]:
             bench.kubectl("apply", "-f", "-", input=json.dumps(kwok_namespace(bench.namespace)))
             yield bench
         finally:
+            os.environ.pop(AUDIT_LOG_ENV, None)
             platform.down(log=lambda _: None)
+
+
+def audit_log(bench: Bench) -> Path:
+    return bench.root / "audit.log"
 
 
 def _established(bench: Bench) -> bool:

@@ -22,7 +22,14 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
-from _operator_harness import Bench, bench_platform, cpu_seconds_by_process, percentile
+from _operator_harness import (
+    OPERATOR_USER,
+    Bench,
+    audit_log,
+    bench_platform,
+    cpu_seconds_by_process,
+    percentile,
+)
 from tempotrain_dev.net import free_ports
 from tempotrain_dev.waiting import wait_for
 
@@ -95,6 +102,41 @@ def done(bench: Bench, count: int) -> bool:
     return started == count and deployments == 2 * count and claims == 2 * count
 
 
+def audit_offset(bench: Bench) -> int:
+    path = audit_log(bench)
+    return path.stat().st_size if path.exists() else 0
+
+
+def requests_by_client(bench: Bench, since: int) -> Counter[tuple[str, str]]:
+    """(client, "verb resource") → requests, from the apiserver's audit log past `since`
+    (bytes); a client is its user and the product of its user agent (kopf, kr8s, kubectl,
+    kwok, kube-controller-manager ...). Waits for a marker request to be written: the log
+    is written in batches."""
+    marker = f"audit-marker-{time.monotonic_ns()}"
+    bench.kubectl("get", "configmap", marker, "-n", bench.namespace, "--ignore-not-found")
+    path = audit_log(bench)
+
+    def tail() -> str | None:
+        with path.open() as log:
+            log.seek(since)
+            text = log.read()
+        return text if marker in text else None
+
+    text = wait_for(tail, timeout=60, what="the audit log to have the marker request")
+    counts: Counter[tuple[str, str]] = Counter()
+    for line in text.splitlines():
+        entry = json.loads(line)
+        if marker in entry.get("requestURI", ""):
+            break
+        agent = str(entry.get("userAgent", "")).split("/")[0]
+        ref = entry.get("objectRef") or {}
+        resource = ref.get("resource", entry.get("requestURI", "")) + (
+            f"/{ref['subresource']}" if ref.get("subresource") else ""
+        )
+        counts[(f"{entry['user']['username']} ({agent})", f"{entry['verb']} {resource}")] += 1
+    return counts
+
+
 class StartWatch:
     """When each experiment first came down a watch and when its WorkflowStarted turned True,
     both on this process's clock (`kubectl get -w`: the watch's own cost stays in Go):
@@ -152,8 +194,13 @@ def main() -> None:
         "--profile", type=Path, help="py-spy the operator through the burst: a speedscope file"
     )
     parser.add_argument("--replicas", type=int, default=1, help="operators sharing the burst")
+    parser.add_argument(
+        "--by-client",
+        action="store_true",
+        help="requests by client from the apiserver's audit log (which costs it some CPU)",
+    )
     args = parser.parse_args()
-    with bench_platform("operator-scale-") as bench:
+    with bench_platform("operator-scale-", audit=args.by_client) as bench:
         ports = free_ports(args.replicas)
         if args.replicas == 1:
             operators = [bench.start_operator("--metrics-port", str(ports[0]))]
@@ -190,6 +237,7 @@ def main() -> None:
             bench.kubectl("apply", "-n", bench.namespace, "-f", "-", input=manifests(1, "warm"))
             wait_for(lambda: "warm-0000" in watch.started, timeout=120, what="the first start")
             before = apiserver_requests(bench)
+            audited_from = audit_offset(bench)
             cpu_before = cpu_seconds_by_process()
             started = time.monotonic()
             bench.kubectl(
@@ -207,6 +255,7 @@ def main() -> None:
             latencies = watch.latencies("scale-")
             requests = apiserver_requests(bench)
             requests.subtract(before)
+            by_client = requests_by_client(bench, audited_from) if args.by_client else None
             rss = max(peak_rss_mb(process.pid) for process in operators)
             own = sum(operator_requests(port) for port in ports)
             if spy is not None:
@@ -246,6 +295,25 @@ def main() -> None:
     print(f"  of which the operator's handlers (kr8s): {own / args.experiments:.1f} per CR")
     for (verb, resource), count in requests.most_common(14):
         print(f"  {count / args.experiments:5.2f}  {verb} {resource}")
+    if by_client is not None:
+        print_by_client(by_client, args.experiments)
+
+
+def print_by_client(counts: Counter[tuple[str, str]], experiments: int) -> None:
+    clients: Counter[str] = Counter()
+    for (client, _), count in counts.items():
+        clients[client] += count
+    own = sum(n for client, n in clients.items() if client.startswith(OPERATOR_USER))
+    print(
+        f"requests per CR by client (audit log): the operator's {own / experiments:.1f} "
+        f"(goal 15: ratio {own / experiments / 15:.2f})"
+    )
+    for client, count in clients.most_common():
+        print(f"  {count / experiments:5.2f}  {client}")
+        if client.startswith(OPERATOR_USER):
+            calls = Counter({call: n for (who, call), n in counts.items() if who == client})
+            for call, n in calls.most_common(8):
+                print(f"           {n / experiments:5.2f}  {call}")
 
 
 if __name__ == "__main__":

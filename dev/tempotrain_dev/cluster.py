@@ -13,6 +13,7 @@ other pod goes to the real node, or stays Pending where there is none.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -51,6 +52,15 @@ PORT_NAMES = (
     "kueue_webhook",
 )
 SERVICE_CIDR = "10.96.0.0/16"
+# A path here: the apiserver writes one audit line per request to it (who, verb, resource),
+# which is how a benchmark tells the operator's requests from the controllers'.
+AUDIT_LOG_ENV = "TEMPOTRAIN_APISERVER_AUDIT_LOG"
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived", "ResponseStarted"],
+    "rules": [{"level": "Metadata"}],
+}
 # Fixed, not port-derived, so service-account tokens survive a restart on new ports.
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
@@ -332,6 +342,17 @@ class LocalCluster:
         if self.network is None:
             # 127.0.0.1 is not a valid Endpoints address, and nothing would route to it.
             argv.append("--endpoint-reconciler-type=none")
+        audit_log = os.environ.get(AUDIT_LOG_ENV)
+        if audit_log:
+            policy = state / "audit-policy.json"
+            policy.write_text(json.dumps(AUDIT_POLICY))
+            argv += [
+                f"--audit-policy-file={policy}",
+                f"--audit-log-path={audit_log}",
+                # Written in batches off the request path, each within a second.
+                "--audit-log-mode=batch",
+                "--audit-log-batch-max-wait=1s",
+            ]
         return argv
 
     def _wait_healthy(self, name: str, ports: dict[str, int]) -> None:

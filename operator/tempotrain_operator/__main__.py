@@ -16,9 +16,9 @@ from tempotrain_operator import (
     batch_inference,
     bert_experiment,
     cifar10_scaling,
+    indexes,
     lifecycle,
     metrics,
-    pod_index,
     queueing,
     run_events,
     sharding,
@@ -64,7 +64,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # the events a creation posted.
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
-    pod_index.register(settings)
+    indexes.register(settings)
     settings.batching.worker_limit = 64
     # A deleted experiment waits for its timers (progress, resync) to stop. One caught mid-run
     # is awaited this long, then looked at again every 2 s: kopf's default re-check is 60 s,

@@ -210,17 +210,6 @@ async def post_warning(experiment: dict[str, Any], reason: str, message: str) ->
     await event.create()
 
 
-async def warning_events(namespace: str, kind: str, name: str) -> list[dict[str, Any]]:
-    """The Warning events about one object (the kubelet's, the scheduler's)."""
-    selector = {"involvedObject.kind": kind, "involvedObject.name": name, "type": "Warning"}
-    return [
-        dict(event)
-        async for event in (await client()).async_get(
-            Event, namespace=namespace, field_selector=selector, raw=True
-        )
-    ]
-
-
 async def scale(namespace: str, names: list[str], replicas: int) -> None:
     """Each Deployment that exists to `replicas` (missing ones are left to the reconcile)."""
     for name in names:

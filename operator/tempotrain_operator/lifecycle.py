@@ -30,9 +30,9 @@ from tempotrain_operator import (
     claims,
     compute,
     conditions,
+    indexes,
     kube,
     metrics,
-    pod_index,
     sharding,
     suspension,
     worker_pods,
@@ -221,9 +221,8 @@ async def report_storage(
     """The condition StorageReady from the experiment's claims: one that stays Pending (no
     such class, an access mode the class cannot give) or an existing claim that is not
     there says why on the experiment, with what to set. Once every claim is bound it is not
-    looked at again (a bound claim stays bound; a pod that loses it says so in WorkersReady):
-    two GETs a minute per experiment, for thousands of them, were most of the apiserver's
-    load from the operator."""
+    looked at again (a bound claim stays bound; a pod that loses it says so in WorkersReady).
+    Claims and events as the operator's watches have them (`indexes`): no request."""
     if conditions.is_true(status, claims.CONDITION):
         return
     storage = StorageSpec.model_validate(spec.get("storage") or {})
@@ -232,13 +231,10 @@ async def report_storage(
         for volume in ("snapshots", "runs"):
             volume_spec = getattr(storage, volume)
             claim = claim_name_of(name, volume_spec, volume)
-            found = await kube.get_object("PersistentVolumeClaim", namespace, claim)
-            raw = dict(found.raw) if found is not None else None
+            raw = indexes.claim(namespace, claim)
             pending = raw is not None and (raw.get("status") or {}).get("phase") == "Pending"
             warnings = (
-                await kube.warning_events(namespace, "PersistentVolumeClaim", claim)
-                if pending
-                else []
+                indexes.warnings_about(namespace, "PersistentVolumeClaim", claim) if pending else []
             )
             existing = volume_spec.existing_claim is not None
             states.append(claims.ClaimState(volume, claim, raw, warnings, existing))
@@ -367,9 +363,26 @@ async def start_workflow_once(
     meta: kopf.Meta,
     logger: kopf.Logger,
     rerun_failed: bool = False,
+    first_status: Mapping[str, Any] | None = None,
 ) -> None:
     """Start (or find running) the one workflow of this CR; a closed one is never rerun,
-    unless it failed and `rerun_failed` (a retry the user asked for)."""
+    unless it failed and `rerun_failed` (a retry the user asked for). `first_status`: what
+    the caller has to say before the workflow runs (Pending, startTime)."""
+    set_condition(patch, status, meta, "SpecValid", True, "Valid", "spec accepted")
+    # Written before the start, not with the handler's patch: kopf records the handler as
+    # done (an annotation) before it patches the status, and an operator killed in between
+    # would leave a started experiment with no workflowId (chaos bench). The id is the
+    # object's (`workflow_of`), so it can be said first: a workflow that then never started
+    # is started by the resync (Temporal does not know it: `_restart_lost`), and the
+    # workflow's own updates (Snapshotting, Training), which may land before this handler
+    # returns, all come after this write.
+    before = {
+        **(first_status or {}),
+        "workflowId": workflow_id,
+        "observedGeneration": meta.get("generation"),
+        "conditions": patch.status["conditions"],
+    }
+    await kube.patch_status(await kube.experiment_of(body), before)
     try:
         client = await runtime.client()
         await client.start_workflow(
@@ -398,7 +411,9 @@ async def start_workflow_once(
         )
         raise kopf.TemporaryError(f"Temporal unavailable: {err}", delay=10) from err
     sharding.mark(meta, patch)
-    set_condition(patch, status, meta, "SpecValid", True, "Valid", "spec accepted")
+    # With the handler's patch of the status: one write fewer per experiment than a patch of
+    # its own, and a crash before it is healed by the resume handler, which starts (finds)
+    # the workflow again and says so.
     set_condition(
         patch,
         status,
@@ -408,15 +423,6 @@ async def start_workflow_once(
         "WorkflowStarted",
         f"workflow {workflow_id} on {queue}",
     )
-    # Written now, not with the handler's patch: kopf records the handler as done (an
-    # annotation) before it patches the status, and an operator killed in between would
-    # leave the experiment started with no workflowId, which nothing heals (chaos bench).
-    started = {
-        "workflowId": workflow_id,
-        "observedGeneration": meta.get("generation"),
-        "conditions": patch.status["conditions"],
-    }
-    await kube.patch_status(await kube.experiment_of(body), started)
     kube.tell(body, reason="WorkflowStarted", message=f"workflow {workflow_id}")
     metrics.WORKFLOWS_STARTED.labels(str(body.get("kind"))).inc()
 
@@ -628,11 +634,11 @@ async def _worker_pods_health(
 ) -> tuple[list[dict[str, Any]], conditions.Verdict | None]:
     """The experiment's worker pods, and what their status says, or failing that, what the
     kubelet said of the volumes of one stuck being created."""
-    pods = pod_index.pods_of(namespace, name)
+    pods = indexes.pods_of(namespace, name)
     health = worker_pods.workers_health(pods)
     if health is None:
         for pod_name in worker_pods.stuck_creating(pods, datetime.now(UTC)):
-            events = await kube.warning_events(namespace, "Pod", pod_name)
+            events = indexes.warnings_about(namespace, "Pod", pod_name)
             health = worker_pods.mount_problem(pod_name, events)
             if health is not None:
                 break

@@ -37,7 +37,7 @@ from tempotrain_workers.api import (
     Phase,
 )
 
-from tempotrain_operator import conditions, kube, lifecycle, pod_index, sharding, suspension
+from tempotrain_operator import conditions, indexes, kube, lifecycle, sharding, suspension
 from tempotrain_operator.children import TEMPLATE_HASH, template_hash
 from tempotrain_operator.runtime import Runtime
 
@@ -483,7 +483,7 @@ async def after_hold(queue: Gate | None, namespace: str, name: str) -> None:
     wrote meanwhile), the queue timer's next look does it."""
     if queue is None or queue.workload is None or not queue.admission.evicted:
         return
-    pods = pod_index.pods_of(namespace, name)
+    pods = indexes.pods_of(namespace, name)
     if any((pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed") for pod in pods):
         return
     with contextlib.suppress(kr8s.ServerError):

@@ -29,13 +29,13 @@ WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job",
 RBAC_KINDS = {"Role", "ClusterRole"}
 
 # What the operator does to which resource (operator/tempotrain_operator: kopf watching and
-# patching the experiments and their /status and posting events; kr8s creating PVCs,
-# Deployments and RayClusters, looking them up by name (a LIST with a field selector),
-# scaling Deployments (GET + PATCH), deleting RayClusters and watching the worker pods). The
-# chart must grant exactly this in each watched namespace: more is too broad, less breaks the
-# operator.
+# patching the experiments and their /status, posting events and watching the worker pods,
+# the claims and Warning events; kr8s creating PVCs, Deployments and RayClusters, looking
+# them up by name (a LIST with a field selector), scaling Deployments (GET + PATCH),
+# deleting RayClusters). The chart must grant exactly this in each watched namespace: more
+# is too broad, less breaks the operator.
 OPERATOR_PERMISSIONS = {
-    ("", "events"): {"create", "list"},
+    ("", "events"): {"create", "list", "watch"},
     ("tempotrain.dev", "bertexperiments"): {"get", "list", "watch", "patch"},
     ("tempotrain.dev", "cifar10scalings"): {"get", "list", "watch", "patch"},
     ("tempotrain.dev", "batchinferences"): {"get", "list", "watch", "patch"},
@@ -45,7 +45,7 @@ OPERATOR_PERMISSIONS = {
     ("tempotrain.dev", "bertexperiments/finalizers"): {"update"},
     ("tempotrain.dev", "cifar10scalings/finalizers"): {"update"},
     ("tempotrain.dev", "batchinferences/finalizers"): {"update"},
-    ("", "persistentvolumeclaims"): {"create", "get"},
+    ("", "persistentvolumeclaims"): {"create", "get", "list", "watch"},
     ("", "pods"): {"list", "watch"},
     ("apps", "deployments"): {"get", "create", "patch"},
     ("ray.io", "rayclusters"): {"get", "create", "delete"},

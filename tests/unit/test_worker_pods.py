@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import kopf
-from tempotrain_operator import pod_index
+from tempotrain_operator import indexes
 from tempotrain_operator.worker_pods import mount_problem, stuck_creating, workers_health
 
 
@@ -137,7 +137,7 @@ def test_the_newest_mount_failure_says_why_a_pod_is_stuck() -> None:
 
 
 def test_the_indexed_pod_keeps_what_the_verdicts_read() -> None:
-    """The operator keeps a slim copy of each worker pod (`pod_index`): every verdict on it
+    """The operator keeps a slim copy of each worker pod (`indexes`): every verdict on it
     is the one on the pod the watch gave, spec and managed fields and all."""
     scheduled = {
         "type": "PodScheduled",
@@ -160,8 +160,26 @@ def test_the_indexed_pod_keeps_what_the_verdicts_read() -> None:
         pod["spec"] = {"containers": [{"name": "worker", "image": "img"}]}
     now = datetime(2026, 12, 1, 12, 0, 30, tzinfo=UTC)
     for some in ([p] for p in full_pods):
-        slim = [pod_index.slim(kopf.Body(pod)) for pod in some]
+        slim = [indexes.slim_pod(kopf.Body(pod)) for pod in some]
         assert "spec" not in slim[0] and "uid" not in slim[0]["metadata"]
         assert workers_health(slim) == workers_health(some)
         assert stuck_creating(slim, now) == stuck_creating(some, now)
-    assert stuck_creating([pod_index.slim(kopf.Body(full_pods[2]))], now) == ["exp-training-2"]
+    assert stuck_creating([indexes.slim_pod(kopf.Body(full_pods[2]))], now) == ["exp-training-2"]
+
+
+def test_the_indexed_event_keeps_what_the_verdicts_read() -> None:
+    events = [
+        {
+            "metadata": {"name": f"p.{i}", "managedFields": [{"manager": "kubelet"}]},
+            "involvedObject": {"kind": "Pod", "name": "p"},
+            "type": "Warning",
+            "reason": "FailedMount",
+            "message": f'MountVolume.SetUp failed: secret "creds-{i}" not found',
+            "lastTimestamp": f"2026-12-01T12:0{i}:00Z",
+            "source": {"component": "kubelet"},
+        }
+        for i in range(3)
+    ]
+    slim = [indexes.slim_event(kopf.Body(event)) for event in events]
+    assert all(set(event) == {"reason", "message", "lastTimestamp", "eventTime"} for event in slim)
+    assert mount_problem("p", slim) == mount_problem("p", events)

@@ -8,11 +8,12 @@ for Workloads, hence `list` there.
 {{- define "tempotrain.operatorRules" -}}
 # Framework (kopf): posting the events of handlers' progress and errors, and of
 # kopf.info/kopf.warn (Created, WorkflowStarted, InvalidSpec, ChildCreateFailed, ...).
-# Application: reading the Warning events of a worker pod stuck being created (a missing
-# Secret or claim its volumes need), for the condition WorkersReady.
+# Application: watching Warning events (`type=Warning`, a server-side selector): a worker pod
+# stuck being created (a missing Secret or claim its volumes need) and a claim a provisioner
+# cannot make say why, in the conditions WorkersReady and StorageReady.
 - apiGroups: [""]
   resources: [events]
-  verbs: [create, list]
+  verbs: [create, list, watch]
 # Framework (kopf) + application: watching the experiments (kopf list/watch), patching their
 # finalizer and kopf's progress annotations (kopf), reading one by name for the status sink
 # (a GET).
@@ -30,12 +31,13 @@ for Workloads, hence `list` there.
 - apiGroups: [tempotrain.dev]
   resources: [bertexperiments/finalizers, cifar10scalings/finalizers, batchinferences/finalizers]
   verbs: [update]
-# Application: each experiment's snapshots and runs volumes, created if absent, and read
-# (a GET) to say why one stays Pending (condition StorageReady); never updated or deleted by
-# the operator: Retain data outlives the experiment.
+# Application: each experiment's snapshots and runs volumes, created if absent (one that
+# exists read by name, a GET), and watched to say why one stays Pending (condition
+# StorageReady); never updated or deleted by the operator: Retain data outlives the
+# experiment.
 - apiGroups: [""]
   resources: [persistentvolumeclaims]
-  verbs: [create, get]
+  verbs: [create, get, list, watch]
 # Application: the worker Deployments, created if absent and scaled to 0 when the experiment
 # finishes (read by name, a GET; kr8s scale = GET + PATCH of spec.replicas, then GET until it
 # reads back); an existing one brought to the spec (a GET, a PATCH).
