@@ -1,11 +1,14 @@
 """Operator at scale: 1,000 BertExperiments, no workers. Prints the time until every one has
-WorkflowStarted and its four children, the operator's peak RSS, and apiserver requests per CR:
-all clients', the operator handlers' own, and the most frequent by verb and resource (goals:
-all within 60 s, RSS < 300 MB, <= 15 requests per CR). `--profile FILE`: py-spy the operator
-through the burst (a speedscope file; `pip install py-spy`). `--replicas N`: N operators
-sharing the burst (`--sharded`); RSS is the largest replica's.
+WorkflowStarted and its four children, apply -> WorkflowStarted p50/p95 of each under that
+load, the operator's peak RSS, CPU seconds by process through the burst, and apiserver
+requests per CR: all clients', the operator handlers' own, and the most frequent by verb and
+resource (goals: all within 60 s, p95 < 1 s, RSS < 300 MB at 5,000, the operator's requests
+<= 15 per CR). `--by-client`: requests per CR by client, from the apiserver's audit log (the
+operator runs as a user of its own). `--profile FILE`: py-spy the operator through the burst
+(a speedscope file; `pip install py-spy`). `--replicas N`: N operators sharing the burst
+(`--sharded`); RSS is the largest replica's.
 
-    .venv/bin/python bench/operator_scale.py [--experiments 1000] [--replicas 2] [--profile op.json]
+    .venv/bin/python bench/operator_scale.py [--experiments 1000] [--by-client] [--replicas 2]
 """
 
 from __future__ import annotations

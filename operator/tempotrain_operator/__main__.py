@@ -65,7 +65,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     indexes.register(settings)
-    settings.batching.worker_limit = 64
+    # No limit on kopf's workers (its default). With indexes, each object of a watch's first
+    # listing holds its worker until every index is populated: a limit below the number of
+    # pods (or claims, or events) at start left the rest waiting for a worker forever, and
+    # no experiment was ever handled.
     # A deleted experiment waits for its timers (progress, resync) to stop. One caught mid-run
     # is awaited this long, then looked at again every 2 s: kopf's default re-check is 60 s,
     # which held `kubectl delete` of a finished experiment for a minute.
