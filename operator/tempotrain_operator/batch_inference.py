@@ -212,8 +212,10 @@ async def batchinference_reconcile(
 
     if rerun or resuming:
         await kube.scale(namespace, worker_deployment_names(name, KIND), model.workers)
-    # Before the start: the workflow's own updates may land before this handler returns.
-    first = {} if status.get("startTime") else {"phase": Phase.PENDING.value, "startTime": now()}
+    if not status.get("startTime"):
+        # Written now: the workflow's own updates may land before this handler returns.
+        obj = await kube.experiment_of(body)
+        await kube.patch_status(obj, {"phase": Phase.PENDING.value, "startTime": now()})
 
     await start_workflow_once(
         runtime,
@@ -235,7 +237,6 @@ async def batchinference_reconcile(
         meta=meta,
         logger=logger,
         rerun_failed=rerun,
-        first_status=first,
     )
     if resuming:  # suspended before it started: started just now
         workflow_id = workflow_id_for(KIND, namespace, name, uid)

@@ -127,10 +127,12 @@ async def bertexperiment_reconcile(
         await kube.scale(namespace, [evaluation], 1)
     first = {} if status.get("runsClaim") else first_status(name, model, runs_claim(experiment))
     if not status.get("startTime"):
-        # Before the start, not with the handler's patch: the workflow's own updates
-        # (Snapshotting, Training, a trial's row) may land before the handler returns, and
-        # must not go back.
-        first |= {"phase": Phase.PENDING.value, "startTime": now()}
+        # Written now, not with the handler's patch: the workflow's own updates (Snapshotting,
+        # Training, a trial's row) may land before the handler returns, and must not go back.
+        obj = await kube.experiment_of(body)  # the body kopf handed us: no GET
+        await kube.patch_status(obj, {"phase": Phase.PENDING.value, "startTime": now()} | first)
+    elif first:  # started before it was reported: no workflow update can race with it
+        patch.status.update(first)
 
     workflow_id = workflow_id_for(KIND, namespace, name, uid)
     request = coordinator_input(
@@ -154,7 +156,6 @@ async def bertexperiment_reconcile(
         meta=meta,
         logger=logger,
         rerun_failed=rerun,
-        first_status=first,
     )
     patch.status["runId"] = run_id_of(name, model)
     if resuming:

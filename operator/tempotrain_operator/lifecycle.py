@@ -363,26 +363,9 @@ async def start_workflow_once(
     meta: kopf.Meta,
     logger: kopf.Logger,
     rerun_failed: bool = False,
-    first_status: Mapping[str, Any] | None = None,
 ) -> None:
     """Start (or find running) the one workflow of this CR; a closed one is never rerun,
-    unless it failed and `rerun_failed` (a retry the user asked for). `first_status`: what
-    the caller has to say before the workflow runs (Pending, startTime)."""
-    set_condition(patch, status, meta, "SpecValid", True, "Valid", "spec accepted")
-    # Written before the start, not with the handler's patch: kopf records the handler as
-    # done (an annotation) before it patches the status, and an operator killed in between
-    # would leave a started experiment with no workflowId (chaos bench). The id is the
-    # object's (`workflow_of`), so it can be said first: a workflow that then never started
-    # is started by the resync (Temporal does not know it: `_restart_lost`), and the
-    # workflow's own updates (Snapshotting, Training), which may land before this handler
-    # returns, all come after this write.
-    before = {
-        **(first_status or {}),
-        "workflowId": workflow_id,
-        "observedGeneration": meta.get("generation"),
-        "conditions": patch.status["conditions"],
-    }
-    await kube.patch_status(await kube.experiment_of(body), before)
+    unless it failed and `rerun_failed` (a retry the user asked for)."""
     try:
         client = await runtime.client()
         await client.start_workflow(
@@ -411,9 +394,7 @@ async def start_workflow_once(
         )
         raise kopf.TemporaryError(f"Temporal unavailable: {err}", delay=10) from err
     sharding.mark(meta, patch)
-    # With the handler's patch of the status: one write fewer per experiment than a patch of
-    # its own, and a crash before it is healed by the resume handler, which starts (finds)
-    # the workflow again and says so.
+    set_condition(patch, status, meta, "SpecValid", True, "Valid", "spec accepted")
     set_condition(
         patch,
         status,
@@ -423,6 +404,15 @@ async def start_workflow_once(
         "WorkflowStarted",
         f"workflow {workflow_id} on {queue}",
     )
+    # Written now, not with the handler's patch: kopf records the handler as done (an
+    # annotation) before it patches the status, and an operator killed in between would
+    # leave the experiment started with no workflowId, which nothing heals (chaos bench).
+    started = {
+        "workflowId": workflow_id,
+        "observedGeneration": meta.get("generation"),
+        "conditions": patch.status["conditions"],
+    }
+    await kube.patch_status(await kube.experiment_of(body), started)
     kube.tell(body, reason="WorkflowStarted", message=f"workflow {workflow_id}")
     metrics.WORKFLOWS_STARTED.labels(str(body.get("kind"))).inc()
 
