@@ -95,10 +95,10 @@ def bench_platform(prefix: str, *, audit: bool = False) -> Iterator[Bench]:
             )
             suffix = uuid.uuid4().hex[:8]
             bench = Bench(
-                kubeconfig=platform.cluster.kubeconfig,
+                kubeconfig=cluster.kubeconfig,
                 operator_kubeconfig=operator_kubeconfig,
                 temporal_address=platform.temporal.address,
-                kubectl_path=platform.cluster.tools.kubectl,
+                kubectl_path=cluster.tools.kubectl,
                 root=Path(tmp),
                 namespace=f"bench-{suffix}",
                 queues=Queues(

@@ -36,6 +36,8 @@ GPU_RESOURCE = "nvidia.com/gpu"
 # GPU nodes are tainted so that only pods asking for GPUs land there.
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
 NON_ROOT_UID = 1000
+# On every child: which experiment it belongs to (the operator's pod watch selects by it).
+EXPERIMENT_LABEL = f"{LABEL_PREFIX}experiment"
 HEALTH_PORT = 8081  # the worker's /livez and /readyz
 METRICS_PORT = 9100  # the worker's /metrics (the chart's PodMonitor scrapes the port by name)
 # (cpu, memory) requests of the CPU-side workers. Evaluation runs the model in its pod; the
@@ -92,7 +94,7 @@ def labels(experiment: Experiment[Any], component: str) -> dict[str, str]:
         "app.kubernetes.io/instance": experiment.name,
         "app.kubernetes.io/component": component,
         "app.kubernetes.io/managed-by": "tempotrain-operator",
-        f"{LABEL_PREFIX}experiment": experiment.name,
+        EXPERIMENT_LABEL: experiment.name,
     }
 
 

@@ -13,18 +13,19 @@ answer means there is nothing, never that it has not been seen yet."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import kopf
-from tempotrain_workers.api import LABEL_PREFIX
 
-EXPERIMENT_LABEL = f"{LABEL_PREFIX}experiment"
+from tempotrain_operator.children import EXPERIMENT_LABEL
+
 # Warnings about these kinds say why a claim stays Pending or a pod cannot mount a volume.
 WARNED_KINDS = frozenset({"Pod", "PersistentVolumeClaim"})
 
 PodKey = tuple[str, str]  # (namespace, experiment name)
 ClaimKey = tuple[str, str]  # (namespace, claim name)
 EventKey = tuple[str, str, str]  # (namespace, kind, name) of the object the event is about
+Key = TypeVar("Key", PodKey, EventKey)
 
 _pods: kopf.Index[PodKey, dict[str, Any]] | None = None
 _claims: kopf.Index[ClaimKey, dict[str, Any]] | None = None
@@ -114,21 +115,23 @@ def keep(**kwargs: Any) -> None:
 
 def pods_of(namespace: str, experiment: str) -> list[dict[str, Any]]:
     """The experiment's worker pods, as last seen by the watch."""
-    if _pods is None:
-        raise RuntimeError("the worker pod index is read before the operator started")
-    return list(_pods.get((namespace, experiment), []))
+    return _stored(_pods, (namespace, experiment), "worker pod")
 
 
 def claim(namespace: str, name: str) -> dict[str, Any] | None:
     """The claim as last seen by the watch; None when there is none of that name."""
-    if _claims is None:
-        raise RuntimeError("the claim index is read before the operator started")
-    return next(iter(_claims.get((namespace, name), [])), None)
+    return next(iter(_stored(_claims, (namespace, name), "claim")), None)
 
 
 def warnings_about(namespace: str, kind: str, name: str) -> list[dict[str, Any]]:
     """The Warning events about one object (the kubelet's, the scheduler's, a provisioner's)
     that have not expired."""
-    if _warnings is None:
-        raise RuntimeError("the Warning event index is read before the operator started")
-    return list(_warnings.get((namespace, kind, name), []))
+    return _stored(_warnings, (namespace, kind, name), "Warning event")
+
+
+def _stored(
+    index: kopf.Index[Key, dict[str, Any]] | None, key: Key, what: str
+) -> list[dict[str, Any]]:
+    if index is None:
+        raise RuntimeError(f"the {what} index is read before the operator started")
+    return list(index.get(key, []))
